@@ -1,0 +1,265 @@
+"""Access tokens per upstream mailbox: cached, refreshed early, one request at a time per account.
+
+Theory of operation.
+- `get(mailbox)` answers from memory while the token has more than `margin` (default 10 min) left.
+- Otherwise one *flight* per account redeems the refresh token (or the client credentials); every
+  caller that arrives meanwhile awaits that same flight, so 50 simultaneous logins cost one request,
+  and a failed flight fails all its waiters at once instead of each of them retrying.
+- msal is synchronous (requests), so a flight runs in a worker thread. There, under the store's
+  per-account lock (shared with other processes), it reads the newest refresh token, redeems it and
+  stores the rotated one before the lock is released: two processes never redeem the same token.
+- msal's error dicts become `TokenError`s (`relay.tokens.classify`) right where msal is called.
+  Transient errors are retried with backoff within the flight; after a failed flight, new flights for
+  that account are held back for a short, growing interval. Errors that need the operator are logged
+  once, clearly, and then answered from memory until the stored refresh token changes (someone ran
+  `relay365 auth`) or `NEEDS_AUTH_RECHECK` has passed.
+- msal replays an identical failed request from its HTTP cache for 60 s; the cache is dropped after any
+  failure so a recovery is seen at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import msal
+import requests
+import structlog
+
+from ..config import AccountConfig, AppConfig, Config
+from ..errors import TokenError
+from ..secret import Secret
+from .classify import classify, network_error
+from .http import TokenHTTPSession
+from .store import StoredToken, TokenStore
+
+log = structlog.get_logger("relay.tokens")
+
+RETRY_DELAYS = (0.5, 2.0)  # within one flight, for transient errors
+HOLD_MAX = 30.0  # seconds a failing account is held back between flights, at most
+NEEDS_AUTH_RECHECK = 300.0
+BACKGROUND_INTERVAL = 60.0
+KEEPALIVE_AGE = 3 * 86400.0  # redeem every refresh token at least this often (90-day inactivity)
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    token: Secret
+    expires_at: float
+    from_cache: bool = False
+
+
+@dataclass
+class AccountStatus:
+    mailbox: str
+    flow: str
+    state: str = "unknown"  # unknown | ok | refreshing | needs-auth | error
+    error: TokenError | None = None
+    expires_at: float | None = None
+    last_refresh: float | None = None
+    last_use: float | None = None
+    failures: int = 0
+    hold_until: float = 0.0
+    rt_seen: str | None = field(default=None, repr=False)  # fingerprint of the RT that failed
+
+
+def fingerprint(secret: Secret | None) -> str | None:
+    return hashlib.sha256(secret.reveal().encode()).hexdigest()[:16] if secret else None
+
+
+class TokenManager:
+    def __init__(self, config: Config, store: TokenStore, *, clock: Callable[[], float] = time.time,
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS) -> None:
+        self._clock = clock
+        self._retry_delays = retry_delays
+        self.store = store
+        self._cache: dict[str, AccessToken] = {}
+        self._flights: dict[str, asyncio.Future] = {}
+        self._sessions: dict[str, TokenHTTPSession] = {}
+        self._http_caches: dict[str, dict] = {}
+        self.status: dict[str, AccountStatus] = {}
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Take a (re)loaded config; cached tokens of unchanged accounts stay valid."""
+        self.config = config
+        self._sessions.clear()
+        for a in config.accounts:
+            key = a.mailbox.lower()
+            old = self.status.get(key)
+            self.status[key] = replace(old, flow=a.flow) if old else AccountStatus(a.mailbox, a.flow)
+        for key in set(self.status) - {a.mailbox.lower() for a in config.accounts}:
+            self.status.pop(key)
+            self._cache.pop(key, None)
+
+    # -- the public interface ----------------------------------------------------------------
+
+    async def get(self, mailbox: str, *, rejected: Secret | None = None) -> AccessToken:
+        """A token with at least `margin` left. `rejected`: the upstream refused this one, get another."""
+        key = mailbox.lower()
+        account = self.config.account(key)
+        if account is None:
+            raise KeyError(mailbox)
+        status = self.status[key]
+        status.last_use = self._clock()
+        cached = self._cache.get(key)
+        if cached and cached.token != rejected and self._fresh(cached):
+            return replace(cached, from_cache=True)
+        if rejected is not None and cached is not None and cached.token == rejected:
+            self._cache.pop(key, None)
+        flight = self._flights.get(key)
+        if flight is None:  # the flight is a task of its own: a caller's cancellation cannot kill it
+            flight = asyncio.create_task(self._fly(account, status), name=f"token-flight:{key}")
+            self._flights[key] = flight
+            flight.add_done_callback(lambda t, key=key: self._landed(key, t))
+        return await asyncio.shield(flight)
+
+    def _landed(self, key: str, flight: asyncio.Task) -> None:
+        self._flights.pop(key, None)
+        if not flight.cancelled():
+            flight.exception()  # retrieved here, so an unawaited failure is not reported as lost
+
+    def _fresh(self, token: AccessToken) -> bool:
+        return token.expires_at - self._clock() > self.config.token_refresh_margin
+
+    # -- one flight --------------------------------------------------------------------------
+
+    async def _fly(self, account: AccountConfig, status: AccountStatus) -> AccessToken:
+        now = self._clock()
+        if status.error is not None and now < status.hold_until:
+            if not status.error.needs_auth or await self._stored_fp(account) == status.rt_seen:
+                raise status.error
+        previous = status.state
+        status.state = "refreshing"
+        for attempt, delay in enumerate((*self._retry_delays, None)):
+            try:
+                token = await asyncio.to_thread(self._redeem, account)
+            except TokenError as exc:
+                if exc.transient and delay is not None:
+                    log.info("token_retry", account=account.mailbox, code=exc.code, attempt=attempt + 1)
+                    await asyncio.sleep(delay)
+                    continue
+                self._failed(status, exc, previous)
+                raise
+            status.state, status.error, status.failures = "ok", None, 0
+            status.expires_at, status.last_refresh = token.expires_at, self._clock()
+            self._cache[account.mailbox.lower()] = token
+            log.info("token_refreshed", account=account.mailbox, flow=account.flow,
+                     expires_in=int(token.expires_at - self._clock()))
+            return token
+        raise AssertionError("unreachable")
+
+    def _failed(self, status: AccountStatus, exc: TokenError, previous: str) -> None:
+        status.failures += 1
+        repeated = status.error is not None and status.error.code == exc.code
+        status.error = exc
+        if exc.transient:
+            status.state = "error"
+            status.hold_until = self._clock() + min(2.0 ** (status.failures - 1), HOLD_MAX)
+        else:
+            status.state = "needs-auth" if exc.needs_auth else "error"
+            status.hold_until = self._clock() + NEEDS_AUTH_RECHECK
+        event = log.warning if (exc.transient or repeated) else log.error
+        event("token_failed", account=exc.account, error=exc.error,
+              code=f"AADSTS{exc.code}" if isinstance(exc.code, int) else exc.code,
+              transient=exc.transient, action=exc.action, description=exc.description,
+              state=status.state)
+
+    async def _stored_fp(self, account: AccountConfig) -> str | None:
+        if account.flow != "refresh_token":
+            return None
+        stored = await asyncio.to_thread(self.store.get, account.mailbox)
+        return fingerprint(stored.refresh_token if stored else account.refresh_token)
+
+    # -- in a worker thread ------------------------------------------------------------------
+
+    def _redeem(self, account: AccountConfig) -> AccessToken:
+        app_cfg = self.config.apps[account.app]
+        scopes = self.config.scopes_for(account)
+        if account.flow == "client_credentials":
+            result = self._call_msal(account, app_cfg, lambda app: app.acquire_token_for_client(scopes))
+            return self._token(account, result)
+        with self.store.account_lock(account.mailbox):
+            rt, seeded = self._current_refresh_token(account)
+            if rt is None:
+                raise TokenError(
+                    account=account.mailbox, error="no_refresh_token", code=None, transient=False,
+                    action="no refresh token yet: run relay365 auth MAILBOX -c CONFIG, or seed "
+                           "accounts[].refresh_token")
+            # remembered so a needs-auth account is retried as soon as a different token is stored
+            self.status[account.mailbox.lower()].rt_seen = fingerprint(rt)
+            result = self._call_msal(
+                account, app_cfg, lambda app: app.acquire_token_by_refresh_token(rt.reveal(), scopes))
+            token = self._token(account, result)
+            new_rt = result.get("refresh_token")
+            if new_rt and (new_rt != rt.reveal() or seeded):
+                self.store.put(account.mailbox, Secret(new_rt), expect=rt, check_expect=not seeded,
+                               seed_fingerprint=fingerprint(account.refresh_token))
+            return token
+
+    def _current_refresh_token(self, account: AccountConfig) -> tuple[Secret | None, bool]:
+        """The newest refresh token; the config's seed wins only when it is new to the store."""
+        stored: StoredToken | None = self.store.get(account.mailbox)
+        seed = account.refresh_token
+        if seed and (stored is None or stored.seed_fingerprint != fingerprint(seed)):
+            return seed, True
+        return (stored.refresh_token if stored else None), False
+
+    def _call_msal(self, account: AccountConfig, app_cfg: AppConfig, call) -> dict:
+        cache = self._http_caches.setdefault(account.app, {})
+        try:
+            kwargs = dict(authority=app_cfg.authority_url, instance_discovery=False,
+                          http_client=self._session(account.app, app_cfg), http_cache=cache,
+                          token_cache=msal.TokenCache())
+            if app_cfg.client_secret:
+                app = msal.ConfidentialClientApplication(
+                    app_cfg.client_id, client_credential=app_cfg.client_secret.reveal(), **kwargs)
+            else:
+                app = msal.PublicClientApplication(app_cfg.client_id, **kwargs)
+            result = call(app)
+        except (requests.RequestException, OSError) as exc:
+            cache.clear()
+            raise network_error(account.mailbox, exc) from None
+        except ValueError as exc:  # msal: unparseable discovery or token response
+            cache.clear()
+            raise network_error(account.mailbox, exc) from None
+        if not isinstance(result, dict) or "access_token" not in result:
+            cache.clear()
+            raise classify(account.mailbox, result if isinstance(result, dict) else {})
+        return result
+
+    def _session(self, name: str, app_cfg: AppConfig) -> TokenHTTPSession:
+        if name not in self._sessions:
+            self._sessions[name] = TokenHTTPSession(app_cfg.ca_file, app_cfg.timeout)
+        return self._sessions[name]
+
+    def _token(self, account: AccountConfig, result: dict) -> AccessToken:
+        lifetime = float(result.get("expires_in") or 3600)
+        return AccessToken(Secret(result["access_token"]), self._clock() + lifetime)
+
+    # -- keeping tokens alive ----------------------------------------------------------------
+
+    async def maintain(self, interval: float = BACKGROUND_INTERVAL) -> None:
+        """Refresh ahead of expiry so logins never wait, and redeem quiet refresh tokens every few
+        days so the 90-day inactivity limit never bites. Runs until cancelled."""
+        while True:
+            for key, status in list(self.status.items()):
+                if self._due(key, status):
+                    try:
+                        await self.get(key)
+                    except (TokenError, KeyError):
+                        pass  # already logged and recorded in status
+            await asyncio.sleep(interval)
+
+    def _due(self, key: str, status: AccountStatus) -> bool:
+        now = self._clock()
+        if status.error is not None and now < status.hold_until:
+            return False
+        cached = self._cache.get(key)
+        if cached is None:
+            return status.last_refresh is None or now - status.last_refresh > KEEPALIVE_AGE
+        # refresh a little before get() would have to, so no login ever waits for it
+        return cached.expires_at - now < self.config.token_refresh_margin + 2 * BACKGROUND_INTERVAL

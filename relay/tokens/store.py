@@ -1,0 +1,238 @@
+"""The refresh-token store: one encrypted file in state_dir, safe between processes.
+
+Theory of operation. Refresh tokens rotate on every use, so the newest one must be on disk before
+anything else happens; losing it means a human has to re-authorise the mailbox. Every change is a
+read-modify-write of `tokens.enc` under an exclusive `flock` on `tokens.lock`, written to a temp file,
+fsynced, renamed over the old file and the directory fsynced: a crash leaves either the old or the new
+file, never half of one. The daemon, `relay365 auth` and a second daemon all take the same lock.
+
+Saving a rotated token is compare-and-swap (`put(..., expect=old)`): if someone else stored a different
+token for the mailbox in the meantime (an operator re-authorised it while the daemon was refreshing),
+theirs is newer and wins.
+
+The file is Fernet-encrypted (AES-128-CBC + HMAC-SHA256, from `cryptography`). The key comes from
+`$RELAY365_STORE_KEY`, else the systemd credential `$CREDENTIALS_DIRECTORY/store-key`, else the key file
+`state_dir/store.key`, created 0600 on first use. A wrong key or a damaged file is an error that names
+the file and what to do - never a silently empty store.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from ..errors import RelayError
+from ..secret import Secret
+
+KEY_ENV = "RELAY365_STORE_KEY"
+_FORMAT_VERSION = 1
+
+
+class StoreError(RelayError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredToken:
+    refresh_token: Secret
+    updated_at: float
+    seed_fingerprint: str | None = None
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write, fsync, rename over `path`, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class TokenStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir)
+        self.path = self.dir / "tokens.enc"
+        self.key_path = self.dir / "store.key"
+        self._fernet: Fernet | None = None
+
+    # -- key handling ---------------------------------------------------------------------------
+
+    def _key(self) -> Fernet:
+        if self._fernet is None:
+            self._fernet = Fernet(self._load_key())
+        return self._fernet
+
+    def _load_key(self) -> bytes:
+        if os.environ.get(KEY_ENV):
+            return self._check_key(os.environ[KEY_ENV].encode(), f"${KEY_ENV}")
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if cred_dir and (Path(cred_dir) / "store-key").is_file():
+            p = Path(cred_dir) / "store-key"
+            return self._check_key(p.read_bytes().strip(), str(p))
+        if self.key_path.is_file():
+            return self._check_key(self.key_path.read_bytes().strip(), str(self.key_path))
+        if self.path.exists():
+            raise StoreError(
+                f"{self.path} exists but its key {self.key_path} is missing: restore the key file "
+                f"(or set ${KEY_ENV}); without it the stored tokens cannot be read. To start over, "
+                f"move {self.path} away and re-authorise every mailbox.")
+        self._ensure_dir()
+        key = Fernet.generate_key()
+        try:
+            fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it just now
+            return self._check_key(self.key_path.read_bytes().strip(), str(self.key_path))
+        with os.fdopen(fd, "wb") as f:
+            f.write(key + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return key
+
+    @staticmethod
+    def _check_key(key: bytes, where: str) -> bytes:
+        try:
+            if len(base64.urlsafe_b64decode(key)) == 32:
+                return key
+        except ValueError:
+            pass
+        raise StoreError(f"{where}: not a valid store key (expected 32 bytes, url-safe base64; "
+                         f"make one with: python3 -c 'import os,base64;"
+                         f"print(base64.urlsafe_b64encode(os.urandom(32)).decode())')")
+
+    def _ensure_dir(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StoreError(f"cannot create state_dir {self.dir}: {exc.strerror}") from None
+
+    # -- reading and writing --------------------------------------------------------------------
+
+    def _read(self) -> dict:
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.path}: {exc.strerror}") from None
+        try:
+            data = json.loads(self._key().decrypt(blob.strip()))
+        except InvalidToken:
+            raise StoreError(
+                f"{self.path} cannot be decrypted: the key ({self._key_source()}) is not the one it "
+                f"was written with, or the file is damaged. Restore the right key or the file from "
+                f"backup; or move the file away and re-authorise every mailbox.") from None
+        except ValueError:
+            raise StoreError(f"{self.path} is damaged (not valid JSON after decryption); restore it "
+                             f"from backup or move it away and re-authorise every mailbox") from None
+        if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION:
+            raise StoreError(f"{self.path}: unknown format version {data.get('version')!r}")
+        return data.get("accounts", {})
+
+    def _key_source(self) -> str:
+        if os.environ.get(KEY_ENV):
+            return f"${KEY_ENV}"
+        cred = os.environ.get("CREDENTIALS_DIRECTORY")
+        if cred and (Path(cred) / "store-key").is_file():
+            return str(Path(cred) / "store-key")
+        return str(self.key_path)
+
+    def _write(self, accounts: dict) -> None:
+        blob = self._key().encrypt(json.dumps({"version": _FORMAT_VERSION, "accounts": accounts},
+                                              sort_keys=True).encode())
+        try:
+            write_atomic(self.path, blob + b"\n")
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.path}: {exc.strerror}") from None
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self._ensure_dir()
+        try:
+            fd = os.open(self.dir / "tokens.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open {self.dir / 'tokens.lock'}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def account_lock(self, mailbox: str):
+        """Held across redeeming a mailbox's refresh token and storing the rotated one, by every
+        process, so the same token is never redeemed twice."""
+        locks = self.dir / "locks"
+        try:
+            locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+            name = hashlib.sha256(mailbox.lower().encode()).hexdigest()[:24]
+            fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot create a lock in {locks}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def check(self) -> int:
+        """Open the store (creating the key if new); returns how many mailboxes it holds."""
+        self._key()
+        return len(self._read())
+
+    def get(self, mailbox: str) -> StoredToken | None:
+        entry = self._read().get(mailbox.lower())
+        if not entry:
+            return None
+        return StoredToken(Secret(entry["refresh_token"]), entry.get("updated_at", 0.0),
+                           entry.get("seed_fingerprint"))
+
+    def put(self, mailbox: str, refresh_token: Secret, *, expect: Secret | None = None,
+            check_expect: bool = False, seed_fingerprint: str | None = None) -> bool:
+        """Store a refresh token. With check_expect, only if the stored one is still `expect`.
+
+        Returns False (and changes nothing) when the compare-and-swap found a different token.
+        """
+        with self._locked():
+            accounts = self._read()
+            current = accounts.get(mailbox.lower())
+            if check_expect:
+                now = current["refresh_token"] if current else None
+                if now != (expect.reveal() if expect else None):
+                    return False
+            entry = {"refresh_token": refresh_token.reveal(), "updated_at": time.time()}
+            fp = seed_fingerprint or (current or {}).get("seed_fingerprint")
+            if fp:
+                entry["seed_fingerprint"] = fp
+            accounts[mailbox.lower()] = entry
+            self._write(accounts)
+            return True
+
+    def delete(self, mailbox: str) -> None:
+        with self._locked():
+            accounts = self._read()
+            if accounts.pop(mailbox.lower(), None) is not None:
+                self._write(accounts)
+
+    def mailboxes(self) -> list[str]:
+        return sorted(self._read())
