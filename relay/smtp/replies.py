@@ -1,0 +1,44 @@
+"""What the local SMTP client is told when something fails - chosen on purpose, never stack text.
+
+4xx where a retry can help (the device or its queue tries again), 5xx only where it cannot. An
+upstream reply is passed through with its own code and text (Exchange's enhanced status codes are
+the most useful diagnostics a printer's log can show), flattened to one line.
+"""
+
+from __future__ import annotations
+
+from ..errors import TokenError, UpstreamAuthError, UpstreamError
+
+INTERNAL_ERROR = "451 4.3.0 Internal error in the relay; try again later"
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_TLS_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    flat = " ".join(text.replace("\r", " ").split())
+    return flat[:limit]
+
+
+def upstream_reply(code: int, text: str) -> str:
+    """An upstream SMTP reply, passed on. Codes outside 2xx-5xx become a 451."""
+    if not 200 <= code <= 599:
+        return "451 4.4.0 Unexpected reply from Office 365; try again later"
+    return f"{code} {one_line(text) or 'No text'}"
+
+
+def for_exception(exc: BaseException) -> str:
+    """The reply for a failure that ends the current transaction."""
+    if isinstance(exc, TokenError):
+        if exc.transient:
+            return "451 4.7.0 Office 365 sign-in is temporarily unavailable; try again later"
+        return ("451 4.7.0 The relay's Office 365 account needs attention from its administrator; "
+                "try again later")
+    if isinstance(exc, UpstreamAuthError):
+        return "451 4.7.0 Office 365 refused the relay's login" + (
+            f": {one_line(exc.text, 200)}" if exc.text else "") + "; try again later"
+    if isinstance(exc, UpstreamError):
+        if exc.code is not None:
+            return upstream_reply(exc.code, exc.text)
+        return "451 4.4.1 Office 365 cannot be reached right now; try again later"
+    return INTERNAL_ERROR

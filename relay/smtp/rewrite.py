@@ -1,0 +1,60 @@
+"""Sender rewriting: Office 365 lets a mailbox send only as itself (or with SendAs rights).
+
+`rewrite_from(message, mailbox)` replaces the From header's address with the mailbox, keeps the
+original display name, and keeps the original address as Reply-To when the message has none, so
+replies still reach the person or device that sent it. It works on the raw header block: the body is
+passed through byte for byte (re-serialising MIME would change signatures and attachments).
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import formataddr, getaddresses
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.ASCII)
+
+
+def split_headers(message: bytes) -> tuple[list[bytes], bytes]:
+    """Header fields (each with its folded continuation lines and line ending), and the rest: the
+    blank line and the body, untouched. A message that starts with a blank line has no headers."""
+    if message.startswith((b"\r\n", b"\n")):
+        return [], message
+    m = _HEADER_END.search(message)
+    cut = message.index(b"\n", m.start()) + 1 if m else len(message)
+    fields: list[bytes] = []
+    for line in message[:cut].splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        else:
+            fields.append(line)
+    if fields and not fields[-1].endswith(b"\n"):
+        fields[-1] += b"\r\n"
+    return fields, message[cut:]
+
+
+def _name(field: bytes) -> bytes:
+    m = _FIELD.match(field)
+    return m.group(1).lower() if m else b""
+
+
+def _value(field: bytes) -> str:
+    raw = field.split(b":", 1)[1] if b":" in field else b""
+    return re.sub(r"\r?\n[ \t]", " ", raw.decode("utf-8", "replace")).strip()
+
+
+def rewrite_from(message: bytes, mailbox: str) -> bytes:
+    fields, rest = split_headers(message)
+    eol = b"\n" if fields and not fields[0].endswith(b"\r\n") else b"\r\n"
+    froms = [f for f in fields if _name(f) == b"from"]
+    original = getaddresses([_value(froms[0])]) if froms else []
+    display, address = original[0] if original else ("", "")
+    index = fields.index(froms[0]) if froms else 0  # the new From goes where the first one was
+    out = [f for f in fields if _name(f) != b"from"]
+    out.insert(index, b"From: " + formataddr((display, mailbox)).encode("utf-8") + eol)
+    has_reply_to = any(_name(f) == b"reply-to" for f in fields)
+    if address and address.lower() != mailbox.lower() and not has_reply_to:
+        out.insert(index + 1, b"Reply-To: " + formataddr((display, address)).encode("utf-8") + eol)
+    if not rest.startswith((b"\r\n", b"\n")):
+        rest = eol + rest  # a message that was all headers still needs the blank line
+    return b"".join(out) + rest

@@ -1,0 +1,291 @@
+"""The local SMTP listener: aiosmtpd in front, one upstream Office 365 session behind each client.
+
+Theory of operation. aiosmtpd parses SMTP; `RelayHandler`'s hooks hold our policy:
+- AUTH PLAIN / LOGIN are our own async `auth_*` hooks, so the scrypt check runs in a thread, every
+  failure waits `auth_failure_delay` and is logged once as `auth_failed` (user, peer) for fail2ban.
+- MAIL decides who the client is sending as: its user's mailbox after AUTH, or the mailbox of the
+  `unauthenticated` network it comes from; anyone else gets 530 - never an open relay. The upstream
+  session (TLS + XOAUTH2) is opened then, and the MAIL, each RCPT and DATA are passed on as they come,
+  so the client gets the upstream's own answer to each (250 only once Office 365 accepted).
+- With `sender: rewrite` the envelope sender and the From header become the mailbox.
+- Every failure becomes a reply chosen in `relay.smtp.replies`; nothing of an exception's text.
+One summary line per session (`smtp_session`) says who, as whom, how much and how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from ..config import Config, SmtpConfig
+from ..errors import RelayError, TokenError, UpstreamError
+from ..passwords import Verifier
+from ..sasl import SaslError, b64decode_strict, decode_plain, decode_text
+from ..secret import Secret
+from ..tlsutil import client_context, server_context
+from ..tokens.manager import TokenManager
+from . import replies
+from .rewrite import rewrite_from
+from .upstream import UpstreamSMTP
+
+log = structlog.get_logger("relay.smtp")
+_conn_ids = itertools.count(1)
+
+
+@dataclass
+class SessionState:
+    conn_id: int
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    user: str | None = None
+    mailbox: str | None = None
+    upstream: UpstreamSMTP | None = None
+    messages: int = 0
+    recipients: int = 0
+    bytes: int = 0
+    auth_failures: int = 0
+    last_reply: str | None = None
+    outcome: str = "no_mail"
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's protocol with a per-connection `state` and a summary line when it ends."""
+
+    def connection_made(self, transport) -> None:
+        first = self._original_transport is None and getattr(self, "state", None) is None
+        super().connection_made(transport)
+        if first:
+            peer = transport.get_extra_info("peername") or ("?", 0)
+            self.state = SessionState(next(_conn_ids), str(peer[0]))
+
+    def connection_lost(self, error) -> None:
+        super().connection_lost(error)
+        self.event_handler.session_ended(self)
+
+
+class RelayHandler:
+    def __init__(self, config: Config, tokens: TokenManager) -> None:
+        self.tokens = tokens
+        self._tasks: set[asyncio.Task] = set()
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        assert config.smtp is not None
+        self.config = config
+        self.smtp: SmtpConfig = config.smtp
+        self.verifier = Verifier({u.username: u.password_hash for u in config.users})
+        self.upstream_tls = client_context(config.upstream.ca_file)
+
+    # -- who is sending ----------------------------------------------------------------------
+
+    def _unauthenticated_mailbox(self, peer: str) -> str | None:
+        try:
+            ip = ipaddress.ip_address(peer.split("%")[0])
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        for net in self.smtp.unauthenticated:
+            if ip.version == net.network.version and ip in net.network:
+                return net.mailbox
+        return None
+
+    async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        blob = args[1] if len(args) > 1 else None
+        if blob is None:
+            raw = await server.challenge_auth("")
+            if not isinstance(raw, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                raw = b64decode_strict(blob)
+            except SaslError:
+                return AuthResult(success=False, handled=False, message="501 5.5.2 Cannot decode base64")
+        try:
+            creds = decode_plain(raw)
+        except SaslError as exc:
+            server.state.auth_failures += 1
+            log.info("auth_malformed", conn=server.state.conn_id, peer=server.state.peer, reason=str(exc))
+            return AuthResult(success=False, handled=False, message="501 5.5.2 " + str(exc))
+        return await self._check(server, "PLAIN", creds.username, creds.password)
+
+    async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        try:
+            if len(args) > 1:
+                user_raw = b64decode_strict(args[1])
+            else:
+                user_raw = await server.challenge_auth("Username:")
+                if not isinstance(user_raw, bytes):
+                    return AuthResult(success=False, handled=True)
+            pw_raw = await server.challenge_auth("Password:")
+            if not isinstance(pw_raw, bytes):
+                return AuthResult(success=False, handled=True)
+            user, password = decode_text(user_raw, "user name"), decode_text(pw_raw, "password")
+        except SaslError as exc:
+            return AuthResult(success=False, handled=False, message="501 5.5.2 " + str(exc))
+        return await self._check(server, "LOGIN", user, Secret(password))
+
+    async def _check(self, server: RelaySMTP, mech: str, username: str, password: Secret) -> AuthResult:
+        state = server.state
+        user = self.config.user(username)
+        if user is not None and await self.verifier.verify(username, password):
+            state.user, state.mailbox = username, user.mailbox
+            log.info("auth_ok", conn=state.conn_id, peer=state.peer, user=username, mechanism=mech)
+            return AuthResult(success=True, auth_data=username)
+        if user is None:
+            await self.verifier.verify(username, password)  # same cost for unknown users
+        state.auth_failures += 1
+        log.warning("auth_failed", proto="smtp", conn=state.conn_id, peer=state.peer,
+                    user=username[:64], mechanism=mech,
+                    reason="unknown_user" if user is None else "bad_password")
+        await asyncio.sleep(self.smtp.auth_failure_delay)
+        return AuthResult(success=False, handled=False, message=replies.AUTH_FAILED)
+
+    # -- the transaction, passed on as it comes -----------------------------------------------
+
+    async def handle_MAIL(self, server: RelaySMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        state = server.state
+        if state.user is None:
+            mailbox = self._unauthenticated_mailbox(state.peer)
+            if mailbox is None:
+                log.warning("relay_denied", conn=state.conn_id, peer=state.peer,
+                            reason="not authenticated and not in smtp.unauthenticated")
+                return replies.AUTH_REQUIRED
+            state.mailbox = mailbox
+        assert state.mailbox is not None
+        sender = state.mailbox if self.smtp.sender == "rewrite" else address
+        try:
+            upstream = await self._upstream(state)
+            reply = await upstream.mail(sender, mail_options)
+        except RelayError as exc:
+            return self._failed(state, exc, "mail")
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return reply
+
+    async def handle_RCPT(self, server: RelaySMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        state = server.state
+        if state.upstream is None or not state.upstream.connected:
+            return "451 4.4.1 Office 365 connection was lost; start the transaction again"
+        try:
+            reply = await state.upstream.rcpt(address)
+        except RelayError as exc:
+            return self._failed(state, exc, "rcpt", recipient=address)
+        envelope.rcpt_tos.append(address)
+        return reply
+
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        state = server.state
+        if state.upstream is None or not state.upstream.connected:
+            return "451 4.4.1 Office 365 connection was lost; try again"
+        message = envelope.original_content or b""
+        if self.smtp.sender == "rewrite":
+            message = rewrite_from(message, state.mailbox or "")
+        started = time.monotonic()
+        try:
+            reply = await state.upstream.data(message)
+        except RelayError as exc:
+            return self._failed(state, exc, "data", size=len(message))
+        state.messages += 1
+        state.recipients += len(envelope.rcpt_tos)
+        state.bytes += len(message)
+        state.last_reply, state.outcome = replies.one_line(reply, 120), "relayed"
+        log.info("message_relayed", conn=state.conn_id, peer=state.peer, user=state.user,
+                 mailbox=state.mailbox, recipients=len(envelope.rcpt_tos), size=len(message),
+                 upstream_reply=state.last_reply, seconds=round(time.monotonic() - started, 3))
+        return replies.upstream_reply(int(reply[:3]), reply[4:])
+
+    async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        if server.state.upstream is not None:
+            await server.state.upstream.rset()
+        return "250 OK"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("smtp_internal_error", error=type(error).__name__, exc_info=error)
+        return replies.INTERNAL_ERROR
+
+    async def _upstream(self, state: SessionState) -> UpstreamSMTP:
+        assert state.mailbox is not None
+        up = state.upstream
+        if up is not None and up.connected and up.mailbox == state.mailbox:
+            return up
+        if up is not None:
+            await up.close()
+        cfg = self.config.upstream
+        up = UpstreamSMTP(cfg.smtp, self.upstream_tls, local_hostname=self.smtp.hostname,
+                          connect_timeout=cfg.connect_timeout, timeout=cfg.timeout)
+        state.upstream = None
+        await up.open(state.mailbox, self.tokens)
+        state.upstream = up
+        log.info("upstream_connected", conn=state.conn_id, mailbox=state.mailbox,
+                 host=cfg.smtp.host, seconds=round(up.connect_seconds or 0, 3))
+        return up
+
+    def _failed(self, state: SessionState, exc: RelayError, stage: str, **extra) -> str:
+        reply = replies.for_exception(exc)
+        state.last_reply = reply[:120]
+        state.outcome = "rejected" if reply.startswith("5") else "deferred"
+        fields = dict(conn=state.conn_id, peer=state.peer, user=state.user, mailbox=state.mailbox,
+                      stage=stage, reply=reply, **extra)
+        if isinstance(exc, TokenError):
+            log.warning("smtp_token_unavailable", code=exc.code, error=exc.error, **fields)
+        elif isinstance(exc, UpstreamError):
+            log.warning("smtp_upstream_failed", error=str(exc), **fields)
+        return reply
+
+    # -- session end ---------------------------------------------------------------------------
+
+    def session_ended(self, server: RelaySMTP) -> None:
+        state: SessionState | None = getattr(server, "state", None)
+        if state is None:
+            return
+        log.info("smtp_session", conn=state.conn_id, peer=state.peer, user=state.user,
+                 mailbox=state.mailbox, messages=state.messages, recipients=state.recipients,
+                 size=state.bytes, upstream_reply=state.last_reply, outcome=state.outcome,
+                 auth_failures=state.auth_failures,
+                 seconds=round(time.monotonic() - state.started, 3))
+        if state.upstream is not None:
+            task = asyncio.get_running_loop().create_task(state.upstream.close())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            state.upstream = None
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def start_smtp(config: Config, tokens: TokenManager) -> tuple[RelayHandler, list[asyncio.Server]]:
+    """Bind every `smtp.listen` address; returns the handler (for reloads) and the servers."""
+    smtp = config.smtp
+    assert smtp is not None
+    handler = RelayHandler(config, tokens)
+    tls = server_context(smtp.cert_file, smtp.key_file) if smtp.tls != "none" else None
+
+    def factory() -> RelaySMTP:
+        cfg = handler.smtp
+        return RelaySMTP(
+            handler, hostname=cfg.hostname, ident="relay365", data_size_limit=cfg.max_message_size,
+            enable_SMTPUTF8=True, decode_data=False, timeout=cfg.timeout,
+            tls_context=tls if cfg.tls == "starttls" else None,
+            # STARTTLS is not required for everything: allowed unauthenticated devices may lack it
+            auth_required=False,
+            # implicit TLS is TLS from the first byte, which aiosmtpd's check does not see
+            auth_require_tls=not cfg.allow_plaintext_auth and cfg.tls != "implicit",
+        )
+
+    loop = asyncio.get_running_loop()
+    servers = []
+    for addr in smtp.listen:
+        servers.append(await loop.create_server(
+            factory, addr.host, addr.port, ssl=tls if smtp.tls == "implicit" else None,
+            reuse_address=True, backlog=1024))
+    return handler, servers

@@ -1,0 +1,125 @@
+"""One SMTP connection to Office 365: verified TLS, AUTH XOAUTH2 as the account's mailbox.
+
+aiosmtplib speaks the protocol (it has XOAUTH2 built in, including the empty reply to the base64
+JSON error challenge). This module only decides the policy - TLS is never optional, a 535 on a cached
+token gets one fresh token and one more try - and turns aiosmtplib's exceptions into ours.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+import aiosmtplib
+import structlog
+
+from ..config import Endpoint
+from ..errors import UpstreamAuthError, UpstreamError
+from ..tokens.manager import TokenManager
+
+log = structlog.get_logger("relay.smtp.upstream")
+
+_NETWORK = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError,
+            aiosmtplib.SMTPTimeoutError, OSError, ssl.SSLError, TimeoutError)
+
+
+def _reply_error(exc: aiosmtplib.SMTPResponseException, what: str) -> UpstreamError:
+    return UpstreamError(f"upstream refused {what}", code=exc.code, text=exc.message,
+                         transient=400 <= exc.code < 500)
+
+
+class UpstreamSMTP:
+    def __init__(self, endpoint: Endpoint, tls: ssl.SSLContext, *, local_hostname: str,
+                 connect_timeout: float, timeout: float) -> None:
+        self.endpoint = endpoint
+        self._tls = tls
+        self._local_hostname = local_hostname
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._smtp: aiosmtplib.SMTP | None = None
+        self.mailbox: str | None = None
+        self.esmtp: set[str] = set()
+        self.connect_seconds: float | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    async def open(self, mailbox: str, tokens: TokenManager) -> None:
+        """Connect, TLS, EHLO, AUTH XOAUTH2. Raises TokenError or UpstreamError."""
+        started = time.monotonic()
+        implicit = self.endpoint.tls == "implicit"
+        smtp = aiosmtplib.SMTP(hostname=self.endpoint.host, port=self.endpoint.port,
+                               use_tls=implicit, start_tls=False, tls_context=self._tls,
+                               local_hostname=self._local_hostname, timeout=self._timeout)
+        token = await tokens.get(mailbox)
+        try:
+            await smtp.connect(timeout=self._connect_timeout)
+            if not implicit:
+                await smtp.starttls(tls_context=self._tls)  # raises when the server lacks STARTTLS
+            try:
+                await smtp.auth_xoauth2(mailbox, token.token.reveal())
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                if not token.from_cache:
+                    raise
+                log.info("upstream_auth_retry", account=mailbox, code=exc.code)
+                token = await tokens.get(mailbox, rejected=token.token)
+                await smtp.auth_xoauth2(mailbox, token.token.reveal())
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            await _close(smtp)
+            raise UpstreamAuthError("upstream refused XOAUTH2", code=exc.code, text=exc.message,
+                                    transient=True) from None
+        except aiosmtplib.SMTPException as exc:
+            await _close(smtp)
+            code = getattr(exc, "code", None)
+            raise UpstreamError(f"upstream session setup failed: {type(exc).__name__}",
+                                code=code if isinstance(code, int) and code >= 400 else None,
+                                text=getattr(exc, "message", ""), transient=True) from None
+        except _NETWORK as exc:
+            await _close(smtp)
+            raise UpstreamError(f"cannot reach upstream: {type(exc).__name__}: {exc}") from None
+        self._smtp, self.mailbox = smtp, mailbox
+        self.esmtp = set(smtp.esmtp_extensions)
+        self.connect_seconds = time.monotonic() - started
+
+    async def mail(self, sender: str, options: list[str]) -> str:
+        opts = [o for o in options if o.split("=")[0].lower() in self.esmtp]
+        return await self._call(lambda s: s.mail(sender, options=opts), "the sender")
+
+    async def rcpt(self, recipient: str) -> str:
+        return await self._call(lambda s: s.rcpt(recipient), "the recipient")
+
+    async def data(self, message: bytes) -> str:
+        return await self._call(lambda s: s.data(message), "the message")
+
+    async def rset(self) -> None:
+        if self.connected:
+            try:
+                await self._smtp.rset()
+            except (aiosmtplib.SMTPException, *_NETWORK):
+                await self.close()
+
+    async def _call(self, op, what: str) -> str:
+        assert self._smtp is not None
+        try:
+            response = await op(self._smtp)
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _reply_error(exc, what) from None
+        except (aiosmtplib.SMTPException, *_NETWORK) as exc:
+            await self.close()
+            raise UpstreamError(f"upstream connection lost: {type(exc).__name__}") from None
+        return f"{response.code} {response.message}"
+
+    async def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            await _close(smtp)
+
+
+async def _close(smtp: aiosmtplib.SMTP) -> None:
+    if not smtp.is_connected:
+        return
+    try:
+        await smtp.quit(timeout=5)
+    except (aiosmtplib.SMTPException, *_NETWORK):
+        smtp.close()
