@@ -1,0 +1,57 @@
+"""`relay365 check --upstream`: one line per account - token, SMTP login, IMAP login."""
+
+from __future__ import annotations
+
+import time
+
+from .config import Config
+from .errors import RelayError, TokenError
+from .smtp.replies import for_exception
+from .smtp.upstream import UpstreamSMTP
+from .tlsutil import client_context
+from .tokens.manager import TokenManager
+from .tokens.store import TokenStore
+
+
+async def _smtp(config: Config, tokens: TokenManager, mailbox: str) -> str:
+    up = UpstreamSMTP(config.upstream.smtp, client_context(config.upstream.ca_file),
+                      local_hostname="relay365-check",
+                      connect_timeout=config.upstream.connect_timeout, timeout=config.upstream.timeout)
+    try:
+        await up.open(mailbox, tokens)
+    except RelayError as exc:
+        return "FAILED " + for_exception(exc)
+    await up.close()
+    return "ok"
+
+
+async def _imap(config: Config, tokens: TokenManager, mailbox: str) -> str:
+    try:
+        from .imap.upstream import check_login
+    except ImportError:
+        return "not checked"
+    try:
+        return await check_login(config, tokens, mailbox)
+    except RelayError as exc:
+        return f"FAILED {exc}"
+
+
+async def check_upstream(config: Config) -> int:
+    tokens = TokenManager(config, TokenStore(config.state_dir), retry_delays=())
+    failed = 0
+    for account in config.accounts:
+        parts = [account.mailbox]
+        try:
+            token = await tokens.get(account.mailbox)
+        except TokenError as exc:
+            code = f"AADSTS{exc.code}" if isinstance(exc.code, int) else exc.code
+            print(f"{account.mailbox}  token: FAILED {exc.error} ({code}): {exc.action}")
+            failed += 1
+            continue
+        parts.append(f"token: ok (expires in {int((token.expires_at - time.time()) / 60)} min)")
+        smtp = await _smtp(config, tokens, account.mailbox)
+        imap = await _imap(config, tokens, account.mailbox)
+        parts += [f"smtp: {smtp}", f"imap: {imap}"]
+        failed += smtp.startswith("FAILED") or imap.startswith("FAILED")
+        print("  ".join(parts))
+    return 1 if failed else 0

@@ -1,0 +1,142 @@
+"""`relay365` command line: serve, check, hash-password, demo.
+
+Every failure an operator can cause ends in one clear message and a non-zero exit, never a traceback:
+2 for a bad config, 1 for anything else that went wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+
+import structlog
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError, RelayError
+
+EXIT_CONFIG = 2
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"relay365: configuration {exc.source} has {len(exc.problems)} problem(s):",
+              file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_serve(args) -> int:
+    from .app import Relay
+    from .logs import configure
+    from .runloop import run
+
+    config = _load(args.config)
+    configure(args.log_level or config.log.level, config.log.format)
+
+    async def main() -> None:
+        relay = Relay(config)
+        await relay.start()
+        try:
+            await relay.serve()
+        finally:
+            await relay.stop()
+
+    try:
+        run(main())
+    except RelayError as exc:
+        structlog.get_logger("relay").error("startup_failed", error=str(exc))
+        print(f"relay365: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a listener could not be bound
+        print(f"relay365: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check(args) -> int:
+    config = _load(args.config)
+    print(f"relay365: configuration {args.config} is valid "
+          f"({len(config.accounts)} account(s), {len(config.users)} user(s))")
+    from .tokens.store import StoreError, TokenStore
+
+    try:
+        held = TokenStore(config.state_dir).check()
+        print(f"relay365: token store {config.state_dir} is readable ({held} refresh token(s))")
+    except StoreError as exc:
+        print(f"relay365: {exc}", file=sys.stderr)
+        return 1
+    if not args.upstream:
+        return 0
+    from .logs import configure
+
+    configure("warning", "console")
+    from .checks import check_upstream
+
+    return asyncio.run(check_upstream(config))
+
+
+def cmd_hash_password(args) -> int:
+    from .passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("relay365: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("relay365: empty password refused", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(keep_serving=not args.once, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="relay365", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"relay365 {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the relay")
+    s.add_argument("-c", "--config", required=True)
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("check", help="validate the config (and with --upstream, log in upstream)")
+    s.add_argument("-c", "--config", required=True)
+    s.add_argument("--upstream", action="store_true",
+                   help="also get a token for each account and try an XOAUTH2 login upstream")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("hash-password", help="read a password (stdin or prompt), print its hash")
+    s.set_defaults(func=cmd_hash_password)
+
+    s = sub.add_parser("demo", help="run the relay against an embedded Office 365 stand-in")
+    s.add_argument("--once", action="store_true", help="send the sample message and exit")
+    s.add_argument("--port", type=int, default=2525, help="local SMTP port of the demo relay")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
