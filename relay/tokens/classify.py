@@ -87,3 +87,11 @@ def network_error(account: str, exc: BaseException) -> TokenError:
                       action="cannot reach the token endpoint; check DNS, proxy and firewall; "
                              "relay365 retries with backoff",
                       description=f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def service_error(account: str, exc: BaseException) -> TokenError:
+    """The token endpoint answered, but with a server error or something unreadable: transient."""
+    return TokenError(account=account, error="server_error", code="server_error", transient=True,
+                      action="the identity platform answered with a server error; relay365 retries "
+                             "with backoff",
+                      description=f"{type(exc).__name__}: {str(exc)[:200]}")

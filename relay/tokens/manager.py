@@ -32,7 +32,7 @@ import structlog
 from ..config import AccountConfig, AppConfig, Config
 from ..errors import TokenError
 from ..secret import Secret
-from .classify import classify, network_error
+from .classify import classify, network_error, service_error
 from .http import TokenHTTPSession
 from .store import StoredToken, TokenStore
 
@@ -223,9 +223,10 @@ class TokenManager:
         except (requests.RequestException, OSError) as exc:
             cache.clear()
             raise network_error(account.mailbox, exc) from None
-        except ValueError as exc:  # msal: unparseable discovery or token response
+        except (ValueError, msal.exceptions.MsalServiceError) as exc:
+            # msal raises on a 5xx or an unparseable answer: the service is in trouble, retry later
             cache.clear()
-            raise network_error(account.mailbox, exc) from None
+            raise service_error(account.mailbox, exc) from None
         if not isinstance(result, dict) or "access_token" not in result:
             cache.clear()
             raise classify(account.mailbox, result if isinstance(result, dict) else {})
