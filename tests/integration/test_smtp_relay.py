@@ -1,0 +1,278 @@
+"""SMTP through relay365 into real Postfix (STARTTLS + XOAUTH2 via Dovecot) and real Dovecot mailboxes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import email
+import shutil
+import smtplib
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.integration.conftest import DOMAIN, MAILBOX, PASSWORD, USER, relay_config
+
+pytestmark = pytest.mark.integration
+
+
+def message(subject: str, sender: str = "Printer 3 <printer3@lan.local>",
+            to: str = f"bob@{DOMAIN}", size: int = 0) -> bytes:
+    body = "Scanned document attached.\r\n" + ("x" * 76 + "\r\n") * (size // 78)
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{uuid.uuid4()}@lan.local>\r\n\r\n{body}").encode()
+
+
+def delivered(upstream, mailbox: str, subject: str, timeout: float = 20) -> email.message.Message:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for raw in upstream.messages(mailbox):
+            msg = email.message_from_bytes(raw)
+            if msg["Subject"] == subject:
+                return msg
+        time.sleep(0.1)
+    raise AssertionError(f"{subject!r} never reached {mailbox}\n{upstream.log_tail()}")
+
+
+def send(port: int, subject: str, *, login=(USER, PASSWORD), source=None, tls_ca=None,
+         to: str = f"bob@{DOMAIN}", **kw) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=source) as s:
+        if tls_ca:
+            s.starttls(context=ssl.create_default_context(cafile=str(tls_ca)))
+        if login:
+            s.login(*login)
+        s.sendmail("printer3@lan.local", [to], message(subject, to=to, **kw))
+
+
+def test_auth_plain_relays_with_sender_rewritten(make_relay, upstream, idp):
+    relay = make_relay(smtp={})
+    subject = f"plain {uuid.uuid4()}"
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as s:
+        s.ehlo()
+        assert "PLAIN" in s.esmtp_features["auth"] and "LOGIN" in s.esmtp_features["auth"]
+        s.user, s.password = USER, PASSWORD
+        assert s.auth("PLAIN", s.auth_plain)[0] == 235
+        s.sendmail("printer3@lan.local", [f"bob@{DOMAIN}"], message(subject))
+    msg = delivered(upstream, f"bob@{DOMAIN}", subject)
+    assert msg["From"] == f"Printer 3 <{MAILBOX}>"
+    assert msg["Reply-To"] == "Printer 3 <printer3@lan.local>"
+    assert "Scanned document attached." in msg.get_payload()
+    relayed = relay.wait_log("message_relayed")
+    assert relayed["user"] == USER and relayed["mailbox"] == MAILBOX and relayed["recipients"] == 1
+    assert relayed["upstream_reply"].startswith("250")
+    summary = relay.wait_log("smtp_session", outcome="relayed")
+    assert summary["messages"] == 1 and summary["peer"] == "127.0.0.1" and summary["seconds"] >= 0
+    assert PASSWORD not in relay.log_path.read_text()
+
+
+def test_auth_login_mechanism(make_relay, upstream):
+    relay = make_relay(smtp={})
+    subject = f"login {uuid.uuid4()}"
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as s:
+        s.ehlo()
+        s.user, s.password = USER, PASSWORD
+        code, _ = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
+        assert code == 235
+        s.sendmail("printer3@lan.local", [f"bob@{DOMAIN}"], message(subject))
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+
+
+def test_local_starttls_and_plaintext_auth_refused(make_relay, upstream, pki):
+    relay = make_relay(smtp={"tls": "starttls", "cert_file": str(pki.cert_file),
+                             "key_file": str(pki.key_file), "allow_plaintext_auth": False})
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as s:
+        s.ehlo()
+        assert s.has_extn("starttls")
+        code, text = s.docmd("AUTH", "PLAIN " + "AHNjYW5uZXIAeA==")
+        assert code == 538, text
+    subject = f"starttls {uuid.uuid4()}"
+    send(relay.smtp_port, subject, tls_ca=pki.ca_file)
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+
+
+def test_implicit_tls_listener(make_relay, upstream, pki):
+    relay = make_relay(smtp={"tls": "implicit", "cert_file": str(pki.cert_file),
+                             "key_file": str(pki.key_file), "allow_plaintext_auth": False})
+    subject = f"smtps {uuid.uuid4()}"
+    ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+    with smtplib.SMTP_SSL("127.0.0.1", relay.smtp_port, context=ctx, timeout=30) as s:
+        s.login(USER, PASSWORD)
+        s.sendmail("a@lan.local", [f"bob@{DOMAIN}"], message(subject))
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks not installed")
+def test_swaks_client(make_relay, upstream):
+    relay = make_relay(smtp={})
+    subject = f"swaks {uuid.uuid4()}"
+    result = subprocess.run(
+        ["swaks", "--server", f"127.0.0.1:{relay.smtp_port}", "--auth", "PLAIN",
+         "--auth-user", USER, "--auth-password", PASSWORD, "--from", "scanner7@lan.local",
+         "--to", f"carol@{DOMAIN}", "--header", f"Subject: {subject}", "--timeout", "30"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "<-  250 2.0.0 Ok: queued" in result.stdout
+    msg = delivered(upstream, f"carol@{DOMAIN}", subject)
+    assert MAILBOX in msg["From"]
+
+
+def test_unauthenticated_only_from_listed_networks(make_relay, upstream, idp):
+    relay = make_relay(smtp={"unauthenticated": [{"network": "127.0.0.2/32", "mailbox": MAILBOX}]})
+    subject = f"printer {uuid.uuid4()}"
+    send(relay.smtp_port, subject, login=None, source=("127.0.0.2", 0))
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+    requests_before = idp.token_requests
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30, source_address=("127.0.0.3", 0)) as s:
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            s.sendmail("x@lan.local", [f"bob@{DOMAIN}"], message("open relay?"))
+    assert refused.value.smtp_code == 530
+    denied = relay.wait_log("relay_denied")
+    assert denied["peer"] == "127.0.0.3"
+    assert idp.token_requests == requests_before
+
+
+def test_bad_password_is_535_and_never_reaches_upstream(make_relay, idp):
+    relay = make_relay(smtp={})
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as s:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+            s.login(USER, "wrong password")
+        assert failed.value.smtp_code == 535
+        code, _ = s.docmd("MAIL", "FROM:<x@lan.local>")
+        assert code == 530
+    event = relay.wait_log("auth_failed")
+    assert event["user"] == USER and event["reason"] == "bad_password" and event["peer"] == "127.0.0.1"
+    # no upstream session was opened: Dovecot never had a token to introspect
+    assert idp.introspections == 0
+    assert not relay.find("upstream_connected")
+    assert "wrong password" not in relay.log_path.read_text()
+
+
+def test_fifty_logins_cost_one_token_request(make_relay, upstream, idp):
+    relay = make_relay(smtp={})
+
+    def one(i: int) -> None:
+        send(relay.smtp_port, f"burst {i}", to=f"burst@{DOMAIN}")
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        list(pool.map(one, range(50)))
+    assert idp.grants["refresh_token"] == 1
+    assert idp.token_requests == 1
+    upstream.wait_for_messages(f"burst@{DOMAIN}", 50)
+
+
+def test_rotated_refresh_token_survives_restart(make_relay, upstream, idp, tmp_path):
+    relay = make_relay(smtp={})
+    config_before = relay.config_path.read_bytes()
+    send(relay.smtp_port, "before restart")
+    assert idp.grants["refresh_token"] == 1  # the seed was redeemed and rotated: it is dead now
+    relay.stop()
+    store = (tmp_path / "state" / "tokens.enc").read_bytes()
+    seed = relay.config["accounts"][0]["refresh_token"]
+    assert seed.encode() not in store
+    relay.start()
+    assert relay.config_path.read_bytes() == config_before  # the config file is never rewritten
+    subject = f"after restart {uuid.uuid4()}"
+    send(relay.smtp_port, subject)
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+    assert idp.grants["refresh_token"] == 2
+    assert not relay.find("token_failed")
+
+
+def test_identity_platform_down_is_4xx_then_recovers(make_relay, upstream, idp):
+    relay = make_relay(smtp={})
+    idp.down = True
+    with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        send(relay.smtp_port, "while down")
+    assert refused.value.smtp_code == 451
+    assert b"temporarily unavailable" in refused.value.smtp_error
+    failed = relay.wait_log("token_failed")
+    assert failed["transient"] is True and failed["account"] == MAILBOX
+    idp.down = False
+    subject = f"recovered {uuid.uuid4()}"
+    deadline = time.monotonic() + 15
+    while True:  # the relay holds a failing account back for a second or two, then tries again
+        try:
+            send(relay.smtp_port, subject)
+            break
+        except smtplib.SMTPSenderRefused as exc:
+            assert exc.smtp_code == 451
+            assert time.monotonic() < deadline, "no recovery within 15 s"
+            time.sleep(0.5)
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+
+
+def test_invalid_grant_is_one_clear_event_and_4xx(make_relay, idp):
+    relay = make_relay(smtp={})
+    idp.fail_next(1, "invalid_grant", [70008], retry_after=0)
+    for _ in range(3):
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            send(relay.smtp_port, "expired")
+        assert refused.value.smtp_code == 451
+        assert b"needs attention" in refused.value.smtp_error
+    events = relay.find("token_failed")
+    assert len(events) == 1  # one event, not one per login; and the identity platform asked once
+    assert idp.token_requests == 1
+    event = events[0]
+    assert event["account"] == MAILBOX and event["code"] == "AADSTS70008"
+    assert "re-authorise" in event["action"] and event["level"] == "error"
+    assert event["state"] == "needs-auth"
+
+
+def test_upstream_replies_pass_through(make_relay, upstream):
+    relay = make_relay(smtp={})
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as s:
+        s.login(USER, PASSWORD)
+        s.mail("printer3@lan.local")
+        code, text = s.rcpt(f"reject-me@{DOMAIN}")
+        assert code == 550 and b"5.1.1" in text
+        code, text = s.rcpt(f"tempfail@{DOMAIN}")
+        assert 400 <= code < 500
+        code, _ = s.rcpt(f"dave@{DOMAIN}")
+        assert code == 250
+        code, _ = s.data(message("partial"))
+        assert code == 250
+    delivered(upstream, f"dave@{DOMAIN}", "partial")
+
+
+def test_sender_keep_passes_upstream_sendas_rejection(make_relay, upstream):
+    relay = make_relay(smtp={"sender": "keep"})
+    with pytest.raises(smtplib.SMTPDataError) as rejected:
+        send(relay.smtp_port, "keep")
+    assert 500 <= rejected.value.smtp_code < 600
+
+
+def test_size_limit_is_advertised_and_enforced(make_relay):
+    relay = make_relay(smtp={"max_message_size": "2KB"})
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as s:
+        s.ehlo()
+        assert s.esmtp_features["size"] == "2048"
+        s.login(USER, PASSWORD)
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            s.sendmail("a@lan.local", [f"bob@{DOMAIN}"], message("big", size=4096))
+        assert refused.value.smtp_code == 552
+
+
+def test_rejected_cached_token_is_refreshed_once(make_relay, upstream, idp):
+    relay = make_relay(smtp={})
+    send(relay.smtp_port, "warm the cache")
+    idp.revoke_access_tokens()  # Exchange would say 535 for a revoked token
+    subject = f"after revoke {uuid.uuid4()}"
+    send(relay.smtp_port, subject)
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+    assert idp.grants["refresh_token"] == 2
+    assert relay.find("upstream_auth_retry")
+
+
+def test_check_upstream_reports_each_account(tmp_path, pki, idp, upstream):
+    from tests.support.relayproc import RelayProcess
+
+    proc = RelayProcess(tmp_path, relay_config(tmp_path, pki, idp, upstream, smtp={}))
+    proc.write_config()
+    result = subprocess.run([sys.executable, "-m", "relay", "check", "-c", str(proc.config_path),
+                             "--upstream"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = [l for l in result.stdout.splitlines() if l.startswith(MAILBOX)][0]
+    assert "token: ok" in line and "smtp: ok" in line
