@@ -27,6 +27,7 @@ class Relay:
         self.store = TokenStore(config.state_dir)
         self.tokens = TokenManager(config, self.store)
         self.smtp: RelayHandler | None = None
+        self.imap = None  # relay.imap.server.ImapHandler when imap: is configured
         self.servers: list[asyncio.Server] = []
         self._keeper: asyncio.Task | None = None
         self._stop = asyncio.Event()
@@ -49,7 +50,7 @@ class Relay:
         if self.config.imap is not None:
             from .imap.server import start_imap  # the IMAP side is optional
 
-            servers = await start_imap(self.config, self.tokens)
+            self.imap, servers = await start_imap(self.config, self.tokens)
             self._bound += [("imap", s) for s in servers]
         self.servers = [s for _, s in self._bound]
         self._keeper = asyncio.create_task(self.tokens.maintain(), name="token-keeper")
