@@ -98,6 +98,22 @@ def cmd_hash_password(args) -> int:
     return 0
 
 
+def cmd_accounts(args) -> int:
+    import json
+
+    from .accounts import collect, render
+    from .tokens.store import StoreError
+
+    config = _load(args.config)
+    try:
+        report = collect(config)
+    except StoreError as exc:
+        print(f"relay365: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=1) if args.json else render(report))
+    return 1 if any(a["state"] == "needs-auth" for a in report["accounts"]) else 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -122,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("hash-password", help="read a password (stdin or prompt), print its hash")
     s.set_defaults(func=cmd_hash_password)
+
+    s = sub.add_parser("accounts", help="show each upstream account's token state")
+    s.add_argument("-c", "--config", required=True)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_accounts)
 
     s = sub.add_parser("demo", help="run the relay against an embedded Office 365 stand-in")
     s.add_argument("--once", action="store_true", help="send the sample message and exit")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -34,7 +35,7 @@ from ..errors import TokenError
 from ..secret import Secret
 from .classify import classify, network_error, service_error
 from .http import TokenHTTPSession
-from .store import StoredToken, TokenStore
+from .store import StoredToken, TokenStore, write_atomic
 
 log = structlog.get_logger("relay.tokens")
 
@@ -42,7 +43,8 @@ RETRY_DELAYS = (0.5, 2.0)  # within one flight, for transient errors
 HOLD_MAX = 30.0  # seconds a failing account is held back between flights, at most
 NEEDS_AUTH_RECHECK = 300.0
 BACKGROUND_INTERVAL = 60.0
-KEEPALIVE_AGE = 3 * 86400.0  # redeem every refresh token at least this often (90-day inactivity)
+KEEPALIVE_AGE = 3 * 86400.0
+STATUS_FILE = "accounts.json"  # redeem every refresh token at least this often (90-day inactivity)
 
 
 @dataclass(frozen=True)
@@ -143,12 +145,14 @@ class TokenManager:
                     await asyncio.sleep(delay)
                     continue
                 self._failed(status, exc, previous)
+                await self.save_status()
                 raise
             status.state, status.error, status.failures = "ok", None, 0
             status.expires_at, status.last_refresh = token.expires_at, self._clock()
             self._cache[account.mailbox.lower()] = token
             log.info("token_refreshed", account=account.mailbox, flow=account.flow,
                      expires_in=int(token.expires_at - self._clock()))
+            await self.save_status()
             return token
         raise AssertionError("unreachable")
 
@@ -241,6 +245,29 @@ class TokenManager:
         lifetime = float(result.get("expires_in") or 3600)
         return AccessToken(Secret(result["access_token"]), self._clock() + lifetime)
 
+    # -- status for `relay365 accounts`, /readyz and metrics ----------------------------------
+
+    def snapshot(self) -> list[dict]:
+        """What is known about each account; no secrets."""
+        out = []
+        for st in self.status.values():
+            err = st.error
+            out.append({
+                "mailbox": st.mailbox, "flow": st.flow, "state": st.state,
+                "code": (f"AADSTS{err.code}" if isinstance(err.code, int) else err.code) if err else None,
+                "error": err.error if err else None, "action": err.action if err else None,
+                "expires_at": st.expires_at, "last_refresh": st.last_refresh, "last_use": st.last_use,
+            })
+        return out
+
+    async def save_status(self) -> None:
+        """Write the snapshot to state_dir/accounts.json for `relay365 accounts` (best effort)."""
+        data = json.dumps({"written_at": self._clock(), "accounts": self.snapshot()}, indent=1)
+        try:
+            await asyncio.to_thread(write_atomic, self.store.dir / STATUS_FILE, data.encode(), 0o600)
+        except OSError as exc:
+            log.warning("status_write_failed", error=exc.strerror)
+
     # -- keeping tokens alive ----------------------------------------------------------------
 
     async def maintain(self, interval: float = BACKGROUND_INTERVAL) -> None:
@@ -253,6 +280,7 @@ class TokenManager:
                         await self.get(key)
                     except (TokenError, KeyError):
                         pass  # already logged and recorded in status
+            await self.save_status()  # last_use moves with every login; written once a minute
             await asyncio.sleep(interval)
 
     def _due(self, key: str, status: AccountStatus) -> bool:
