@@ -5,7 +5,7 @@ Theory of operation.
 - Otherwise one *flight* per account redeems the refresh token (or the client credentials); every
   caller that arrives meanwhile awaits that same flight, so 50 simultaneous logins cost one request,
   and a failed flight fails all its waiters at once instead of each of them retrying.
-- msal is synchronous (requests), so a flight runs in a worker thread. There, under the store's
+- msal is synchronous (requests), so a flight runs in a worker thread (`relay.tokens.msalapp`). There, under the store's
   per-account lock (shared with other processes), it reads the newest refresh token, redeems it and
   stores the rotated one before the lock is released: two processes never redeem the same token.
 - msal's error dicts become `TokenError`s (`relay.tokens.classify`) right where msal is called.
@@ -26,15 +26,13 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-import msal
-import requests
 import structlog
 
 from ..config import AccountConfig, AppConfig, Config
 from ..errors import TokenError
 from ..secret import Secret
-from .classify import classify, network_error, service_error
 from .http import TokenHTTPSession
+from .msalapp import call_msal
 from .store import StoredToken, TokenStore, write_atomic
 
 log = structlog.get_logger("relay.tokens")
@@ -213,28 +211,8 @@ class TokenManager:
         return (stored.refresh_token if stored else None), False
 
     def _call_msal(self, account: AccountConfig, app_cfg: AppConfig, call) -> dict:
-        cache = self._http_caches.setdefault(account.app, {})
-        try:
-            kwargs = dict(authority=app_cfg.authority_url, instance_discovery=False,
-                          http_client=self._session(account.app, app_cfg), http_cache=cache,
-                          token_cache=msal.TokenCache())
-            if app_cfg.client_secret:
-                app = msal.ConfidentialClientApplication(
-                    app_cfg.client_id, client_credential=app_cfg.client_secret.reveal(), **kwargs)
-            else:
-                app = msal.PublicClientApplication(app_cfg.client_id, **kwargs)
-            result = call(app)
-        except (requests.RequestException, OSError) as exc:
-            cache.clear()
-            raise network_error(account.mailbox, exc) from None
-        except (ValueError, msal.exceptions.MsalServiceError) as exc:
-            # msal raises on a 5xx or an unparseable answer: the service is in trouble, retry later
-            cache.clear()
-            raise service_error(account.mailbox, exc) from None
-        if not isinstance(result, dict) or "access_token" not in result:
-            cache.clear()
-            raise classify(account.mailbox, result if isinstance(result, dict) else {})
-        return result
+        return call_msal(account.mailbox, app_cfg, self._session(account.app, app_cfg),
+                         self._http_caches.setdefault(account.app, {}), call)
 
     def _session(self, name: str, app_cfg: AppConfig) -> TokenHTTPSession:
         if name not in self._sessions:
