@@ -36,10 +36,12 @@ async def _imap(config: Config, tokens: TokenManager, mailbox: str) -> str:
         return f"FAILED {exc}"
 
 
-async def check_upstream(config: Config) -> int:
+async def check_upstream(config: Config, only: str | None = None) -> int:
     tokens = TokenManager(config, TokenStore(config.state_dir), retry_delays=())
     failed = 0
     for account in config.accounts:
+        if only and account.mailbox.lower() != only.lower():
+            continue
         parts = [account.mailbox]
         try:
             token = await tokens.get(account.mailbox)

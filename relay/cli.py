@@ -114,6 +114,16 @@ def cmd_accounts(args) -> int:
     return 1 if any(a["state"] == "needs-auth" for a in report["accounts"]) else 0
 
 
+def cmd_auth(args) -> int:
+    from .logs import configure
+    from .onboard import run_auth
+
+    config = _load(args.config)
+    configure("warning", "console")
+    return run_auth(config, args.mailbox, device=args.device, token_stdin=args.refresh_token_stdin,
+                    verify=args.verify, redirect_uri=args.redirect_uri)
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -138,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("hash-password", help="read a password (stdin or prompt), print its hash")
     s.set_defaults(func=cmd_hash_password)
+
+    s = sub.add_parser("auth", help="authorise a mailbox: get and store its refresh token")
+    s.add_argument("mailbox")
+    s.add_argument("-c", "--config", required=True)
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--device", action="store_true", help="device-code flow (no browser here)")
+    how.add_argument("--refresh-token-stdin", action="store_true",
+                     help="import a refresh token read from standard input")
+    s.add_argument("--redirect-uri", help="http://localhost:PORT for a local listener; default: "
+                   "the nativeclient page, and you paste the address you land on")
+    s.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="after storing, log in upstream over SMTP and IMAP (default: on)")
+    s.set_defaults(func=cmd_auth)
 
     s = sub.add_parser("accounts", help="show each upstream account's token state")
     s.add_argument("-c", "--config", required=True)

@@ -65,7 +65,8 @@ class TokenError(RelayError):
     @property
     def needs_auth(self) -> bool:
         return not self.transient and self.error in (
-            "invalid_grant", "interaction_required", "consent_required", "login_required")
+            "invalid_grant", "interaction_required", "consent_required", "login_required",
+            "no_refresh_token")
 
     def summary(self) -> str:
         code = f"AADSTS{self.code}" if isinstance(self.code, int) else (self.code or "?")

@@ -1,0 +1,202 @@
+"""`relay365 auth MAILBOX`: get a mailbox's first refresh token, on a headless server, in a minute.
+
+Three ways in, all ending the same way - the refresh token stored (encrypted, under the same lock
+the daemon uses, so a running daemon picks it up at its next refresh without a restart) and, unless
+`--no-verify`, one real XOAUTH2 login upstream over SMTP and IMAP:
+
+- the authorization-code flow with PKCE (default). msal builds the URL (PKCE verifier, `state`,
+  `login_hint`, `prompt=select_account`) and checks `state` on the way back. With a
+  `http://localhost[:port]` redirect URI a one-shot listener on 127.0.0.1 catches the redirect; with
+  any other (e.g. the `nativeclient` page) the operator pastes the address the browser landed on.
+- `--device`: the device-code flow, for a server with no browser nearby.
+- `--refresh-token-stdin`: import a token obtained elsewhere; it is redeemed once to prove it works.
+
+The signed-in user must be the mailbox asked for: a token for anybody else is refused, not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import sys
+import threading
+import urllib.parse
+from dataclasses import dataclass
+
+from .config import AccountConfig, Config
+from .errors import RelayError, TokenError
+from .secret import Secret
+from .tokens.http import TokenHTTPSession
+from .tokens.manager import fingerprint
+from .tokens.msalapp import call_msal
+from .tokens.store import TokenStore
+
+NATIVE_CLIENT = "https://login.microsoftonline.com/common/oauth2/nativeclient"
+LISTEN_TIMEOUT = 300.0
+
+
+class OnboardError(RelayError):
+    pass
+
+
+@dataclass
+class Onboarding:
+    config: Config
+    account: AccountConfig
+    out: object = sys.stdout
+
+    def __post_init__(self) -> None:
+        self.app_cfg = self.config.apps[self.account.app]
+        self.session = TokenHTTPSession(self.app_cfg.ca_file, self.app_cfg.timeout)
+        self.cache: dict = {}
+        self.scopes = self.config.scopes_for(self.account)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def _msal(self, call) -> dict:
+        return call_msal(self.account.mailbox, self.app_cfg, self.session, self.cache, call)
+
+    # -- the three ways in ---------------------------------------------------------------------
+
+    def auth_code(self, redirect_uri: str, read_line=input) -> dict:
+        from .tokens.msalapp import build_app
+
+        app = build_app(self.app_cfg, self.session, self.cache)
+        flow = app.initiate_auth_code_flow(self.scopes, redirect_uri=redirect_uri,
+                                           login_hint=self.account.mailbox, prompt="select_account")
+        if "auth_uri" not in flow:
+            raise OnboardError(f"cannot start the sign-in: {flow.get('error_description', flow)}")
+        self.say(f"Open this address in a browser and sign in as {self.account.mailbox}:\n\n"
+                 f"  {flow['auth_uri']}\n")
+        parsed = urllib.parse.urlsplit(redirect_uri)
+        if parsed.scheme == "http" and parsed.hostname in ("localhost", "127.0.0.1"):
+            params = self._catch_redirect(parsed)
+        else:
+            self.say("After signing in, the browser lands on a (blank) page. Paste its full address:")
+            pasted = read_line().strip()
+            params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(pasted).query))
+            if not params:
+                params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(pasted).fragment))
+        if "error" in params:
+            raise OnboardError(f"sign-in failed: {params.get('error')}: "
+                               f"{params.get('error_description', '')[:300]}")
+        if params.get("state") != flow.get("state"):
+            raise OnboardError("the redirect's state does not match this sign-in (a stale or "
+                               "forged redirect); start again")
+        return self._msal(lambda a: a.acquire_token_by_auth_code_flow(flow, params))
+
+    def _catch_redirect(self, parsed: urllib.parse.SplitResult) -> dict:
+        got: dict = {}
+        done = threading.Event()
+        path = parsed.path or "/"
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                url = urllib.parse.urlsplit(self.path)
+                if url.path != path or not url.query:
+                    self.send_error(404)
+                    return
+                got.update(urllib.parse.parse_qsl(url.query))
+                body = b"relay365: sign-in received; you can close this tab.\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                done.set()
+
+            def log_message(self, *args) -> None:  # the query holds the code: never print it
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", parsed.port or 80), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        self.say(f"Waiting for the browser to come back to {parsed.scheme}://{parsed.netloc}{path} ...")
+        try:
+            if not done.wait(LISTEN_TIMEOUT):
+                raise OnboardError(f"no sign-in came back within {int(LISTEN_TIMEOUT)} s")
+        finally:
+            server.shutdown()
+            server.server_close()
+        return got
+
+    def device(self) -> dict:
+        from .tokens.msalapp import build_app
+
+        app = build_app(self.app_cfg, self.session, self.cache)
+        flow = app.initiate_device_flow(scopes=self.scopes)
+        if "user_code" not in flow:
+            raise OnboardError(f"the device-code flow could not start: "
+                               f"{flow.get('error')}: {str(flow.get('error_description', ''))[:300]} "
+                               f"(enable 'Allow public client flows' in the app registration)")
+        self.say(flow.get("message") or f"Go to {flow['verification_uri']} and enter {flow['user_code']}")
+        return self._msal(lambda a: a.acquire_token_by_device_flow(flow))
+
+    def import_token(self, refresh_token: Secret) -> dict:
+        return self._msal(lambda a: a.acquire_token_by_refresh_token(refresh_token.reveal(), self.scopes))
+
+    # -- after any of them ---------------------------------------------------------------------
+
+    def check_identity(self, result: dict) -> None:
+        claims = result.get("id_token_claims") or {}
+        who = claims.get("preferred_username") or claims.get("upn") or claims.get("email")
+        if who is None:
+            return  # an imported token may come without an id_token; the upstream login checks it
+        if who.lower() != self.account.mailbox.lower():
+            raise OnboardError(f"signed in as {who}, but the account is {self.account.mailbox}; "
+                               f"nothing was stored. Sign in as {self.account.mailbox} (the URL "
+                               f"pre-fills it; use a private window if the browser picks another "
+                               f"account)")
+
+    def store(self, result: dict, fallback: Secret | None = None) -> None:
+        rt = result.get("refresh_token") or (fallback.reveal() if fallback else None)
+        if not rt:
+            raise OnboardError("the identity platform returned no refresh token: add the "
+                               "offline_access permission to the app registration")
+        store = TokenStore(self.config.state_dir)
+        with store.account_lock(self.account.mailbox):
+            # keep the config's seed fingerprint, so an old seed never overrides this token
+            store.put(self.account.mailbox, Secret(rt),
+                      seed_fingerprint=fingerprint(self.account.refresh_token))
+        self.say(f"Stored a refresh token for {self.account.mailbox} in {store.path} (encrypted).")
+
+
+def run_auth(config: Config, mailbox: str, *, device: bool, token_stdin: bool, verify: bool,
+             redirect_uri: str | None, out=sys.stdout, stdin=sys.stdin) -> int:
+    account = config.account(mailbox)
+    if account is None:
+        print(f"relay365: no account {mailbox!r} under accounts in {config.source}", file=sys.stderr)
+        return 2
+    if account.flow != "refresh_token":
+        print(f"relay365: {mailbox} uses flow: {account.flow}; only refresh_token accounts need "
+              f"relay365 auth", file=sys.stderr)
+        return 2
+    ob = Onboarding(config, account, out)
+    try:
+        if token_stdin:
+            raw = stdin.readline().strip()
+            if not raw:
+                raise OnboardError("no refresh token on standard input")
+            result = ob.import_token(Secret(raw))
+            ob.check_identity(result)
+            ob.store(result, fallback=Secret(raw))
+        else:
+            result = ob.device() if device else ob.auth_code(redirect_uri or NATIVE_CLIENT,
+                                                             read_line=lambda: stdin.readline())
+            ob.check_identity(result)
+            ob.store(result)
+    except TokenError as exc:
+        code = f"AADSTS{exc.code}" if isinstance(exc.code, int) else exc.code
+        print(f"relay365: {mailbox}: {exc.error} ({code}): {exc.action}", file=sys.stderr)
+        if exc.description:
+            print(f"  {exc.description}", file=sys.stderr)
+        return 1
+    except RelayError as exc:
+        print(f"relay365: {exc}", file=sys.stderr)
+        return 1
+    if not verify:
+        return 0
+    from .checks import check_upstream
+
+    return asyncio.run(check_upstream(config, only=account.mailbox))
