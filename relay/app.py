@@ -1,24 +1,40 @@
 """The daemon's lifecycle: startup -> serve -> shutdown, in the shape of uvicorn's server.
 
 `Relay.start()` opens the token store, binds every listener and starts the token keeper; `serve()`
-waits for SIGTERM/SIGINT; `stop()` closes the listeners, gives sessions in progress `drain_timeout`
-seconds, then cancels what is left. Every task here has an owner (a reference kept until done).
+waits for SIGTERM/SIGINT and handles SIGHUP (reload); `stop()` closes the listeners, gives sessions
+in progress `drain_timeout` seconds, then cancels what is left. Every task has an owner.
+
+Reload reads the config file again. A config with problems is rejected with one `reload_rejected`
+event and the old one stays in force. A good one is applied in place: users, networks, accounts,
+apps, limits and the log level change for new sessions and logins; sessions in progress keep what
+they have; a listener whose address or TLS settings changed is rebound (old sessions on the old
+socket carry on).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 
 import structlog
 
-from .config import Config
+from . import metrics
+from .config import Config, load_config
+from .errors import ConfigError
+from .httpapi import serve_http
 from .smtp.server import RelayHandler, start_smtp
 from .tokens.manager import TokenManager
 from .tokens.store import TokenStore
 
 log = structlog.get_logger("relay.app")
+
+
+def _listener_key(section) -> tuple | None:
+    if section is None:
+        return None
+    return (tuple(map(str, section.listen)), section.tls, str(section.cert_file), str(section.key_file))
 
 
 class Relay:
@@ -28,62 +44,171 @@ class Relay:
         self.tokens = TokenManager(config, self.store)
         self.smtp: RelayHandler | None = None
         self.imap = None  # relay.imap.server.ImapHandler when imap: is configured
-        self.servers: list[asyncio.Server] = []
+        self._servers: dict[str, list[asyncio.Server]] = {}
         self._keeper: asyncio.Task | None = None
         self._stop = asyncio.Event()
+        self._reloads: set[asyncio.Task] = set()
+        self.phase = "starting"  # starting | ready | stopping
+        self.notify = _notifier()
+
+    # -- what is bound -------------------------------------------------------------------------
 
     @property
     def addresses(self) -> dict[str, list[tuple[str, int]]]:
         """Bound addresses by protocol (port 0 in the config becomes the real port here)."""
-        out: dict[str, list[tuple[str, int]]] = {}
-        for proto, server in self._bound:
-            for sock in server.sockets:
-                out.setdefault(proto, []).append(sock.getsockname()[:2])
-        return out
+        return {proto: [sock.getsockname()[:2] for s in servers for sock in s.sockets]
+                for proto, servers in self._servers.items() if servers}
+
+    async def _bind(self, proto: str) -> None:
+        if proto == "smtp" and self.config.smtp is not None:
+            self.smtp, self._servers["smtp"] = await start_smtp(self.config, self.tokens)
+        elif proto == "imap" and self.config.imap is not None:
+            from .imap.server import start_imap  # the IMAP side is optional
+
+            self.imap, self._servers["imap"] = await start_imap(self.config, self.tokens)
+        elif proto == "http" and self.config.http is not None:
+            addr = self.config.http.listen
+            self._servers["http"] = [await serve_http(addr.host, addr.port, self.readiness)]
+
+    def _unbind(self, proto: str) -> None:
+        for server in self._servers.pop(proto, []):
+            server.close()
+
+    # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.check)  # a bad key or damaged store stops us here
-        self._bound: list[tuple[str, asyncio.Server]] = []
-        if self.config.smtp is not None:
-            self.smtp, servers = await start_smtp(self.config, self.tokens)
-            self._bound += [("smtp", s) for s in servers]
-        if self.config.imap is not None:
-            from .imap.server import start_imap  # the IMAP side is optional
-
-            self.imap, servers = await start_imap(self.config, self.tokens)
-            self._bound += [("imap", s) for s in servers]
-        self.servers = [s for _, s in self._bound]
+        for proto in ("smtp", "imap", "http"):
+            await self._bind(proto)
+        self._register_gauges()
         self._keeper = asyncio.create_task(self.tokens.maintain(), name="token-keeper")
-        log.info("relay_started", listeners={p: [f"{h}:{port}" for h, port in a]
-                                            for p, a in self.addresses.items()},
-                 accounts=len(self.config.accounts), users=len(self.config.users))
+        self.phase = "ready"
+        listeners = {p: [f"{h}:{port}" for h, port in a] for p, a in self.addresses.items()}
+        log.info("relay_started", listeners=listeners, accounts=len(self.config.accounts),
+                 users=len(self.config.users))
+        self.notify.ready(f"listening on {listeners}")
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
-        await self._stop.wait()
+            loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
+        watchdog = asyncio.create_task(self.notify.watchdog_loop(), name="watchdog")
+        try:
+            await self._stop.wait()
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def stop(self, drain_timeout: float = 30.0) -> None:
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        drain_timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        self.phase = "stopping"
+        self.notify.stopping()
         log.info("relay_stopping", drain_timeout=drain_timeout)
-        for server in self.servers:
-            server.close()
+        for proto in list(self._servers):
+            if proto != "http":
+                self._unbind(proto)
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
-        waits = [asyncio.create_task(s.wait_closed()) for s in self.servers]
-        if waits:
-            done, pending = await asyncio.wait(waits, timeout=drain_timeout)
-            for server in self.servers:
-                with contextlib.suppress(AttributeError):
-                    server.close_clients()  # Python 3.13+; below that the loop closes them
-            for task in pending:
-                task.cancel()
+        await self._drain(drain_timeout)
+        self._unbind("http")
         if self.smtp is not None:
             await self.smtp.drain()
+        await self.tokens.save_status()
         log.info("relay_stopped")
+
+    def active_sessions(self) -> int:
+        return (self.smtp.active if self.smtp else 0) + (self.imap.connections if self.imap else 0)
+
+    async def _drain(self, timeout: float) -> None:
+        """Wait until sessions in progress finish, up to `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.active_sessions() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        left = self.active_sessions()
+        if left:
+            log.warning("drain_timeout", sessions_cut=left)
+
+    # -- reload --------------------------------------------------------------------------------
+
+    def _schedule_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> bool:
+        self.notify.reloading()
+        try:
+            new = await asyncio.to_thread(load_config, self.config.source)
+        except ConfigError as exc:
+            log.error("reload_rejected", config=exc.source, problems=exc.problems)
+            self.notify.ready("reload rejected; old config in force")
+            return False
+        old = self.config
+        self.config = new
+        self.tokens.configure(new)
+        logging.getLogger().setLevel(new.log.level.upper())
+        for proto in ("smtp", "imap", "http"):
+            old_s, new_s = getattr(old, proto), getattr(new, proto)
+            changed = (_listener_key(old_s) != _listener_key(new_s)) if proto != "http" else (
+                old_s != new_s)
+            handler = self.smtp if proto == "smtp" else self.imap if proto == "imap" else None
+            if changed:
+                self._unbind(proto)
+                try:
+                    await self._bind(proto)
+                except OSError as exc:
+                    log.error("rebind_failed", proto=proto, error=exc.strerror)
+            elif handler is not None and new_s is not None:
+                handler.configure(new)
+        log.info("reloaded", listeners={p: [f"{h}:{port}" for h, port in a]
+                                        for p, a in self.addresses.items()},
+                 accounts=len(new.accounts), users=len(new.users))
+        self.notify.ready("reloaded")
+        return True
+
+    # -- health and metrics --------------------------------------------------------------------
+
+    def readiness(self) -> dict:
+        if self.phase != "ready":
+            return {"status": self.phase, "reasons": [f"relay is {self.phase}"]}
+        reasons = [f"{s.mailbox}: {s.state}" + (f" ({s.error.code})" if s.error else "")
+                   + (f": {s.error.action}" if s.error else "")
+                   for s in self.tokens.status.values() if s.state == "needs-auth"]
+        return {"status": "degraded" if reasons else "ready", "reasons": reasons,
+                "listeners": {p: [f"{h}:{port}" for h, port in a] for p, a in self.addresses.items()}}
+
+    def _register_gauges(self) -> None:
+        metrics.register_gauge(
+            "relay365_accounts_needing_auth", "Accounts whose refresh token needs re-authorisation",
+            lambda: [({}, sum(s.state == "needs-auth" for s in self.tokens.status.values()))])
+        metrics.register_gauge(
+            "relay365_account_state", "1 for each account's current token state",
+            lambda: [({"mailbox": s.mailbox, "state": s.state}, 1) for s in self.tokens.status.values()])
+        metrics.register_gauge(
+            "relay365_active_connections", "Client connections now open, by protocol",
+            lambda: [({"proto": "smtp"}, self.smtp.active if self.smtp else 0),
+                     ({"proto": "imap"}, self.imap.connections if self.imap else 0)])
+
+
+class _NoNotify:
+    """Stand-in until systemd notification is wired (relay.sdnotify)."""
+
+    def ready(self, status=None) -> None: ...
+    def reloading(self) -> None: ...
+    def stopping(self) -> None: ...
+
+    async def watchdog_loop(self) -> None:
+        await asyncio.Event().wait()
+
+
+def _notifier():
+    return _NoNotify()

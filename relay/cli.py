@@ -124,6 +124,31 @@ def cmd_auth(args) -> int:
                     verify=args.verify, redirect_uri=args.redirect_uri)
 
 
+def cmd_health(args) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    config = _load(args.config)
+    if config.http is None:
+        print("relay365: health needs the http: listener in the config", file=sys.stderr)
+        return 2
+    addr = config.http.listen
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr.host, addr.host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{addr.port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}")
+    except (OSError, ValueError) as exc:
+        print(f"relay365: not reachable at {url}: {exc}", file=sys.stderr)
+        return 1
+    status = body.get("status", "?")
+    print(status + "".join(f"\n  {r}" for r in body.get("reasons", [])))
+    return 0 if status == "ready" or (status == "degraded" and args.allow_degraded) else 1
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -166,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--config", required=True)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_accounts)
+
+    s = sub.add_parser("health", help="exit 0 when the running relay is ready (for HEALTHCHECK)")
+    s.add_argument("-c", "--config", required=True)
+    s.add_argument("--timeout", type=float, default=5.0)
+    s.add_argument("--allow-degraded", action="store_true",
+                   help="also exit 0 when an account needs re-authorisation")
+    s.set_defaults(func=cmd_health)
 
     s = sub.add_parser("demo", help="run the relay against an embedded Office 365 stand-in")
     s.add_argument("--once", action="store_true", help="send the sample message and exit")

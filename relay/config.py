@@ -164,6 +164,11 @@ class ImapConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    listen: ListenAddr = field(default=ListenAddr("127.0.0.1", 9465), metadata=field_parser(parse_listen))
+
+
+@dataclass(frozen=True)
 class Config:
     accounts: list[AccountConfig]
     state_dir: Path = Path("./state")
@@ -173,6 +178,8 @@ class Config:
     users: list[UserConfig] = field(default_factory=list)
     smtp: SmtpConfig | None = None
     imap: ImapConfig | None = None
+    http: HttpConfig | None = None  # /metrics, /healthz, /readyz
+    drain_timeout: float = 30.0  # seconds sessions may take to finish on SIGTERM
     token_refresh_margin: float = 600.0  # Exchange HVE refuses tokens with under ~10 min left
     source: str = field(default="<memory>", metadata={"internal": True})
 

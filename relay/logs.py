@@ -2,7 +2,7 @@
 
 aiosmtpd and msal log through the standard library; they are routed into the same processors so a
 JSON log stays JSON. aiosmtpd logs raw client lines at DEBUG (AUTH data among them), so its level
-never goes below INFO; msal's HTTP-level chatter stays at WARNING.
+never goes below ERROR (its INFO lines echo client commands, its WARNINGs are deprecation notes); msal's HTTP-level chatter stays at WARNING.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import structlog
 
 from .secret import Secret
 
-_QUIET = {"mail.log": logging.INFO, "msal": logging.WARNING, "urllib3": logging.WARNING,
+_QUIET = {"mail.log": logging.ERROR, "msal": logging.WARNING, "urllib3": logging.WARNING,
           "asyncio": logging.WARNING}
 
 

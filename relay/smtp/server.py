@@ -30,6 +30,7 @@ from ..sasl import SaslError, b64decode_strict, decode_plain, decode_text
 from ..secret import Secret
 from ..tlsutil import client_context, server_context
 from ..tokens.manager import TokenManager
+from .. import metrics
 from . import replies
 from .rewrite import rewrite_from
 from .upstream import UpstreamSMTP
@@ -63,6 +64,7 @@ class RelaySMTP(SMTP):
         if first:
             peer = transport.get_extra_info("peername") or ("?", 0)
             self.state = SessionState(next(_conn_ids), str(peer[0]))
+            self.event_handler.active += 1
 
     def connection_lost(self, error) -> None:
         super().connection_lost(error)
@@ -72,6 +74,7 @@ class RelaySMTP(SMTP):
 class RelayHandler:
     def __init__(self, config: Config, tokens: TokenManager) -> None:
         self.tokens = tokens
+        self.active = 0  # connections now
         self._tasks: set[asyncio.Task] = set()
         self.configure(config)
 
@@ -141,6 +144,7 @@ class RelayHandler:
         if user is None:
             await self.verifier.verify(username, password)  # same cost for unknown users
         state.auth_failures += 1
+        metrics.AUTH_FAILURES.labels("smtp", "unknown_user" if user is None else "bad_password").inc()
         log.warning("auth_failed", proto="smtp", conn=state.conn_id, peer=state.peer,
                     user=username[:64], mechanism=mech,
                     reason="unknown_user" if user is None else "bad_password")
@@ -194,6 +198,9 @@ class RelayHandler:
             reply = await state.upstream.data(message)
         except RelayError as exc:
             return self._failed(state, exc, "data", size=len(message))
+        metrics.UPSTREAM_LATENCY.labels("smtp", "data").observe(time.monotonic() - started)
+        metrics.MESSAGES.inc()
+        metrics.BYTES.labels("smtp", "up").inc(len(message))
         state.messages += 1
         state.recipients += len(envelope.rcpt_tos)
         state.bytes += len(message)
@@ -225,6 +232,7 @@ class RelayHandler:
         state.upstream = None
         await up.open(state.mailbox, self.tokens)
         state.upstream = up
+        metrics.UPSTREAM_LATENCY.labels("smtp", "login").observe(up.connect_seconds or 0)
         log.info("upstream_connected", conn=state.conn_id, mailbox=state.mailbox,
                  host=cfg.smtp.host, seconds=round(up.connect_seconds or 0, 3))
         return up
@@ -247,6 +255,8 @@ class RelayHandler:
         state: SessionState | None = getattr(server, "state", None)
         if state is None:
             return
+        self.active -= 1
+        metrics.SESSIONS.labels("smtp", state.outcome).inc()
         log.info("smtp_session", conn=state.conn_id, peer=state.peer, user=state.user,
                  mailbox=state.mailbox, messages=state.messages, recipients=state.recipients,
                  size=state.bytes, upstream_reply=state.last_reply, outcome=state.outcome,

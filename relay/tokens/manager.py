@@ -28,6 +28,7 @@ from typing import Callable
 
 import structlog
 
+from .. import metrics
 from ..config import AccountConfig, AppConfig, Config
 from ..errors import TokenError
 from ..secret import Secret
@@ -143,8 +144,11 @@ class TokenManager:
                     await asyncio.sleep(delay)
                     continue
                 self._failed(status, exc, previous)
+                code = f"AADSTS{exc.code}" if isinstance(exc.code, int) else str(exc.code)
+                metrics.TOKEN_REFRESHES.labels("failed", code).inc()
                 await self.save_status()
                 raise
+            metrics.TOKEN_REFRESHES.labels("ok", "").inc()
             status.state, status.error, status.failures = "ok", None, 0
             status.expires_at, status.last_refresh = token.expires_at, self._clock()
             self._cache[account.mailbox.lower()] = token

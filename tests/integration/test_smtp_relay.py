@@ -287,7 +287,7 @@ def test_accounts_command_shows_needs_auth_with_code(make_relay, idp):
     row = [line.split() for line in ok.stdout.splitlines() if line.startswith(MAILBOX)][0]
     assert row[1:3] == ["refresh_token", "ok"]
     idp.revoke_access_tokens()
-    idp.fail_next(2, "invalid_grant", [70008], retry_after=0)
+    idp.fail_next(1, "invalid_grant", [70008], retry_after=0)
     with pytest.raises(smtplib.SMTPSenderRefused):
         send(relay.smtp_port, "after revocation")
     relay.wait_log("token_failed")

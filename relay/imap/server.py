@@ -1,0 +1,204 @@
+"""The local IMAP listener: the thin asyncio adapter around `relay.imap.core.ImapPreauth`.
+
+Theory of operation. Before login, bytes from the client go into the sans-IO core and the adapter
+carries out the effects it returns: write to the client, upgrade to TLS, check a login, close. For a
+login it checks the local user (scrypt off the loop, a delay on failure, the same rules as SMTP),
+enforces the optional per-mailbox session cap, logs in upstream with XOAUTH2 (`relay.imap.upstream`)
+and tells the core the outcome; the core answers the client with its own tag. After a successful
+login the adapter forwards anything the client pipelined, then hands both connections to the byte
+splice (`relay.imap.splice`) until either side closes. One `imap_session` line sums it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from .. import metrics
+from ..config import Config, ImapConfig
+from ..errors import TokenError, UpstreamError
+from ..passwords import Verifier
+from ..tlsutil import client_context, server_context
+from ..tokens.manager import TokenManager
+from .core import Authenticate, Close, ImapPreauth, SendToClient, StartSplice, StartTLS
+from .splice import splice
+from .upstream import UpstreamIMAP, open_upstream
+
+log = structlog.get_logger("relay.imap")
+_conn_ids = itertools.count(1)
+READ_SIZE = 16 * 1024  # before login; the core caps what it buffers
+
+
+@dataclass
+class ImapSession:
+    conn_id: int
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    user: str | None = None
+    mailbox: str | None = None
+    auth_failures: int = 0
+    outcome: str = "no_login"
+    closed_by: str | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    counted: str | None = None  # the mailbox whose session cap this session holds a place in
+
+
+class ImapHandler:
+    def __init__(self, config: Config, tokens: TokenManager) -> None:
+        self.tokens = tokens
+        self.active: collections.Counter[str] = collections.Counter()  # sessions per mailbox
+        self.connections = 0
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        assert config.imap is not None
+        self.config = config
+        self.imap: ImapConfig = config.imap
+        self.verifier = Verifier({u.username: u.password_hash for u in config.users})
+        self.upstream_tls = client_context(config.upstream.ca_file)
+        self.server_tls = (server_context(self.imap.cert_file, self.imap.key_file)
+                           if self.imap.tls != "none" else None)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        session = ImapSession(next(_conn_ids), str(peer[0]))
+        self.connections += 1
+        upstream: UpstreamIMAP | None = None
+        try:
+            upstream = await self._preauth(session, reader, writer)
+            if upstream is not None:
+                result = await splice((reader, writer), (upstream.reader, upstream.writer),
+                                      idle_timeout=self.imap.idle_timeout)
+                session.closed_by = result.closed_by
+                session.bytes_up, session.bytes_down = result.bytes_up, result.bytes_down
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            session.closed_by = session.closed_by or "client_error"
+        except Exception as exc:  # never a traceback to the client; one event for us
+            session.outcome = "internal_error"
+            log.error("imap_internal_error", conn=session.conn_id, error=type(exc).__name__,
+                      exc_info=exc)
+        finally:
+            if session.counted:
+                self.active[session.counted] -= 1
+                if self.active[session.counted] <= 0:
+                    del self.active[session.counted]
+            writer.close()
+            if upstream is not None:
+                upstream.writer.close()
+            self.connections -= 1
+            metrics.SESSIONS.labels("imap", session.outcome).inc()
+            metrics.BYTES.labels("imap", "up").inc(session.bytes_up)
+            metrics.BYTES.labels("imap", "down").inc(session.bytes_down)
+            log.info("imap_session", conn=session.conn_id, peer=session.peer, user=session.user,
+                     mailbox=session.mailbox, outcome=session.outcome, closed_by=session.closed_by,
+                     bytes_up=session.bytes_up, bytes_down=session.bytes_down,
+                     auth_failures=session.auth_failures,
+                     seconds=round(time.monotonic() - session.started, 3))
+
+    async def _preauth(self, session: ImapSession, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> UpstreamIMAP | None:
+        """Run the core until login succeeds (returns the upstream) or the session ends (None)."""
+        loop = asyncio.get_running_loop()
+        core = ImapPreauth(tls_active=self.imap.tls == "implicit",
+                           starttls_available=self.imap.tls == "starttls",
+                           allow_plaintext_auth=self.imap.allow_plaintext_auth)
+        deadline = loop.time() + self.imap.login_timeout
+        pending = collections.deque(core.greeting())
+        upstream: UpstreamIMAP | None = None
+        while True:
+            while pending:
+                effect = pending.popleft()
+                if isinstance(effect, SendToClient):
+                    writer.write(effect.data)
+                elif isinstance(effect, StartTLS):
+                    await writer.drain()
+                    await writer.start_tls(self.server_tls)
+                    pending.extend(core.tls_started())
+                elif isinstance(effect, Authenticate):
+                    await writer.drain()
+                    upstream, effects = await self._login(core, session, effect)
+                    pending.extend(effects)
+                elif isinstance(effect, StartSplice):
+                    assert upstream is not None
+                    await writer.drain()
+                    early = core.take_buffered()
+                    if early:  # commands the client pipelined after its LOGIN
+                        upstream.writer.write(early)
+                    return upstream
+                elif isinstance(effect, Close):
+                    await writer.drain()
+                    return None
+            await writer.drain()
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                data = await asyncio.wait_for(reader.read(READ_SIZE), remaining)
+            except (TimeoutError, asyncio.TimeoutError):
+                session.outcome = "login_timeout"
+                pending.extend(core.timeout())
+                continue
+            if not data:
+                session.closed_by = "client"
+                return None
+            pending.extend(core.receive_data(data))
+
+    async def _login(self, core: ImapPreauth, session: ImapSession, auth: Authenticate):
+        user = self.config.user(auth.username)
+        ok = await self.verifier.verify(auth.username, auth.password)
+        if user is None or not ok:
+            session.auth_failures += 1
+            metrics.AUTH_FAILURES.labels("imap", "unknown_user" if user is None else "bad_password").inc()
+            log.warning("auth_failed", proto="imap", conn=session.conn_id, peer=session.peer,
+                        user=auth.username[:64], mechanism=auth.mechanism,
+                        reason="unknown_user" if user is None else "bad_password")
+            await asyncio.sleep(self.imap.auth_failure_delay)
+            session.outcome = "auth_failed"
+            return None, core.login_failed("auth_failed")
+        session.user, session.mailbox = user.username, user.mailbox
+        key = user.mailbox.lower()
+        cap = self.imap.max_sessions_per_mailbox
+        if cap is not None and self.active[key] >= cap:
+            log.warning("imap_session_limit", conn=session.conn_id, mailbox=user.mailbox, limit=cap)
+            session.outcome = "limit"
+            return None, core.login_failed("limit")
+        self.active[key] += 1
+        session.counted = key
+        try:
+            upstream = await open_upstream(self.config, self.tokens, user.mailbox, self.upstream_tls)
+        except (TokenError, UpstreamError) as exc:
+            self.active[key] -= 1
+            session.counted = None
+            session.outcome = "unavailable"
+            fields = dict(conn=session.conn_id, peer=session.peer, user=user.username,
+                          mailbox=user.mailbox, error=str(exc))
+            if isinstance(exc, TokenError):
+                log.warning("imap_token_unavailable", code=exc.code, **fields)
+            else:
+                log.warning("imap_upstream_failed", **fields)
+            return None, core.login_failed("unavailable")
+        session.outcome = "spliced"
+        metrics.UPSTREAM_LATENCY.labels("imap", "login").observe(upstream.seconds)
+        log.info("imap_login", conn=session.conn_id, peer=session.peer, user=user.username,
+                 mailbox=user.mailbox, upstream_seconds=round(upstream.seconds, 3))
+        return upstream, core.login_succeeded(upstream.capabilities)
+
+
+async def start_imap(config: Config, tokens: TokenManager) -> tuple[ImapHandler, list[asyncio.Server]]:
+    imap = config.imap
+    assert imap is not None
+    handler = ImapHandler(config, tokens)
+    loop = asyncio.get_running_loop()
+    servers = []
+    for addr in imap.listen:
+        servers.append(await asyncio.start_server(
+            handler.handle, addr.host, addr.port, reuse_address=True, backlog=1024,
+            ssl=handler.server_tls if imap.tls == "implicit" else None, limit=64 * 1024))
+    del loop
+    return handler, servers

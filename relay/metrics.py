@@ -1,0 +1,56 @@
+"""Prometheus metrics. One registry for the process; the daemon's state is read at scrape time.
+
+Counters and histograms are incremented where the facts happen (one line each, never per chunk);
+gauges that mirror state (accounts needing re-authorisation, queue depth, active connections) are
+computed when Prometheus scrapes, from callbacks the daemon registers, so they can never drift.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import (CollectorRegistry, Counter, Histogram, disable_created_metrics,
+                               generate_latest)
+from prometheus_client.core import GaugeMetricFamily
+
+disable_created_metrics()  # *_created series double the output and nobody alerts on them
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+SESSIONS = Counter("relay365_sessions", "Client sessions ended, by protocol and outcome",
+                   ["proto", "outcome"], registry=REGISTRY)
+AUTH_FAILURES = Counter("relay365_auth_failures", "Failed local logins, by protocol and reason",
+                        ["proto", "reason"], registry=REGISTRY)
+MESSAGES = Counter("relay365_messages_relayed", "Messages accepted by the upstream", registry=REGISTRY)
+BYTES = Counter("relay365_bytes_relayed", "Bytes relayed, by protocol and direction",
+                ["proto", "direction"], registry=REGISTRY)
+UPSTREAM_LATENCY = Histogram(
+    "relay365_upstream_seconds", "Upstream latency: connect+TLS+XOAUTH2 login, and DATA",
+    ["proto", "stage"], registry=REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+TOKEN_REFRESHES = Counter("relay365_token_refreshes", "Token requests, by outcome and AADSTS code",
+                          ["outcome", "code"], registry=REGISTRY)
+
+_gauges: dict[str, tuple[str, Callable[[], list[tuple[dict, float]]]]] = {}
+
+
+def register_gauge(name: str, help_text: str, read: Callable[[], list[tuple[dict, float]]]) -> None:
+    """A gauge whose samples `read()` returns at scrape time as [(labels, value)]."""
+    _gauges[name] = (help_text, read)
+
+
+class _StateCollector:
+    def collect(self):
+        for name, (help_text, read) in list(_gauges.items()):
+            samples = read()
+            labels = sorted({k for lab, _ in samples for k in lab})
+            family = GaugeMetricFamily(name, help_text, labels=labels)
+            for lab, value in samples:
+                family.add_metric([str(lab.get(k, "")) for k in labels], value)
+            yield family
+
+
+REGISTRY.register(_StateCollector())
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,140 @@
+"""Running it: metrics and health, reload on SIGHUP, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import DOMAIN, MAILBOX, PASSWORD, USER
+from tests.integration.test_smtp_relay import delivered, message, send
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def samples(body: bytes) -> dict:
+    out = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_and_readyz_degrade_on_invalid_grant(make_relay, upstream, idp):
+    port = free_port()
+    relay = make_relay(smtp={}, http={"listen": f"127.0.0.1:{port}"})
+    base = f"http://127.0.0.1:{port}"
+    assert get(base + "/healthz")[0] == 200
+    send(relay.smtp_port, "metrics")
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as s:
+        s.ehlo()
+        s.user, s.password = USER, "nope"
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.auth("PLAIN", s.auth_plain)  # one attempt (login() would try PLAIN, then LOGIN)
+    relay.wait_log("auth_failed")
+    status, body = get(base + "/readyz")
+    assert status == 200 and json.loads(body)["status"] == "ready"
+    time.sleep(0.2)
+    m = samples(get(base + "/metrics")[1])
+    assert m[("relay365_messages_relayed_total", ())] == 1
+    assert m[("relay365_auth_failures_total", (("proto", "smtp"), ("reason", "bad_password")))] == 1
+    assert m[("relay365_sessions_total", (("outcome", "relayed"), ("proto", "smtp")))] >= 1
+    assert m[("relay365_token_refreshes_total", (("code", ""), ("outcome", "ok")))] == 1
+    assert m[("relay365_accounts_needing_auth", ())] == 0
+    assert ("relay365_upstream_seconds_count", (("proto", "smtp"), ("stage", "login"))) in m
+
+    idp.revoke_access_tokens()
+    idp.fail_next(1, "invalid_grant", [70008], retry_after=0)
+    with pytest.raises(smtplib.SMTPSenderRefused):
+        send(relay.smtp_port, "now broken")
+    status, body = get(base + "/readyz")
+    state = json.loads(body)
+    assert status == 503 and state["status"] == "degraded"
+    assert MAILBOX in state["reasons"][0] and "AADSTS" not in state["reasons"][0] or "70008" in state["reasons"][0]
+    m = samples(get(base + "/metrics")[1])
+    assert m[("relay365_accounts_needing_auth", ())] == 1
+    assert m[("relay365_token_refreshes_total", (("code", "AADSTS70008"), ("outcome", "failed")))] == 1
+    health = subprocess.run([sys.executable, "-m", "relay", "health", "-c", str(relay.config_path)],
+                            capture_output=True, text=True, timeout=30)
+    assert health.returncode == 1 and "degraded" in health.stdout
+
+
+def test_sighup_reload_applies_users_and_rejects_broken_config(make_relay, upstream):
+    relay = make_relay(smtp={})
+    config = relay.config
+    config["users"].append({"username": "app2", "password_hash": config["users"][0]["password_hash"],
+                            "mailbox": MAILBOX})
+    relay.write_config(config)
+    relay.proc.send_signal(signal.SIGHUP)
+    relay.wait_log("reloaded")
+    subject = f"new user {uuid.uuid4()}"
+    send(relay.smtp_port, subject, login=("app2", PASSWORD))
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+
+    relay.config_path.write_text(relay.config_path.read_text() + "\nsmtpp: {}\n")
+    relay.proc.send_signal(signal.SIGHUP)
+    rejected = relay.wait_log("reload_rejected")
+    assert any("smtpp: unknown key" in p for p in rejected["problems"])
+    send(relay.smtp_port, f"old config still in force {uuid.uuid4()}", login=("app2", PASSWORD))
+
+
+def test_reload_keeps_session_in_progress_and_rebinds_changed_listener(make_relay, upstream):
+    relay = make_relay(smtp={})
+    old_port = relay.smtp_port
+    s = smtplib.SMTP("127.0.0.1", old_port, timeout=30)
+    s.login(USER, PASSWORD)
+    new_port = free_port()
+    config = relay.config
+    config["smtp"]["listen"] = [f"127.0.0.1:{new_port}"]
+    relay.write_config(config)
+    relay.proc.send_signal(signal.SIGHUP)
+    reloaded = relay.wait_log("reloaded")
+    assert reloaded["listeners"]["smtp"] == [f"127.0.0.1:{new_port}"]
+    subject = f"in progress {uuid.uuid4()}"
+    s.sendmail("a@lan.local", [f"bob@{DOMAIN}"], message(subject))  # the old session carries on
+    s.quit()
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+    send(new_port, f"new port {uuid.uuid4()}")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", old_port), timeout=2).close()
+
+
+def test_sigterm_drains_sessions_in_progress(make_relay, upstream):
+    relay = make_relay(smtp={}, drain_timeout=20)
+    s = smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30)
+    s.login(USER, PASSWORD)
+    relay.proc.send_signal(signal.SIGTERM)
+    relay.wait_log("relay_stopping")
+    with pytest.raises(OSError):  # no new connections
+        socket.create_connection(("127.0.0.1", relay.smtp_port), timeout=2).close()
+    subject = f"during drain {uuid.uuid4()}"
+    s.sendmail("a@lan.local", [f"bob@{DOMAIN}"], message(subject))
+    s.quit()
+    assert relay.proc.wait(20) == 0
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+    assert not relay.find("drain_timeout")
