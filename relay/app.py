@@ -24,6 +24,7 @@ from . import metrics
 from .config import Config, load_config
 from .errors import ConfigError
 from .httpapi import serve_http
+from .localauth import LocalAuth
 from .smtp.server import RelayHandler, start_smtp
 from .tokens.manager import TokenManager
 from .tokens.store import TokenStore
@@ -42,6 +43,7 @@ class Relay:
         self.config = config
         self.store = TokenStore(config.state_dir)
         self.tokens = TokenManager(config, self.store)
+        self.auth = LocalAuth(config)
         self.smtp: RelayHandler | None = None
         self.imap = None  # relay.imap.server.ImapHandler when imap: is configured
         self._servers: dict[str, list[asyncio.Server]] = {}
@@ -61,11 +63,11 @@ class Relay:
 
     async def _bind(self, proto: str) -> None:
         if proto == "smtp" and self.config.smtp is not None:
-            self.smtp, self._servers["smtp"] = await start_smtp(self.config, self.tokens)
+            self.smtp, self._servers["smtp"] = await start_smtp(self.config, self.tokens, self.auth)
         elif proto == "imap" and self.config.imap is not None:
             from .imap.server import start_imap  # the IMAP side is optional
 
-            self.imap, self._servers["imap"] = await start_imap(self.config, self.tokens)
+            self.imap, self._servers["imap"] = await start_imap(self.config, self.tokens, self.auth)
         elif proto == "http" and self.config.http is not None:
             addr = self.config.http.listen
             self._servers["http"] = [await serve_http(addr.host, addr.port, self.readiness)]
@@ -155,6 +157,7 @@ class Relay:
         old = self.config
         self.config = new
         self.tokens.configure(new)
+        self.auth.configure(new)
         logging.getLogger().setLevel(new.log.level.upper())
         for proto in ("smtp", "imap", "http"):
             old_s, new_s = getattr(old, proto), getattr(new, proto)

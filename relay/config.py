@@ -146,7 +146,6 @@ class SmtpConfig:
     sender: Literal["rewrite", "keep"] = "rewrite"
     hostname: str = "relay365"
     timeout: float = 300.0  # RFC 5321 s.4.5.3.2.7: a server SHOULD wait at least 5 minutes
-    auth_failure_delay: float = 1.0  # seconds before answering a failed AUTH
 
 
 @dataclass(frozen=True)
@@ -160,7 +159,19 @@ class ImapConfig:
     max_sessions_per_mailbox: int | None = None
     login_timeout: float = 60.0
     idle_timeout: float = 1900.0  # RFC 9051 s.5.4: at least 30 minutes; IDLE clients re-issue at 29
-    auth_failure_delay: float = 1.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Protection from the device that goes haywire and the host that guesses passwords."""
+
+    max_connections: int = 1000  # per protocol
+    max_connections_per_ip: int = 100
+    auth_failure_delay: float = 1.0  # first failed login waits this long; doubles per failure
+    auth_max_delay: float = 10.0
+    auth_block_after: int = 10  # failures within auth_window, per client IP and per username
+    auth_block_seconds: float = 900.0
+    auth_window: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +190,7 @@ class Config:
     smtp: SmtpConfig | None = None
     imap: ImapConfig | None = None
     http: HttpConfig | None = None  # /metrics, /healthz, /readyz
+    limits: LimitsConfig = LimitsConfig()
     drain_timeout: float = 30.0  # seconds sessions may take to finish on SIGTERM
     token_refresh_margin: float = 600.0  # Exchange HVE refuses tokens with under ~10 min left
     source: str = field(default="<memory>", metadata={"internal": True})

@@ -2,7 +2,7 @@
 
 Theory of operation. Before login, bytes from the client go into the sans-IO core and the adapter
 carries out the effects it returns: write to the client, upgrade to TLS, check a login, close. For a
-login it checks the local user (scrypt off the loop, a delay on failure, the same rules as SMTP),
+login it checks the local user (`relay.localauth`: the same rules and throttling as SMTP),
 enforces the optional per-mailbox session cap, logs in upstream with XOAUTH2 (`relay.imap.upstream`)
 and tells the core the outcome; the core answers the client with its own tag. After a successful
 login the adapter forwards anything the client pipelined, then hands both connections to the byte
@@ -22,7 +22,8 @@ import structlog
 from .. import metrics
 from ..config import Config, ImapConfig
 from ..errors import TokenError, UpstreamError
-from ..passwords import Verifier
+from ..localauth import LocalAuth
+from ..throttle import ConnectionLimits
 from ..tlsutil import client_context, server_context
 from ..tokens.manager import TokenManager
 from .core import Authenticate, Close, ImapPreauth, SendToClient, StartSplice, StartTLS
@@ -50,8 +51,11 @@ class ImapSession:
 
 
 class ImapHandler:
-    def __init__(self, config: Config, tokens: TokenManager) -> None:
+    def __init__(self, config: Config, tokens: TokenManager, auth: LocalAuth) -> None:
         self.tokens = tokens
+        self.auth = auth
+        self.limits = ConnectionLimits(config.limits.max_connections,
+                                       config.limits.max_connections_per_ip)
         self.active: collections.Counter[str] = collections.Counter()  # sessions per mailbox
         self.connections = 0
         self.configure(config)
@@ -60,13 +64,21 @@ class ImapHandler:
         assert config.imap is not None
         self.config = config
         self.imap: ImapConfig = config.imap
-        self.verifier = Verifier({u.username: u.password_hash for u in config.users})
+        self.limits.max_total = config.limits.max_connections
+        self.limits.max_per_ip = config.limits.max_connections_per_ip
         self.upstream_tls = client_context(config.upstream.ca_file)
         self.server_tls = (server_context(self.imap.cert_file, self.imap.key_file)
                            if self.imap.tls != "none" else None)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
+        refused = self.limits.admit(str(peer[0]))
+        if refused:
+            log.warning("connection_refused", proto="imap", peer=str(peer[0]), reason=refused)
+            metrics.SESSIONS.labels("imap", refused).inc()
+            writer.write(b"* BYE Too many connections; try again later\r\n")
+            writer.close()
+            return
         session = ImapSession(next(_conn_ids), str(peer[0]))
         self.connections += 1
         upstream: UpstreamIMAP | None = None
@@ -92,6 +104,7 @@ class ImapHandler:
             if upstream is not None:
                 upstream.writer.close()
             self.connections -= 1
+            self.limits.release(session.peer)
             metrics.SESSIONS.labels("imap", session.outcome).inc()
             metrics.BYTES.labels("imap", "up").inc(session.bytes_up)
             metrics.BYTES.labels("imap", "down").inc(session.bytes_down)
@@ -150,17 +163,13 @@ class ImapHandler:
             pending.extend(core.receive_data(data))
 
     async def _login(self, core: ImapPreauth, session: ImapSession, auth: Authenticate):
-        user = self.config.user(auth.username)
-        ok = await self.verifier.verify(auth.username, auth.password)
-        if user is None or not ok:
+        outcome = await self.auth.login("imap", session.peer, auth.username, auth.password,
+                                        auth.mechanism, session.conn_id)
+        user = outcome.user
+        if user is None:
             session.auth_failures += 1
-            metrics.AUTH_FAILURES.labels("imap", "unknown_user" if user is None else "bad_password").inc()
-            log.warning("auth_failed", proto="imap", conn=session.conn_id, peer=session.peer,
-                        user=auth.username[:64], mechanism=auth.mechanism,
-                        reason="unknown_user" if user is None else "bad_password")
-            await asyncio.sleep(self.imap.auth_failure_delay)
-            session.outcome = "auth_failed"
-            return None, core.login_failed("auth_failed")
+            session.outcome = "auth_" + outcome.result
+            return None, core.login_failed("auth_failed" if outcome.result == "failed" else "unavailable")
         session.user, session.mailbox = user.username, user.mailbox
         key = user.mailbox.lower()
         cap = self.imap.max_sessions_per_mailbox
@@ -190,10 +199,11 @@ class ImapHandler:
         return upstream, core.login_succeeded(upstream.capabilities)
 
 
-async def start_imap(config: Config, tokens: TokenManager) -> tuple[ImapHandler, list[asyncio.Server]]:
+async def start_imap(config: Config, tokens: TokenManager,
+                     auth: LocalAuth) -> tuple[ImapHandler, list[asyncio.Server]]:
     imap = config.imap
     assert imap is not None
-    handler = ImapHandler(config, tokens)
+    handler = ImapHandler(config, tokens, auth)
     loop = asyncio.get_running_loop()
     servers = []
     for addr in imap.listen:

@@ -1,8 +1,8 @@
 """The local SMTP listener: aiosmtpd in front, one upstream Office 365 session behind each client.
 
 Theory of operation. aiosmtpd parses SMTP; `RelayHandler`'s hooks hold our policy:
-- AUTH PLAIN / LOGIN are our own async `auth_*` hooks, so the scrypt check runs in a thread, every
-  failure waits `auth_failure_delay` and is logged once as `auth_failed` (user, peer) for fail2ban.
+- AUTH PLAIN / LOGIN are our own async `auth_*` hooks; the check itself (scrypt in a thread,
+  throttling, the `auth_failed` line for fail2ban) is `relay.localauth`, shared with IMAP.
 - MAIL decides who the client is sending as: its user's mailbox after AUTH, or the mailbox of the
   `unauthenticated` network it comes from; anyone else gets 530 - never an open relay. The upstream
   session (TLS + XOAUTH2) is opened then, and the MAIL, each RCPT and DATA are passed on as they come,
@@ -25,9 +25,10 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from ..config import Config, SmtpConfig
 from ..errors import RelayError, TokenError, UpstreamError
-from ..passwords import Verifier
+from ..localauth import LocalAuth
 from ..sasl import SaslError, b64decode_strict, decode_plain, decode_text
 from ..secret import Secret
+from ..throttle import ConnectionLimits
 from ..tlsutil import client_context, server_context
 from ..tokens.manager import TokenManager
 from .. import metrics
@@ -58,22 +59,37 @@ class SessionState:
 class RelaySMTP(SMTP):
     """aiosmtpd's protocol with a per-connection `state` and a summary line when it ends."""
 
+    refused: str | None = None
+
     def connection_made(self, transport) -> None:
         first = self._original_transport is None and getattr(self, "state", None) is None
+        if first:
+            peer = str((transport.get_extra_info("peername") or ("?", 0))[0])
+            self.refused = self.event_handler.limits.admit(peer)
+            if self.refused:  # answered here, before aiosmtpd starts the session
+                log.warning("connection_refused", proto="smtp", peer=peer, reason=self.refused)
+                metrics.SESSIONS.labels("smtp", self.refused).inc()
+                transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
+                transport.close()
+                return
         super().connection_made(transport)
         if first:
-            peer = transport.get_extra_info("peername") or ("?", 0)
-            self.state = SessionState(next(_conn_ids), str(peer[0]))
+            self.state = SessionState(next(_conn_ids), peer)
             self.event_handler.active += 1
 
     def connection_lost(self, error) -> None:
+        if self.refused:
+            return
         super().connection_lost(error)
         self.event_handler.session_ended(self)
 
 
 class RelayHandler:
-    def __init__(self, config: Config, tokens: TokenManager) -> None:
+    def __init__(self, config: Config, tokens: TokenManager, auth: LocalAuth) -> None:
         self.tokens = tokens
+        self.auth = auth
+        self.limits = ConnectionLimits(config.limits.max_connections,
+                                       config.limits.max_connections_per_ip)
         self.active = 0  # connections now
         self._tasks: set[asyncio.Task] = set()
         self.configure(config)
@@ -82,7 +98,8 @@ class RelayHandler:
         assert config.smtp is not None
         self.config = config
         self.smtp: SmtpConfig = config.smtp
-        self.verifier = Verifier({u.username: u.password_hash for u in config.users})
+        self.limits.max_total = config.limits.max_connections
+        self.limits.max_per_ip = config.limits.max_connections_per_ip
         self.upstream_tls = client_context(config.upstream.ca_file)
 
     # -- who is sending ----------------------------------------------------------------------
@@ -136,20 +153,13 @@ class RelayHandler:
 
     async def _check(self, server: RelaySMTP, mech: str, username: str, password: Secret) -> AuthResult:
         state = server.state
-        user = self.config.user(username)
-        if user is not None and await self.verifier.verify(username, password):
-            state.user, state.mailbox = username, user.mailbox
-            log.info("auth_ok", conn=state.conn_id, peer=state.peer, user=username, mechanism=mech)
+        outcome = await self.auth.login("smtp", state.peer, username, password, mech, state.conn_id)
+        if outcome.user is not None:
+            state.user, state.mailbox = outcome.user.username, outcome.user.mailbox
             return AuthResult(success=True, auth_data=username)
-        if user is None:
-            await self.verifier.verify(username, password)  # same cost for unknown users
         state.auth_failures += 1
-        metrics.AUTH_FAILURES.labels("smtp", "unknown_user" if user is None else "bad_password").inc()
-        log.warning("auth_failed", proto="smtp", conn=state.conn_id, peer=state.peer,
-                    user=username[:64], mechanism=mech,
-                    reason="unknown_user" if user is None else "bad_password")
-        await asyncio.sleep(self.smtp.auth_failure_delay)
-        return AuthResult(success=False, handled=False, message=replies.AUTH_FAILED)
+        return AuthResult(success=False, handled=False, message=(
+            replies.AUTH_BLOCKED if outcome.result == "blocked" else replies.AUTH_FAILED))
 
     # -- the transaction, passed on as it comes -----------------------------------------------
 
@@ -256,6 +266,7 @@ class RelayHandler:
         if state is None:
             return
         self.active -= 1
+        self.limits.release(state.peer)
         metrics.SESSIONS.labels("smtp", state.outcome).inc()
         log.info("smtp_session", conn=state.conn_id, peer=state.peer, user=state.user,
                  mailbox=state.mailbox, messages=state.messages, recipients=state.recipients,
@@ -273,11 +284,12 @@ class RelayHandler:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def start_smtp(config: Config, tokens: TokenManager) -> tuple[RelayHandler, list[asyncio.Server]]:
+async def start_smtp(config: Config, tokens: TokenManager,
+                     auth: LocalAuth) -> tuple[RelayHandler, list[asyncio.Server]]:
     """Bind every `smtp.listen` address; returns the handler (for reloads) and the servers."""
     smtp = config.smtp
     assert smtp is not None
-    handler = RelayHandler(config, tokens)
+    handler = RelayHandler(config, tokens, auth)
     tls = server_context(smtp.cert_file, smtp.key_file) if smtp.tls != "none" else None
 
     def factory() -> RelaySMTP:

@@ -64,11 +64,12 @@ def relay_config(tmp_path, pki, idp, upstream, *, refresh_token: str | None = No
         "accounts": [{"mailbox": MAILBOX,
                       "refresh_token": refresh_token or idp.issue_refresh_token(MAILBOX)}],
         "users": [{"username": USER, "password_hash": PASSWORD_HASH, "mailbox": MAILBOX}],
+        "limits": {"auth_failure_delay": 0.05, "auth_max_delay": 0.2},
     }
     if smtp is not None:
-        config["smtp"] = {"listen": ["127.0.0.1:0"], "auth_failure_delay": 0.1, **smtp}
+        config["smtp"] = {"listen": ["127.0.0.1:0"], **smtp}
     if imap is not None:
-        config["imap"] = {"listen": ["127.0.0.1:0"], "auth_failure_delay": 0.1, **imap}
+        config["imap"] = {"listen": ["127.0.0.1:0"], **imap}
     config.update(top)
     return config
 

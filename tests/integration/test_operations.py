@@ -138,3 +138,48 @@ def test_sigterm_drains_sessions_in_progress(make_relay, upstream):
     assert relay.proc.wait(20) == 0
     delivered(upstream, f"bob@{DOMAIN}", subject)
     assert not relay.find("drain_timeout")
+
+
+def _try_login(port: int, user: str, password: str, source: str = "127.0.0.1") -> int:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source, 0)) as s:
+        s.ehlo()
+        s.user, s.password = user, password
+        try:
+            return s.auth("PLAIN", s.auth_plain)[0]
+        except smtplib.SMTPAuthenticationError as exc:
+            return exc.smtp_code
+
+
+def test_password_guessing_is_slowed_then_blocked_others_unaffected(make_relay, upstream):
+    relay = make_relay(smtp={}, limits={"auth_failure_delay": 0.05, "auth_max_delay": 0.4,
+                                        "auth_block_after": 5, "auth_block_seconds": 60})
+    delays = []
+    for _ in range(5):
+        started = time.monotonic()
+        assert _try_login(relay.smtp_port, "guess", "wrong", "127.0.0.5") == 535
+        delays.append(time.monotonic() - started)
+    assert delays[3] > delays[0] and delays[3] >= 0.35  # growing delay: 0.05, 0.1, 0.2, 0.4, 0.4
+    blocked = relay.wait_log("auth_blocked")
+    assert blocked["peer"] == "127.0.0.5"
+    # blocked now: even the right password is refused from that address, with a 4xx
+    assert _try_login(relay.smtp_port, USER, PASSWORD, "127.0.0.5") == 454
+    # another client logs in as usual
+    assert _try_login(relay.smtp_port, USER, PASSWORD, "127.0.0.6") == 235
+    failed = relay.find("auth_failed")
+    assert all(e["peer"] == "127.0.0.5" for e in failed)  # one line per failure, for fail2ban
+
+
+def test_connection_limits_per_ip(make_relay):
+    relay = make_relay(smtp={}, limits={"max_connections_per_ip": 2})
+    held = [smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=10, source_address=("127.0.0.7", 0))
+            for _ in range(2)]
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=10, source_address=("127.0.0.7", 0))
+    assert refused.value.smtp_code == 421
+    other = smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=10, source_address=("127.0.0.8", 0))
+    assert other.noop()[0] == 250
+    for s in [*held, other]:
+        s.quit()
+    assert relay.wait_log("connection_refused")["reason"] == "too_many_from_ip"
+    # the places are given back when sessions end
+    smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=10, source_address=("127.0.0.7", 0)).quit()
