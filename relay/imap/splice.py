@@ -1,0 +1,91 @@
+"""After login: a transparent byte splice between the client and the upstream, with back-pressure.
+
+Nothing is parsed, so IDLE, literals, APPEND, COMPRESS and any extension the upstream has just work.
+Each direction reads at most `CHUNK` bytes and waits for `drain()` before reading more, so a session
+holds at most about two chunks plus the transports' high-water marks, however large the messages.
+Nothing is logged per chunk; the caller logs one summary with `SpliceResult`.
+
+The idle timer is one `call_later` per session that re-arms itself from the last activity, rather
+than a timeout around every read: a thousand idling sessions cost a thousand timer handles, not a
+thousand timers rescheduled per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+CHUNK = 256 * 1024
+
+
+@dataclass
+class SpliceResult:
+    closed_by: str  # client | upstream | idle_timeout | client_error | upstream_error | shutdown
+    bytes_up: int  # client -> upstream
+    bytes_down: int  # upstream -> client
+
+
+class _Pump:
+    """Copies one direction. `run()` says how it ended, naming the side that ended it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, touch,
+                 source: str, sink: str) -> None:
+        self.reader, self.writer, self.touch = reader, writer, touch
+        self.source, self.sink = source, sink
+        self.count = 0
+
+    async def run(self) -> str:
+        read, write, drain = self.reader.read, self.writer.write, self.writer.drain
+        while True:
+            try:
+                data = await read(CHUNK)
+            except (ConnectionError, OSError):
+                return f"{self.source}_error"
+            if not data:
+                return self.source
+            self.count += len(data)
+            self.touch()
+            try:
+                write(data)
+                await drain()
+            except (ConnectionError, OSError):
+                return f"{self.sink}_error"
+
+
+async def splice(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                 upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                 *, idle_timeout: float) -> SpliceResult:
+    loop = asyncio.get_running_loop()
+    last = [time.monotonic()]
+    idle = asyncio.Event()
+
+    def touch() -> None:
+        last[0] = time.monotonic()
+
+    def check() -> None:
+        remaining = last[0] + idle_timeout - time.monotonic()
+        if remaining <= 0:
+            idle.set()
+        else:
+            handle[0] = loop.call_later(remaining, check)
+
+    handle = [loop.call_later(idle_timeout, check)]
+    up = _Pump(client[0], upstream[1], touch, "client", "upstream")
+    down = _Pump(upstream[0], client[1], touch, "upstream", "client")
+    idle_task = asyncio.create_task(idle.wait(), name="splice-idle")
+    tasks = [asyncio.create_task(up.run(), name="splice-up"),
+             asyncio.create_task(down.run(), name="splice-down"), idle_task]
+    closed_by = "shutdown"
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        first = next(iter(done))
+        closed_by = "idle_timeout" if first is idle_task else first.result()
+    finally:
+        handle[0].cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for writer in (client[1], upstream[1]):
+            writer.close()
+    return SpliceResult(closed_by, up.count, down.count)
