@@ -140,6 +140,9 @@ class SmtpConfig:
     tls: Literal["none", "starttls", "implicit"] = "none"
     cert_file: Path | None = None
     key_file: Path | None = None
+    proxy_protocol: bool = False  # expect a PROXY v1/v2 header (HAProxy send-proxy[-v2])
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list, metadata=field_parser(parse_network))
     allow_plaintext_auth: bool = True
     max_message_size: int = field(default=35 * 1024**2, metadata=field_parser(parse_size))
     unauthenticated: list[UnauthenticatedNet] = field(default_factory=list)
@@ -155,6 +158,9 @@ class ImapConfig:
     tls: Literal["none", "starttls", "implicit"] = "none"
     cert_file: Path | None = None
     key_file: Path | None = None
+    proxy_protocol: bool = False  # expect a PROXY v1/v2 header (HAProxy send-proxy[-v2])
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list, metadata=field_parser(parse_network))
     allow_plaintext_auth: bool = True
     max_sessions_per_mailbox: int | None = None
     login_timeout: float = 60.0
@@ -287,6 +293,9 @@ def _cross_check(c: Config, loader: Loader):
 
 
 def _check_tls(proto: str, svc, at):
+    if svc.proxy_protocol and not svc.trusted_proxies:
+        yield (f"{proto}.trusted_proxies: needed with proxy_protocol: true (the addresses of your "
+               f"HAProxy/nginx){at(f'{proto}.proxy_protocol')}")
     if svc.tls != "none":
         for key in ("cert_file", "key_file"):
             f = getattr(svc, key)

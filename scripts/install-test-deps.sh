@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install what the integration tests run against: real Postfix and Dovecot (the Office 365 stand-in,
-# see tests/support/upstream.py), plus the real clients the tests drive (swaks, mbsync, curl).
+# see tests/support/upstream.py), plus the real clients the tests drive (swaks, mbsync, curl) and
+# HAProxy, which the PROXY protocol tests put in front of relay365.
 #
 # For a fresh Debian 12 machine or CI container; idempotent and non-interactive. No system mail
 # daemon is left running: the tests start private instances on 127.0.0.1 high ports.
@@ -9,13 +10,14 @@
 #   INSTALL_TEST_DEPS_FORCE=1 scripts/install-test-deps.sh   # run apt even if all is present
 set -eu
 
-PACKAGES="postfix dovecot-imapd dovecot-lmtpd swaks isync curl ca-certificates libnet-ssleay-perl"
+PACKAGES="postfix dovecot-imapd dovecot-lmtpd swaks isync curl ca-certificates libnet-ssleay-perl haproxy"
 # libnet-ssleay-perl: swaks' STARTTLS support; only a Recommends of swaks, so name it.
 
 # What the tests execute; if all of it is present, apt is not touched at all.
 REQUIRED="/usr/sbin/postfix /usr/sbin/postconf /usr/sbin/postsuper /usr/lib/postfix/sbin/master
 /usr/sbin/dovecot /usr/bin/doveadm /usr/lib/dovecot/imap /usr/lib/dovecot/imap-login
-/usr/lib/dovecot/lmtp /usr/lib/dovecot/auth /usr/bin/swaks /usr/bin/mbsync /usr/bin/curl"
+/usr/lib/dovecot/lmtp /usr/lib/dovecot/auth /usr/bin/swaks /usr/bin/mbsync /usr/bin/curl
+/usr/sbin/haproxy"
 
 what=
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }
@@ -47,6 +49,9 @@ stop_system_daemons() {
     fi
     if [ -r /run/dovecot/master.pid ] && $SUDO kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null; then
         log "stopping system dovecot"; $SUDO dovecot stop >/dev/null 2>&1 || true
+    fi
+    if [ -r /run/haproxy.pid ] && $SUDO kill -0 "$(cat /run/haproxy.pid)" 2>/dev/null; then
+        log "stopping system haproxy"; $SUDO kill "$(cat /run/haproxy.pid)" 2>/dev/null || true
     fi
 }
 

@@ -18,11 +18,13 @@ import time
 from dataclasses import dataclass, field
 
 import structlog
+from aiosmtpd.proxy_protocol import get_proxy
 
 from .. import metrics
 from ..config import Config, ImapConfig
 from ..errors import TokenError, UpstreamError
 from ..localauth import LocalAuth
+from ..proxyproto import PROXY_TIMEOUT, is_trusted, real_client
 from ..throttle import ConnectionLimits
 from ..tlsutil import client_context, server_context
 from ..tokens.manager import TokenManager
@@ -71,15 +73,20 @@ class ImapHandler:
                            if self.imap.tls != "none" else None)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        refused = self.limits.admit(str(peer[0]))
+        peer = str((writer.get_extra_info("peername") or ("?", 0))[0])
+        if self.imap.proxy_protocol:
+            peer = await self._proxied(peer, reader)
+            if peer is None:
+                writer.close()
+                return
+        refused = self.limits.admit(peer)
         if refused:
-            log.warning("connection_refused", proto="imap", peer=str(peer[0]), reason=refused)
+            log.warning("connection_refused", proto="imap", peer=peer, reason=refused)
             metrics.SESSIONS.labels("imap", refused).inc()
             writer.write(b"* BYE Too many connections; try again later\r\n")
             writer.close()
             return
-        session = ImapSession(next(_conn_ids), str(peer[0]))
+        session = ImapSession(next(_conn_ids), peer)
         self.connections += 1
         upstream: UpstreamIMAP | None = None
         try:
@@ -113,6 +120,20 @@ class ImapHandler:
                      bytes_up=session.bytes_up, bytes_down=session.bytes_down,
                      auth_failures=session.auth_failures,
                      seconds=round(time.monotonic() - session.started, 3))
+
+    async def _proxied(self, peer: str, reader: asyncio.StreamReader) -> str | None:
+        """The real client address from a trusted proxy's PROXY header; None to close."""
+        if not is_trusted(peer, self.imap.trusted_proxies):
+            log.warning("connection_refused", proto="imap", peer=peer, reason="untrusted_proxy")
+            return None
+        try:
+            data = await asyncio.wait_for(get_proxy(reader), PROXY_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            data = None
+        if data is None or not data.valid:
+            log.warning("proxy_header_invalid", proto="imap", peer=peer)
+            return None
+        return real_client(data) or peer
 
     async def _preauth(self, session: ImapSession, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> UpstreamIMAP | None:

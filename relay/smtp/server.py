@@ -28,6 +28,7 @@ from ..errors import RelayError, TokenError, UpstreamError
 from ..localauth import LocalAuth
 from ..sasl import SaslError, b64decode_strict, decode_plain, decode_text
 from ..secret import Secret
+from ..proxyproto import PROXY_TIMEOUT, is_trusted, real_client
 from ..throttle import ConnectionLimits
 from ..tlsutil import client_context, server_context
 from ..tokens.manager import TokenManager
@@ -65,6 +66,12 @@ class RelaySMTP(SMTP):
         first = self._original_transport is None and getattr(self, "state", None) is None
         if first:
             peer = str((transport.get_extra_info("peername") or ("?", 0))[0])
+            cfg = self.event_handler.smtp
+            if cfg.proxy_protocol and not is_trusted(peer, cfg.trusted_proxies):
+                self.refused = "untrusted_proxy"  # closed without a word: it speaks PROXY, not SMTP
+                log.warning("connection_refused", proto="smtp", peer=peer, reason=self.refused)
+                transport.close()
+                return
             self.refused = self.event_handler.limits.admit(peer)
             if self.refused:  # answered here, before aiosmtpd starts the session
                 log.warning("connection_refused", proto="smtp", peer=peer, reason=self.refused)
@@ -220,6 +227,25 @@ class RelayHandler:
                  upstream_reply=state.last_reply, seconds=round(time.monotonic() - started, 3))
         return replies.upstream_reply(int(reply[:3]), reply[4:])
 
+    async def handle_PROXY(self, server: RelaySMTP, session: Session, envelope: Envelope,
+                           proxy_data) -> bool:
+        """A trusted proxy told us who the client really is: use that address from now on."""
+        state = server.state
+        real = real_client(proxy_data)
+        if proxy_data is None or not proxy_data.valid:
+            log.warning("proxy_header_invalid", proto="smtp", peer=state.peer)
+            return False
+        if real is None:  # LOCAL: the proxy's own health check
+            return True
+        refused = self.limits.admit(real)
+        if refused:
+            log.warning("connection_refused", proto="smtp", peer=real, reason=refused)
+            return False
+        self.limits.release(state.peer)
+        log.info("proxied", proto="smtp", conn=state.conn_id, proxy=state.peer, peer=real)
+        state.peer = real
+        return True
+
     async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         if server.state.upstream is not None:
             await server.state.upstream.rset()
@@ -302,6 +328,7 @@ async def start_smtp(config: Config, tokens: TokenManager,
             auth_required=False,
             # implicit TLS is TLS from the first byte, which aiosmtpd's check does not see
             auth_require_tls=not cfg.allow_plaintext_auth and cfg.tls != "implicit",
+            proxy_protocol_timeout=PROXY_TIMEOUT if cfg.proxy_protocol else None,
         )
 
     loop = asyncio.get_running_loop()
