@@ -1,0 +1,468 @@
+"""A local stand-in for the Microsoft identity platform (Entra ID), good enough for real msal.
+
+Theory of operation
+-------------------
+`FakeIdP` is an HTTPS server (stdlib `ThreadingHTTPServer` on 127.0.0.1, one daemon thread to serve,
+one thread per connection) in front of a small, lock-protected token state:
+
+* clients (`add_client`), each with an optional secret and the mailboxes its app-only tokens may open;
+* refresh tokens (`issue_refresh_token`), one use each when `rotate` is on;
+* access tokens: random opaque strings (Exchange-sized, ~1.6 kB) remembered with mailbox (None for
+  app-only), client, scopes and expiry, so `valid_token` can stand in for Exchange Online's check.
+
+Requests are matched against `routes`, a table of (method, path regex, handler); a handler gets a
+`Request` and returns a `Reply`, or `DROP` to close the connection unanswered. msal needs only two
+routes (`/{tenant}/v2.0/.well-known/openid-configuration` and `/{tenant}/oauth2/v2.0/token`); Dovecot's
+oauth2 passdb uses `/introspect` (RFC 7662) and `/grant` (its password grant). Authorize and device
+code endpoints can be added as more rows of the table.
+
+Error replies have the shape of Entra ID's (`error`, `AADSTSnnnnn: ...` description, `error_codes`,
+`timestamp`, `trace_id`, `correlation_id`), because msal passes them through to its caller as a dict.
+Faults are injected with `fail_next`, `down` and `delay`. Nothing here logs: the request log keeps
+(path, grant_type, status) only, never a token or secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import re
+import secrets
+import ssl
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import ip_address
+from pathlib import Path
+from urllib.parse import parse_qs, unquote_plus, urlsplit
+
+OUTLOOK = "https://outlook.office365.com"
+DEFAULT_SCOPE = f"{OUTLOOK}/.default"
+OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
+MAX_BODY = 64 * 1024  # a token request is ~2 kB; anything far bigger is not a client we support
+SOCKET_TIMEOUT = 10.0
+
+_DESCRIPTIONS = {
+    65001: "The user or administrator has not consented to use the application.",
+    70000: "Provided grant is invalid or malformed.",
+    70003: "The app requested an unsupported grant type.",
+    70008: "The provided authorization code or refresh token has expired due to inactivity.",
+    90033: "A transient error has occurred. Please try again.",
+    700016: "Application was not found in the directory.",
+    1002012: "The provided value for scope is not valid. Client credential flows must have a "
+    "scope value with /.default suffixed to the resource identifier.",
+    7000215: "Invalid client secret provided.",
+    7000218: "The request body must contain the following parameter: 'client_assertion' or "
+    "'client_secret'.",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    params: dict[str, str]  # path regex groups, e.g. tenant
+    form: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+DROP = None  # a handler returning this closes the connection without an answer
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    path: str
+    grant_type: str | None
+    status: int  # 0 when the connection was dropped
+
+
+@dataclass(frozen=True)
+class _Client:
+    secret: str | None
+    app_mailboxes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _RefreshToken:
+    mailbox: str
+    client_id: str | None  # None: any registered client may redeem it
+    scopes: frozenset[str] | None  # None: any scope
+
+
+@dataclass(frozen=True)
+class _AccessToken:
+    mailbox: str | None  # None for app-only tokens
+    client_id: str
+    scopes: frozenset[str]
+    expires_at: float
+
+
+class _OAuthError(Exception):
+    def __init__(self, error: str, code: int | tuple[int, ...], status: int = 400,
+                 description: str | None = None, retry_after: int | None = None):
+        super().__init__(error)
+        self.retry_after = retry_after
+        self.codes = code if isinstance(code, tuple) else (code,)
+        self.error, self.code, self.status = error, self.codes[0], status
+        self.description = description or _DESCRIPTIONS.get(self.code, "Injected failure.")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _oid(mailbox: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "mailbox:" + mailbox.lower()))
+
+
+class FakeIdP:
+    """Entra ID on 127.0.0.1. Attributes `rotate`, `down` (False/True/"reset"), `delay` (seconds)
+    and `retry_after` (header on 503s, None for none) may be changed while it runs."""
+
+    def __init__(self, cert_file: str | Path, key_file: str | Path, host: str = "127.0.0.1",
+                 port: int = 0, access_token_lifetime: int = 3600, *, token_length: int = 1600,
+                 rotate: bool = True, clock: Callable[[], float] = time.time) -> None:
+        if not ip_address(host).is_loopback:
+            raise ValueError("FakeIdP binds only loopback addresses")
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._tls.load_cert_chain(str(cert_file), str(key_file))
+        self._addr = (host, port)
+        self.access_token_lifetime = access_token_lifetime
+        self.token_length = token_length
+        self.rotate = rotate
+        self.clock = clock
+        self.down: bool | str = False
+        self.delay = 0.0
+        self.retry_after: int | None = None
+        self.tenant_id = str(uuid.uuid4())
+        self._lock = threading.Lock()
+        self._clients: dict[str, _Client] = {}
+        self._refresh: dict[str, _RefreshToken] = {}
+        self._access: dict[str, _AccessToken] = {}
+        self._faults: deque[_OAuthError] = deque()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.routes: list[tuple[str, re.Pattern[str], Callable[[Request], Reply | None]]] = [
+            ("GET", re.compile(r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration"),
+             self._openid_configuration),
+            ("POST", re.compile(r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token"), self._token),
+            ("POST", re.compile(r"/introspect"), self._introspect),
+            ("POST", re.compile(r"/grant"), self._password_grant),
+        ]
+        self.reset_counters()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> FakeIdP:
+        self._server = _Server(self._addr, self)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fakeidp",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = self._thread = None
+
+    def __enter__(self) -> FakeIdP:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    # -- state and controls -----------------------------------------------------------------
+
+    def add_client(self, client_id: str, secret: str | None = None,
+                   app_mailboxes: list[str] | tuple[str, ...] = ()) -> None:
+        with self._lock:
+            self._clients[client_id] = _Client(secret, frozenset(m.lower() for m in app_mailboxes))
+
+    def issue_refresh_token(self, mailbox: str, scopes: list[str] | None = None,
+                            client_id: str | None = None) -> str:
+        token = "0.A" + secrets.token_urlsafe(96)
+        with self._lock:
+            self._refresh[token] = _RefreshToken(
+                mailbox, client_id, None if scopes is None else frozenset(scopes))
+        return token
+
+    def fail_next(self, n: int = 1, error: str = "invalid_grant", codes: Sequence[int] = (70008,),
+                  status: int = 400, description: str | None = None,
+                  retry_after: int | None = None) -> None:
+        """Answer the next `n` token requests with this error, before looking at them.
+
+        msal replays a 400 from its own http cache for 60 s when the same request is repeated,
+        and a 5xx or Retry-After answer for Retry-After (default 5) seconds; `retry_after=0`
+        adds `Retry-After: 0`, which turns both off."""
+        fault = _OAuthError(error, tuple(codes), status, description, retry_after)
+        with self._lock:
+            self._faults.extend([fault] * n)
+
+    def valid_token(self, token: str, mailbox: str | None = None) -> bool:
+        """Is `token` a live access token, and (if `mailbox` is given) may it open that mailbox?"""
+        with self._lock:
+            return self._may_open(self._access.get(token), mailbox)
+
+    def revoke_access_tokens(self) -> None:
+        with self._lock:
+            self._access.clear()
+
+    def expire_access_tokens(self) -> None:
+        with self._lock:
+            past = self.clock() - 1
+            self._access = {t: _AccessToken(a.mailbox, a.client_id, a.scopes, past)
+                            for t, a in self._access.items()}
+
+    def reset_counters(self) -> None:
+        self.token_requests = 0
+        self.grants: Counter[str] = Counter()
+        self.introspections = 0
+        self.password_grants = 0
+        self.request_log: list[LoggedRequest] = []
+
+    def _may_open(self, at: _AccessToken | None, mailbox: str | None) -> bool:
+        if at is None or at.expires_at <= self.clock():
+            return False
+        if mailbox is None:
+            return True
+        if at.mailbox is not None:
+            return at.mailbox.lower() == mailbox.lower()
+        client = self._clients.get(at.client_id)
+        return client is not None and mailbox.lower() in client.app_mailboxes
+
+    def _new_access_token(self, mailbox: str | None, client_id: str, scopes: frozenset[str]) -> str:
+        token = secrets.token_urlsafe(self.token_length)[: self.token_length]
+        self._access[token] = _AccessToken(mailbox, client_id, scopes,
+                                           self.clock() + self.access_token_lifetime)
+        return token
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    def _openid_configuration(self, req: Request) -> Reply:
+        base = f"{self.url}/{req.params['tenant']}"
+        return Reply(200, {
+            "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "issuer": f"{self.url}/{self.tenant_id}/v2.0",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "response_types_supported": ["code", "id_token", "code id_token", "token id_token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "introspection_endpoint": f"{self.url}/introspect",
+            "tenant_region_scope": "EU",
+        })
+
+    def _token(self, req: Request) -> Reply | None:
+        grant_type = req.form.get("grant_type")
+        with self._lock:
+            self.token_requests += 1
+            self.grants[grant_type or ""] += 1
+            fault = self._faults.popleft() if self._faults and not self.down else None
+        if self.down == "reset":
+            return DROP
+        if self.down:
+            return self._error(req, _OAuthError("temporarily_unavailable", 90033, 503,
+                                                retry_after=self.retry_after))
+        try:
+            if fault is not None:
+                raise fault
+            with self._lock:
+                if grant_type == "refresh_token":
+                    return Reply(200, self._refresh_grant(req))
+                if grant_type == "client_credentials":
+                    return Reply(200, self._client_credentials_grant(req))
+            raise _OAuthError("unsupported_grant_type", 70003)
+        except _OAuthError as e:
+            return self._error(req, e)
+
+    def _authenticate_client(self, req: Request, require_secret: bool = False) -> str:
+        client_id, given = req.form.get("client_id", ""), req.form.get("client_secret")
+        basic = req.headers.get("authorization", "")
+        if basic[:6].lower() == "basic ":  # client_secret_basic, RFC 6749 s.2.3.1
+            user, _, password = base64.b64decode(basic[6:]).decode("utf-8", "replace").partition(":")
+            client_id, given = unquote_plus(user), unquote_plus(password)
+        client = self._clients.get(client_id)
+        if client is None:
+            raise _OAuthError("invalid_client", 700016, 400, f"Application with identifier "
+                              f"'{client_id}' was not found in the directory.")
+        if client.secret is None and not require_secret:
+            return client_id
+        if given is None:
+            raise _OAuthError("invalid_client", 7000218, 401)
+        if client.secret is None or not hmac.compare_digest(given.encode(), client.secret.encode()):
+            raise _OAuthError("invalid_client", 7000215, 401)
+        return client_id
+
+    def _refresh_grant(self, req: Request) -> dict:
+        client_id = self._authenticate_client(req)
+        old = req.form.get("refresh_token", "")
+        rt = self._refresh.get(old)
+        if rt is None or rt.client_id not in (None, client_id):
+            raise _OAuthError("invalid_grant", 70000)
+        wanted = frozenset(req.form.get("scope", "").split()) - OIDC_SCOPES
+        if rt.scopes is not None and not wanted <= rt.scopes:
+            raise _OAuthError("invalid_grant", 65001)
+        scopes = wanted or rt.scopes or frozenset()
+        new = old
+        if self.rotate:
+            del self._refresh[old]
+            new = "0.A" + secrets.token_urlsafe(96)
+            self._refresh[new] = rt
+        body = self._token_body(self._new_access_token(rt.mailbox, client_id, scopes), scopes)
+        body["refresh_token"] = new
+        if "openid" in req.form.get("scope", "").split():
+            body["id_token"] = self._id_token(rt.mailbox, client_id)
+        if req.form.get("client_info") == "1":
+            body["client_info"] = _b64url(json.dumps(
+                {"uid": _oid(rt.mailbox), "utid": self.tenant_id}).encode())
+        return body
+
+    def _client_credentials_grant(self, req: Request) -> dict:
+        client_id = self._authenticate_client(req, require_secret=True)
+        scopes = req.form.get("scope", "").split()
+        if len(scopes) != 1 or not scopes[0].endswith("/.default"):
+            raise _OAuthError("invalid_scope", 1002012)
+        token = self._new_access_token(None, client_id, frozenset(scopes))
+        return self._token_body(token, frozenset(scopes))
+
+    def _token_body(self, token: str, scopes: frozenset[str]) -> dict:
+        lifetime = self.access_token_lifetime
+        return {"token_type": "Bearer", "scope": " ".join(sorted(scopes)), "expires_in": lifetime,
+                "ext_expires_in": lifetime, "access_token": token}
+
+    def _id_token(self, mailbox: str, client_id: str) -> str:
+        now = int(self.clock())
+        claims = {"aud": client_id, "iss": f"{self.url}/{self.tenant_id}/v2.0", "iat": now,
+                  "nbf": now, "exp": now + 3600, "name": mailbox.split("@")[0],
+                  "oid": _oid(mailbox), "preferred_username": mailbox,
+                  "sub": _b64url(uuid.uuid5(uuid.NAMESPACE_URL, client_id + mailbox).bytes),
+                  "tid": self.tenant_id, "uti": secrets.token_urlsafe(16), "ver": "2.0"}
+        header = {"typ": "JWT", "alg": "none"}
+        return ".".join([_b64url(json.dumps(header).encode()),
+                         _b64url(json.dumps(claims).encode()), ""])
+
+    def _error(self, req: Request, e: _OAuthError) -> Reply:
+        now = self.clock()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(now))
+        trace, corr = str(uuid.uuid4()), req.headers.get("client-request-id") or str(uuid.uuid4())
+        return Reply(e.status, {
+            "error": e.error,
+            "error_description": f"AADSTS{e.code}: {e.description} Trace ID: {trace} "
+                                 f"Correlation ID: {corr} Timestamp: {stamp}",
+            "error_codes": list(e.codes), "timestamp": stamp, "trace_id": trace,
+            "correlation_id": corr, "error_uri": f"{self.url}/error?code={e.code}",
+        }, {} if e.retry_after is None else {"Retry-After": str(e.retry_after)})
+
+    def _introspect(self, req: Request) -> Reply:
+        with self._lock:
+            self.introspections += 1
+            at = self._access.get(req.form.get("token", ""))
+            if at is None or at.mailbox is None or not self._may_open(at, None):
+                return Reply(200, {"active": False})
+            return Reply(200, {"active": True, "username": at.mailbox, "email": at.mailbox,
+                               "scope": " ".join(sorted(at.scopes)), "client_id": at.client_id,
+                               "token_type": "Bearer", "exp": int(at.expires_at)})
+
+    def _password_grant(self, req: Request) -> Reply:
+        mailbox, token = req.form.get("username", ""), req.form.get("password", "")
+        with self._lock:
+            self.password_grants += 1
+            at = self._access.get(token)
+            if req.form.get("grant_type") != "password" or not self._may_open(at, mailbox):
+                return Reply(400, {"error": "invalid_grant"})
+            expires_in = max(0, int(at.expires_at - self.clock()))
+        return Reply(200, {"access_token": token, "token_type": "Bearer",
+                           "expires_in": expires_in, "username": mailbox, "active": True})
+
+    def _dispatch(self, req: Request) -> Reply | None:
+        if self.delay:
+            time.sleep(self.delay)
+        allowed = False
+        for method, pattern, handler in self.routes:
+            m = pattern.fullmatch(req.path)
+            if m:
+                allowed = True
+                if method == req.method:
+                    return handler(Request(req.method, req.path, m.groupdict(), req.form,
+                                           req.headers))
+        return Reply(405 if allowed else 404, {"error": "not_found"})
+
+    def _record(self, path: str, form: dict[str, str], status: int) -> None:
+        with self._lock:
+            self.request_log.append(LoggedRequest(path, form.get("grant_type"), status))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, addr: tuple[str, int], idp: FakeIdP) -> None:
+        self.idp = idp
+        super().__init__(addr, _Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # failed handshakes and client resets are the client's business, not a traceback
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = SOCKET_TIMEOUT
+
+    def setup(self) -> None:
+        self.request = self.server.idp._tls.wrap_socket(self.request, server_side=True)
+        super().setup()
+
+    def log_message(self, format, *args) -> None:
+        pass  # request lines may carry tokens in a query string
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            return self._send(Reply(413, {"error": "invalid_request"}))
+        raw = self.rfile.read(length).decode("utf-8", "replace")
+        form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+        path = urlsplit(self.path).path
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        reply = self.server.idp._dispatch(Request(method, path, {}, form, headers))
+        self.server.idp._record(path, form, 0 if reply is None else reply.status)
+        if reply is None:
+            self.close_connection = True
+            return
+        self._send(reply)
+
+    def _send(self, reply: Reply) -> None:
+        data = json.dumps(reply.body).encode()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store, no-cache")
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
