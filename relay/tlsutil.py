@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from pathlib import Path
 
@@ -24,3 +25,14 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert_file), str(key_file))
     return ctx
+
+
+def nodelay(transport) -> None:
+    """Turn Nagle off, as asyncio's own loop does for every TCP transport and uvloop does not:
+    SMTP and IMAP are request/reply protocols of small writes, where Nagle only adds latency."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass

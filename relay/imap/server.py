@@ -26,7 +26,7 @@ from ..errors import TokenError, UpstreamError
 from ..localauth import LocalAuth
 from ..proxyproto import PROXY_TIMEOUT, is_trusted, real_client
 from ..throttle import ConnectionLimits
-from ..tlsutil import client_context, server_context
+from ..tlsutil import client_context, nodelay, server_context
 from ..tokens.manager import TokenManager
 from .core import Authenticate, Close, ImapPreauth, SendToClient, StartSplice, StartTLS
 from .splice import splice
@@ -86,6 +86,7 @@ class ImapHandler:
             writer.write(b"* BYE Too many connections; try again later\r\n")
             writer.close()
             return
+        nodelay(writer.transport)
         session = ImapSession(next(_conn_ids), peer)
         self.connections += 1
         upstream: UpstreamIMAP | None = None

@@ -21,7 +21,7 @@ import structlog
 from ..config import Config, Endpoint
 from ..errors import UpstreamAuthError, UpstreamError
 from ..sasl import decode_xoauth2_error, xoauth2_initial_response
-from ..tlsutil import client_context
+from ..tlsutil import client_context, nodelay
 from ..tokens.manager import TokenManager
 
 log = structlog.get_logger("relay.imap.upstream")
@@ -79,10 +79,12 @@ async def _connect(endpoint: Endpoint, tls: ssl.SSLContext, timeout: float):
     if endpoint.tls == "implicit":
         reader, writer = await asyncio.wait_for(asyncio.open_connection(
             endpoint.host, endpoint.port, ssl=tls, server_hostname=endpoint.host, limit=MAX_LINE), timeout)
+        nodelay(writer.transport)
         greeting = await _greeting(reader, timeout)
     else:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(endpoint.host, endpoint.port, limit=MAX_LINE), timeout)
+        nodelay(writer.transport)
         await _greeting(reader, timeout)
         resp, _ = await _command(reader, writer, b"s1", b"s1 STARTTLS\r\n", timeout)
         if not resp.upper().startswith(b"S1 OK"):

@@ -30,7 +30,7 @@ from ..sasl import SaslError, b64decode_strict, decode_plain, decode_text
 from ..secret import Secret
 from ..proxyproto import PROXY_TIMEOUT, is_trusted, real_client
 from ..throttle import ConnectionLimits
-from ..tlsutil import client_context, server_context
+from ..tlsutil import client_context, nodelay, server_context
 from ..tokens.manager import TokenManager
 from .. import metrics
 from . import replies
@@ -81,6 +81,7 @@ class RelaySMTP(SMTP):
                 return
         super().connection_made(transport)
         if first:
+            nodelay(transport)
             self.state = SessionState(next(_conn_ids), peer)
             self.event_handler.active += 1
 

@@ -15,6 +15,7 @@ import structlog
 
 from ..config import Endpoint
 from ..errors import UpstreamAuthError, UpstreamError
+from ..tlsutil import nodelay
 from ..tokens.manager import TokenManager
 
 log = structlog.get_logger("relay.smtp.upstream")
@@ -55,6 +56,7 @@ class UpstreamSMTP:
         token = await tokens.get(mailbox)
         try:
             await smtp.connect(timeout=self._connect_timeout)
+            nodelay(smtp.transport)
             if not implicit:
                 await smtp.starttls(tls_context=self._tls)  # raises when the server lacks STARTTLS
             try:
