@@ -153,6 +153,13 @@ class ImapHandler:
                     writer.write(effect.data)
                 elif isinstance(effect, StartTLS):
                     await writer.drain()
+                    # Plaintext sent behind STARTTLS sits in the reader's buffer, and start_tls()
+                    # would hand it back as if it came over TLS (RFC 3207/9051 injection). The
+                    # core refuses it; the buffer is only reachable through a private attribute.
+                    early = bytes(getattr(reader, "_buffer", b""))
+                    if early:
+                        pending.extend(core.receive_data(early))
+                        continue
                     await writer.start_tls(self.server_tls)
                     pending.extend(core.tls_started())
                 elif isinstance(effect, Authenticate):

@@ -249,3 +249,27 @@ SyncState *
     assert any(b"Subject: made locally" in m for m in upstream.messages(mailbox))
     down = [p.read_bytes() for d in ("new", "cur") for p in (local / "INBOX" / d).iterdir()]
     assert len(down) == 302 and any(b"arrived upstream" in m for m in down)
+
+
+def test_local_starttls_and_plaintext_injection_refused(reader, pki):
+    import ssl as _ssl
+
+    relay, user, _ = reader(imap={"tls": "starttls", "cert_file": str(pki.cert_file),
+                                  "key_file": str(pki.key_file), "allow_plaintext_auth": False})
+    imap = imaplib.IMAP4("127.0.0.1", relay.imap_port, timeout=30)
+    assert "LOGINDISABLED" in imap.capabilities and "STARTTLS" in imap.capabilities
+    imap.starttls(_ssl.create_default_context(cafile=str(pki.ca_file)))
+    assert imap.login(user, PASSWORD)[0] == "OK"
+    imap.logout()
+    # a command smuggled in the same packet as STARTTLS must never run after the handshake
+    sock = socket.create_connection(("127.0.0.1", relay.imap_port), timeout=10)
+    sock.recv(1000)
+    sock.sendall(b"a1 STARTTLS\r\na2 LOGIN " + user.encode() + b" x\r\n")
+    data = b""
+    while True:
+        chunk = sock.recv(1000)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    assert b"BYE" in data or b"BAD" in data
