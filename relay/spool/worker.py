@@ -1,0 +1,489 @@
+"""The delivery worker: takes messages out of the spool and hands them to Office 365.
+
+Theory of operation. `SpoolWorker` keeps an index of `queue/` in memory: filled by a scan at start,
+kept current by `submit()` and by the outcome of each attempt, and refreshed by a rescan every
+`rescan_interval` (or on `rescan()`, for SIGHUP) so operator changes are seen. One loop decides
+what may start now, starts it as a task it owns, and sleeps until the next thing is due or it is
+woken (a submit, a finished delivery, stop). Per mailbox:
+- due messages go in arrival (id) order, at most `concurrency_per_mailbox` at a time;
+- a token bucket keeps to `rate_per_minute`;
+- a failure of the session (network, login, token) or a throttling reply pauses the whole mailbox,
+  so a backlog neither hammers Exchange nor gets reordered; a 4xx about one message defers only it;
+- an account whose token state is `needs-auth` is held: nothing is attempted, nothing ages.
+What each failure means and when to retry is decided in `relay.spool.schedule`; this module only
+carries it out and records it in the queue (always in a thread: fsync blocks).
+
+The index is only a cache: a change made while a scan runs is replayed on top of the scan's result,
+so a message finished during a scan is never picked up again from a stale listing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.policy
+import email.utils
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from typing import Awaitable, Callable, Sequence
+
+import structlog
+
+from .. import metrics
+from ..errors import RelayError, TokenError, UpstreamError
+from ..smtp.replies import one_line
+from . import SpoolConfig
+from .queue import Entry, SpoolQueue, crash_point
+from .schedule import (HOLD_RECHECK, TokenBucket, Verdict, age_text, expired, next_attempt,
+                       retry_delay, throttled, verdict)
+
+log = structlog.get_logger("relay.spool")
+
+NOTICE_HEADER_BYTES = 16384  # how much of a dead letter is read to quote its headers
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A recipient the upstream refused while others were (or may have been) accepted."""
+
+    rcpt: str
+    code: int
+    text: str
+    transient: bool
+
+    @property
+    def reply(self) -> str:
+        return f"{self.code} {one_line(self.text, 300)}"
+
+
+Deliver = Callable[[Entry], Awaitable[Sequence[Refusal] | None]]
+
+
+@dataclass
+class _Mailbox:
+    bucket: TokenBucket
+    inflight: int = 0
+    paused_until: float = 0.0
+    failures: int = 0  # session failures in a row
+    throttles: int = 0  # throttling replies in a row
+    held: bool = False
+
+
+@dataclass
+class _Scan:
+    changes: dict[str, Entry | None] = field(default_factory=dict)  # None: removed
+
+
+def describe(exc: BaseException) -> str:
+    """One line for the envelope and the logs; no secrets (TokenError carries none)."""
+    if isinstance(exc, UpstreamError) and exc.code is not None:
+        return f"{exc.code} {one_line(exc.text, 300)}"
+    if isinstance(exc, RelayError):
+        return one_line(str(exc), 300)
+    return f"internal error: {type(exc).__name__}"
+
+
+class SpoolWorker:
+    def __init__(self, queue: SpoolQueue, deliver: Deliver, config: SpoolConfig = SpoolConfig(), *,
+                 held: Callable[[str], bool] = lambda mailbox: False,
+                 clock: Callable[[], float] = time.time,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.queue = queue
+        self.deliver = deliver
+        self.config = config
+        self._held, self._clock, self._rand = held, clock, rand
+        self._entries: dict[str, Entry] = {}
+        self._inflight: dict[str, asyncio.Task] = {}
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self._scan: _Scan | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._next_scan = 0.0
+
+    # -- the interface for the daemon and the SMTP side ------------------------------------------
+
+    def configure(self, config: SpoolConfig, deliver: Deliver | None = None) -> None:
+        """A reloaded config (and a deliverer built from the new upstream settings)."""
+        self.config = config
+        self.queue.min_free_space = config.min_free_space
+        if deliver is not None:
+            self.deliver = deliver
+        for mb in self._mailboxes.values():
+            mb.bucket = mb.bucket.with_rate(config.rate_per_minute)
+        self.rescan()
+
+    async def start(self) -> None:
+        """Claim the spool (SpoolError if another process has it), sweep tmp/, scan, run."""
+        swept = await asyncio.to_thread(self._prepare)
+        await self._rescan()
+        self._task = asyncio.create_task(self._run(), name="spool-worker")
+        log.info("spool_worker_started", depth=len(self._entries), swept=swept, spool=str(self.queue.root))
+
+    def _prepare(self) -> int:
+        self.queue.ensure_dirs()
+        self.queue.lock_worker()
+        return self.queue.recover()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Start nothing new; let deliveries in progress finish for up to `timeout` seconds."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        running = set(self._inflight.values())
+        cut: list[str] = []
+        if running:
+            _, pending = await asyncio.wait(running, timeout=timeout)
+            cut = [i for i, t in self._inflight.items() if t in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.to_thread(self.queue.unlock_worker)
+        log.info("spool_worker_stopped", depth=len(self._entries), cut=len(cut))
+
+    async def submit(self, mailbox: str, mail_from: str, rcpts: Sequence[str], data: bytes, *,
+                     mail_options: Sequence[str] = (), notice: bool = False) -> str:
+        """Queue a message durably; when this returns, the client may be told 250.
+
+        Raises `SpoolFullError` (answer `queue.FULL_REPLY`) or `SpoolError` (`queue.ERROR_REPLY`).
+        """
+        def store() -> Entry:
+            entry_id = self.queue.enqueue(mailbox, mail_from, list(rcpts), data, self._clock(),
+                                          mail_options=tuple(mail_options), notice=notice)
+            return self.queue.read(self.queue.queue / entry_id)
+
+        entry = await asyncio.to_thread(store)
+        self._record(entry.id, entry)
+        log.info("spool_enqueued", id=entry.id, mailbox=mailbox, recipients=len(entry.rcpts),
+                 size=entry.size, notice=notice)
+        self._wake.set()
+        return entry.id
+
+    def rescan(self) -> None:
+        """Look at the directory again soon (SIGHUP, after `relay365 queue retry`)."""
+        self._next_scan = 0.0
+        self._wake.set()
+
+    def stats(self) -> tuple[int, float]:
+        """(messages waiting, age in seconds of the oldest) - for metrics."""
+        if not self._entries:
+            return 0, 0.0
+        oldest = min(e.received_at for e in self._entries.values())
+        return len(self._entries), max(0.0, self._clock() - oldest)
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                if self._clock() >= self._next_scan:
+                    await self._rescan()
+                self._wake.clear()
+                wait = self._dispatch(self._clock())
+            except Exception as exc:  # a broken disk must not end delivery for good
+                log.error("spool_worker_error", error=describe(exc), exc_info=exc)
+                wait = self.config.rescan_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.001))
+
+    async def _rescan(self) -> None:
+        self._scan = _Scan()
+        self._next_scan = self._clock() + self.config.rescan_interval
+        try:
+            entries, damaged = await asyncio.to_thread(self.queue.scan)
+        finally:
+            scan, self._scan = self._scan, None
+        index = {e.id: e for e in entries}
+        for entry_id, entry in scan.changes.items():
+            if entry is None:
+                index.pop(entry_id, None)
+            else:
+                index[entry_id] = entry
+        self._entries = index
+        for name in damaged:
+            log.warning("spool_entry_damaged", id=name, action="inspect or delete it by hand")
+
+    def _record(self, entry_id: str, entry: Entry | None) -> None:
+        if entry is None:
+            self._entries.pop(entry_id, None)
+        else:
+            self._entries[entry_id] = entry
+        if self._scan is not None:
+            self._scan.changes[entry_id] = entry
+
+    def _dispatch(self, now: float) -> float:
+        """Start what may start; return the seconds until something else might."""
+        wait = self._next_scan - now
+        if self._stopping:
+            return wait
+        waiting: dict[str, list[Entry]] = defaultdict(list)
+        for entry in self._entries.values():
+            if entry.id not in self._inflight:
+                waiting[entry.mailbox.lower()].append(entry)
+        for key, entries in waiting.items():
+            entries.sort(key=lambda e: e.id)
+            wait = min(wait, self._dispatch_mailbox(key, entries, now))
+        return wait
+
+    def _mailbox(self, key: str, now: float) -> _Mailbox:
+        if key not in self._mailboxes:
+            self._mailboxes[key] = _Mailbox(TokenBucket.per_minute(self.config.rate_per_minute, now))
+        return self._mailboxes[key]
+
+    def _dispatch_mailbox(self, key: str, entries: list[Entry], now: float) -> float:
+        mb = self._mailbox(key, now)
+        if self._held(key):
+            if not mb.held:
+                log.warning("spool_held", mailbox=key, waiting=len(entries), reason="needs-auth",
+                            action="run relay365 auth for this mailbox; its queue resumes then")
+            mb.held = True
+            return HOLD_RECHECK
+        if mb.held:
+            mb.held = False
+            log.info("spool_resumed", mailbox=key, waiting=len(entries))
+        if mb.paused_until > now:
+            return mb.paused_until - now
+        wait = float("inf")
+        for entry in entries:
+            if entry.next_attempt > now:
+                wait = min(wait, entry.next_attempt - now)
+                continue
+            if mb.inflight >= self.config.concurrency_per_mailbox:
+                break  # a finished delivery wakes the loop
+            rate_wait = mb.bucket.wait(now)
+            if rate_wait > 0:
+                return min(wait, rate_wait)
+            mb.bucket = mb.bucket.take(now)
+            self._start(entry, mb)
+        return wait
+
+    def _start(self, entry: Entry, mb: _Mailbox) -> None:
+        task = asyncio.get_running_loop().create_task(self._attempt(entry, mb),
+                                                      name=f"spool-deliver:{entry.id}")
+        self._inflight[entry.id] = task
+        mb.inflight += 1
+
+        def done(t: asyncio.Task) -> None:
+            self._inflight.pop(entry.id, None)
+            mb.inflight -= 1
+            self._wake.set()
+            if not t.cancelled() and t.exception() is not None:
+                log.error("spool_attempt_error", id=entry.id, error=describe(t.exception()),
+                          exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    # -- one attempt ---------------------------------------------------------------------------------
+
+    async def _attempt(self, entry: Entry, mb: _Mailbox) -> None:
+        started = self._clock()
+        try:
+            try:
+                refusals = tuple(await self.deliver(entry) or ())
+            except FileNotFoundError:  # deleted by an operator under our feet
+                self._record(entry.id, None)
+                return
+            except Exception as exc:
+                await self._failed(entry, mb, exc)
+                return
+            crash_point("after_upstream_250")
+            await self._delivered(entry, mb, refusals, started)
+        except OSError as exc:  # recording the outcome failed; keep it off the loop for a while
+            log.error("spool_record_failed", id=entry.id, error=describe(exc))
+            self._record(entry.id, _later(entry, self._clock() + self.config.retry_base))
+
+    async def _delivered(self, entry: Entry, mb: _Mailbox, refusals: tuple[Refusal, ...],
+                         started: float) -> None:
+        now = self._clock()
+        mb.failures = 0
+        permanent = {r.rcpt: r.reply for r in refusals if not r.transient}
+        transient = [r for r in refusals if r.transient]
+        if permanent and not transient and len(permanent) == len(entry.rcpts):
+            await self._dead(entry, "; ".join(f"{r}: {e}" for r, e in permanent.items()), permanent)
+            return
+        if permanent:
+            split = await asyncio.to_thread(self.queue.fail_recipients, entry.id, permanent, now)
+            log.warning("spool_recipients_failed", id=entry.id, failed_id=split, mailbox=entry.mailbox,
+                        recipients=len(permanent), reason=one_line("; ".join(permanent.values()), 300))
+            if split is not None:
+                await self._notice(entry, "; ".join(f"{r}: {e}" for r, e in permanent.items()), split)
+        if transient:
+            error = "; ".join(f"{r.rcpt}: {r.reply}" for r in transient)
+            if any(throttled(r.code, r.text) for r in transient):
+                self._throttle(mb, entry, error, now)
+            else:
+                mb.throttles = 0
+            delay = retry_delay(entry.attempts + 1, self.config.retry_base, self.config.retry_cap,
+                                self._rand())
+            await self._defer(entry, error, max(now + delay, mb.paused_until), Verdict.DEFER,
+                              rcpts=tuple(r.rcpt for r in transient))
+            return
+        mb.throttles = 0
+        await asyncio.to_thread(self.queue.complete, entry.id)
+        self._record(entry.id, None)
+        log.info("spool_delivered", id=entry.id, mailbox=entry.mailbox,
+                 recipients=len(entry.rcpts) - len(permanent), attempts=entry.attempts + 1,
+                 age=round(now - entry.received_at, 3), seconds=round(now - started, 3))
+
+    async def _failed(self, entry: Entry, mb: _Mailbox, exc: Exception) -> None:
+        now, what, error = self._clock(), verdict(exc), describe(exc)
+        if not isinstance(exc, RelayError):
+            log.error("spool_deliver_bug", id=entry.id, error=error, exc_info=exc)
+        if what is Verdict.HOLD:  # the token state says needs-auth now; _dispatch_mailbox holds
+            mb.paused_until = now + HOLD_RECHECK
+            log.warning("spool_hold", id=entry.id, mailbox=entry.mailbox, error=error)
+            return
+        if what is Verdict.PERMANENT:
+            await self._dead(entry, error)
+            return
+        if what is Verdict.THROTTLED:
+            self._throttle(mb, entry, error, now)
+            when = mb.paused_until
+        elif what is Verdict.DEFER_MAILBOX:
+            mb.failures += 1
+            mb.paused_until = now + retry_delay(mb.failures, self.config.retry_base,
+                                                self.config.retry_cap, self._rand())
+            when = mb.paused_until
+        else:
+            when = now + retry_delay(entry.attempts + 1, self.config.retry_base,
+                                     self.config.retry_cap, self._rand())
+        await self._defer(entry, error, when, what)
+
+    def _throttle(self, mb: _Mailbox, entry: Entry, error: str, now: float) -> None:
+        mb.throttles += 1
+        pause = retry_delay(mb.throttles, self.config.throttle_pause, self.config.retry_cap,
+                            self._rand())
+        mb.paused_until = max(mb.paused_until, now + pause)
+        log.warning("spool_throttled", mailbox=entry.mailbox, id=entry.id, pause=round(pause, 3),
+                    in_a_row=mb.throttles, error=error)
+
+    async def _defer(self, entry: Entry, error: str, when: float, what: Verdict, *,
+                     rcpts: tuple[str, ...] | None = None) -> None:
+        now = self._clock()
+        cfg = self.config
+        if expired(entry.started, now, cfg.max_lifetime):
+            await self._dead(entry, f"gave up after {age_text(now - entry.started)} "
+                                    f"and {entry.attempts + 1} attempts: {error}")
+            return
+        at = next_attempt(now, when - now, entry.started, cfg.max_lifetime)
+        updated = await asyncio.to_thread(self.queue.defer, entry.id, now=now, next_attempt=at,
+                                          error=error, rcpts=rcpts)
+        self._record(entry.id, updated)
+        log.info("spool_deferred", id=entry.id, mailbox=entry.mailbox, attempts=entry.attempts + 1,
+                 verdict=what.value, error=error, retry_in=round(at - now, 3))
+
+    async def _dead(self, entry: Entry, reason: str, rcpt_errors: dict[str, str] | None = None) -> None:
+        failed_id = await asyncio.to_thread(self.queue.fail, entry.id, reason, self._clock(),
+                                            rcpt_errors)
+        self._record(entry.id, None)
+        log.warning("spool_failed", id=entry.id, failed_id=failed_id, mailbox=entry.mailbox,
+                    attempts=entry.attempts + 1, reason=reason)
+        if failed_id is not None:
+            await self._notice(entry, reason, failed_id)
+
+    async def _notice(self, entry: Entry, reason: str, failed_id: str) -> None:
+        """Tell the admin (never the original sender), through the queue like any message."""
+        admin = self.config.admin_bounce_to
+        if not admin or entry.notice:
+            return
+        try:
+            head = await asyncio.to_thread(_read_head, self.queue.failed / failed_id)
+            data = render_notice(entry, reason, failed_id, admin, head, self._clock())
+            await self.submit(entry.mailbox, entry.mailbox, [admin], data, notice=True)
+        except (RelayError, OSError) as exc:
+            log.error("spool_notice_failed", id=failed_id, error=describe(exc))
+
+
+def _later(entry: Entry, when: float) -> Entry:
+    return replace(entry, next_attempt=when)
+
+
+def _read_head(path) -> bytes:
+    with open(path / "message.eml", "rb") as f:
+        return f.read(NOTICE_HEADER_BYTES)
+
+
+def render_notice(entry: Entry, reason: str, failed_id: str, admin: str, head: bytes,
+                  now: float) -> bytes:
+    """The plain-text notice about a dead letter, sent from the mailbox to the admin."""
+    original = BytesHeaderParser(policy=email.policy.default).parsebytes(head)
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = f"relay365 <{entry.mailbox}>"
+    msg["To"] = admin
+    msg["Subject"] = f"relay365: undeliverable message from {entry.mailbox} ({failed_id})"
+    msg["Date"] = email.utils.formatdate(now)
+    msg["Message-ID"] = email.utils.make_msgid("relay365")
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
+    quoted = "\n".join(f"  {h}: {one_line(str(original[h]), 200)}"
+                       for h in ("Subject", "From", "To", "Date", "Message-ID") if original[h])
+    msg.set_content(
+        f"relay365 could not deliver a message and gave up.\n\n"
+        f"  Queue id:   {failed_id}\n  Mailbox:    {entry.mailbox}\n"
+        f"  Sender:     {entry.mail_from}\n  Recipients: {', '.join(entry.rcpts)}\n"
+        f"  Received:   {email.utils.formatdate(entry.received_at)}\n"
+        f"  Attempts:   {entry.attempts + 1}\n  Reason:     {reason}\n\n"
+        f"Original headers:\n{quoted or '  (none)'}\n\n"
+        f"The message is kept in the spool's failed/ directory.\n"
+        f"  relay365 queue show {failed_id}     shows it\n"
+        f"  relay365 queue retry {failed_id}    sends it again\n"
+        f"  relay365 queue delete {failed_id}   removes it\n")
+    return msg.as_bytes()
+
+
+# -- the real thing: Office 365 through UpstreamSMTP ------------------------------------------------
+
+def make_token_hold(tokens) -> Callable[[str], bool]:
+    """`held(mailbox)` for the worker: True while the account's token state is needs-auth."""
+    def held(mailbox: str) -> bool:
+        status = tokens.status.get(mailbox.lower())
+        return status is not None and status.state == "needs-auth"
+
+    return held
+
+
+def make_upstream_deliverer(config, tokens, *, tls=None) -> Deliver:
+    """A `deliver(entry)` that sends over one UpstreamSMTP session (TLS, XOAUTH2 as the mailbox).
+
+    Every recipient is tried; refused ones come back as `Refusal`s and the message goes to the
+    accepted ones. Session failures and a refused MAIL or DATA raise the relay's errors.
+    """
+    from ..smtp.upstream import UpstreamSMTP
+    from ..tlsutil import client_context
+
+    up_cfg = config.upstream
+    tls = tls or client_context(up_cfg.ca_file)
+    hostname = config.smtp.hostname if config.smtp else "relay365"
+
+    async def deliver(entry: Entry) -> tuple[Refusal, ...]:
+        if config.account(entry.mailbox) is None:
+            raise TokenError(account=entry.mailbox, error="unknown_account", code=None,
+                             transient=False, action="add the mailbox under accounts: or delete "
+                                                     "its queued messages")
+        message = await asyncio.to_thread(entry.message_path.read_bytes)
+        up = UpstreamSMTP(up_cfg.smtp, tls, local_hostname=hostname,
+                          connect_timeout=up_cfg.connect_timeout, timeout=up_cfg.timeout)
+        await up.open(entry.mailbox, tokens)
+        try:
+            await up.mail(entry.mail_from, list(entry.mail_options))
+            refusals = []
+            for rcpt in entry.rcpts:
+                try:
+                    await up.rcpt(rcpt)
+                except UpstreamError as exc:
+                    if exc.code is None or exc.code == 421:  # the session is gone, not the recipient
+                        raise
+                    refusals.append(Refusal(rcpt, exc.code, exc.text, exc.transient))
+            if len(refusals) < len(entry.rcpts):
+                await up.data(message)
+                metrics.MESSAGES.inc()
+                metrics.BYTES.labels("smtp", "up").inc(len(message))
+            return tuple(refusals)
+        finally:
+            await up.close()
+
+    return deliver
