@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-`FakeIdP` is an HTTPS server (stdlib `ThreadingHTTPServer` on 127.0.0.1, one daemon thread to serve,
-one thread per connection) in front of a small, lock-protected token state:
+`FakeIdP` is an HTTPS server on 127.0.0.1 (`jsonhttps.JSONHTTPSServer`: stdlib threads, so it works
+from sync tests and beside a running asyncio loop) in front of a small, lock-protected token state:
 
 * clients (`add_client`), each with an optional secret and the mailboxes its app-only tokens may open;
 * refresh tokens (`issue_refresh_token`), one use each when `rotate` is on;
@@ -35,17 +35,15 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from ipaddress import ip_address
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote_plus, urlsplit
+from urllib.parse import unquote_plus
+
+from .jsonhttps import DROP, JSONHTTPSServer, Reply, Request, Route, route
 
 OUTLOOK = "https://outlook.office365.com"
 DEFAULT_SCOPE = f"{OUTLOOK}/.default"
 OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
-MAX_BODY = 64 * 1024  # a token request is ~2 kB; anything far bigger is not a client we support
-SOCKET_TIMEOUT = 10.0
 
 _DESCRIPTIONS = {
     65001: "The user or administrator has not consented to use the application.",
@@ -60,25 +58,6 @@ _DESCRIPTIONS = {
     7000218: "The request body must contain the following parameter: 'client_assertion' or "
     "'client_secret'.",
 }
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    params: dict[str, str]  # path regex groups, e.g. tenant
-    form: dict[str, str]
-    headers: dict[str, str]  # lower-cased names
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: dict
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-DROP = None  # a handler returning this closes the connection without an answer
 
 
 @dataclass(frozen=True)
@@ -134,11 +113,9 @@ class FakeIdP:
     def __init__(self, cert_file: str | Path, key_file: str | Path, host: str = "127.0.0.1",
                  port: int = 0, access_token_lifetime: int = 3600, *, token_length: int = 1600,
                  rotate: bool = True, clock: Callable[[], float] = time.time) -> None:
-        if not ip_address(host).is_loopback:
-            raise ValueError("FakeIdP binds only loopback addresses")
-        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._tls.load_cert_chain(str(cert_file), str(key_file))
-        self._addr = (host, port)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(str(cert_file), str(key_file))
+        self._http = JSONHTTPSServer(tls, self._app, host, port)
         self.access_token_lifetime = access_token_lifetime
         self.token_length = token_length
         self.rotate = rotate
@@ -152,32 +129,23 @@ class FakeIdP:
         self._refresh: dict[str, _RefreshToken] = {}
         self._access: dict[str, _AccessToken] = {}
         self._faults: deque[_OAuthError] = deque()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self.routes: list[tuple[str, re.Pattern[str], Callable[[Request], Reply | None]]] = [
-            ("GET", re.compile(r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration"),
-             self._openid_configuration),
-            ("POST", re.compile(r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token"), self._token),
-            ("POST", re.compile(r"/introspect"), self._introspect),
-            ("POST", re.compile(r"/grant"), self._password_grant),
+        self.routes: list[Route] = [
+            Route("GET", re.compile(r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration"),
+                  self._openid_configuration),
+            Route("POST", re.compile(r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token"), self._token),
+            Route("POST", re.compile(r"/introspect"), self._introspect),
+            Route("POST", re.compile(r"/grant"), self._password_grant),
         ]
         self.reset_counters()
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> FakeIdP:
-        self._server = _Server(self._addr, self)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fakeidp",
-                                        daemon=True)
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
+        self._http.stop()
 
     def __enter__(self) -> FakeIdP:
         return self.start()
@@ -187,11 +155,16 @@ class FakeIdP:
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        return self._http.port
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return self._http.url
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Exceptions raised while handling requests (bugs in the fake); tests may assert none."""
+        return self._http.errors
 
     # -- state and controls -----------------------------------------------------------------
 
@@ -236,11 +209,12 @@ class FakeIdP:
                             for t, a in self._access.items()}
 
     def reset_counters(self) -> None:
-        self.token_requests = 0
-        self.grants: Counter[str] = Counter()
-        self.introspections = 0
-        self.password_grants = 0
-        self.request_log: list[LoggedRequest] = []
+        with self._lock:
+            self.token_requests = 0  # every POST to the token endpoint, failed ones included
+            self.grants: Counter[str] = Counter()  # by grant_type
+            self.introspections = 0
+            self.password_grants = 0
+            self.request_log: list[LoggedRequest] = []
 
     def _may_open(self, at: _AccessToken | None, mailbox: str | None) -> bool:
         if at is None or at.expires_at <= self.clock():
@@ -300,7 +274,11 @@ class FakeIdP:
         client_id, given = req.form.get("client_id", ""), req.form.get("client_secret")
         basic = req.headers.get("authorization", "")
         if basic[:6].lower() == "basic ":  # client_secret_basic, RFC 6749 s.2.3.1
-            user, _, password = base64.b64decode(basic[6:]).decode("utf-8", "replace").partition(":")
+            try:
+                decoded = base64.b64decode(basic[6:], validate=True).decode()
+            except ValueError:
+                raise _OAuthError("invalid_client", 7000215, 401) from None
+            user, _, password = decoded.partition(":")
             client_id, given = unquote_plus(user), unquote_plus(password)
         client = self._clients.get(client_id)
         if client is None:
@@ -395,74 +373,11 @@ class FakeIdP:
         return Reply(200, {"access_token": token, "token_type": "Bearer",
                            "expires_in": expires_in, "username": mailbox, "active": True})
 
-    def _dispatch(self, req: Request) -> Reply | None:
+    def _app(self, req: Request) -> Reply | None:
         if self.delay:
             time.sleep(self.delay)
-        allowed = False
-        for method, pattern, handler in self.routes:
-            m = pattern.fullmatch(req.path)
-            if m:
-                allowed = True
-                if method == req.method:
-                    return handler(Request(req.method, req.path, m.groupdict(), req.form,
-                                           req.headers))
-        return Reply(405 if allowed else 404, {"error": "not_found"})
-
-    def _record(self, path: str, form: dict[str, str], status: int) -> None:
+        reply = route(self.routes, req)
         with self._lock:
-            self.request_log.append(LoggedRequest(path, form.get("grant_type"), status))
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, addr: tuple[str, int], idp: FakeIdP) -> None:
-        self.idp = idp
-        super().__init__(addr, _Handler)
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # failed handshakes and client resets are the client's business, not a traceback
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    timeout = SOCKET_TIMEOUT
-
-    def setup(self) -> None:
-        self.request = self.server.idp._tls.wrap_socket(self.request, server_side=True)
-        super().setup()
-
-    def log_message(self, format, *args) -> None:
-        pass  # request lines may carry tokens in a query string
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def _handle(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            return self._send(Reply(413, {"error": "invalid_request"}))
-        raw = self.rfile.read(length).decode("utf-8", "replace")
-        form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-        path = urlsplit(self.path).path
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = self.server.idp._dispatch(Request(method, path, {}, form, headers))
-        self.server.idp._record(path, form, 0 if reply is None else reply.status)
-        if reply is None:
-            self.close_connection = True
-            return
-        self._send(reply)
-
-    def _send(self, reply: Reply) -> None:
-        data = json.dumps(reply.body).encode()
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store, no-cache")
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
+            self.request_log.append(LoggedRequest(req.path, req.form.get("grant_type"),
+                                                  0 if reply is DROP else reply.status))
+        return reply

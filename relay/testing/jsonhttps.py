@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 MAX_BODY = 64 * 1024  # an OAuth token request is ~2 kB; anything far bigger is not our client
 SOCKET_TIMEOUT = 10.0
+POLL_INTERVAL = 0.05  # how fast stop() is noticed by serve_forever (stdlib default: 0.5 s)
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,14 @@ class JSONHTTPSServer:
         if not ip_address(host).is_loopback:
             raise ValueError("test servers bind only loopback addresses")
         self._tls, self._app, self._addr = tls, app, (host, port)
+        self.errors: list[BaseException] = []  # exceptions the app raised (answered with a 500)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._server = _Server(self._addr, self._tls, self._app)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name=f"jsonhttps:{self.port}")
+        self._server = _Server(self._addr, self._tls, self._app, self.errors)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL_INTERVAL,),
+                                        daemon=True, name=f"jsonhttps:{self.port}")
         self._thread.start()
 
     def stop(self) -> None:
@@ -100,8 +102,9 @@ class JSONHTTPSServer:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, addr: tuple[str, int], tls: ssl.SSLContext, app: App) -> None:
-        self.tls, self.app = tls, app
+    def __init__(self, addr: tuple[str, int], tls: ssl.SSLContext, app: App,
+                 errors: list[BaseException]) -> None:
+        self.tls, self.app, self.errors = tls, app, errors
         super().__init__(addr, _Handler)
 
     def handle_error(self, request, client_address) -> None:
@@ -113,8 +116,15 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = SOCKET_TIMEOUT
 
     def setup(self) -> None:
+        # wrap_socket detaches the plain socket the server would close, so finish() closes ours
         self.request = self.server.tls.wrap_socket(self.request, server_side=True)
         super().setup()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.request.close()
 
     def log_message(self, format, *args) -> None:
         pass  # request lines may carry tokens in a query string
@@ -133,7 +143,11 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length).decode("utf-8", "replace")
         form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
         headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = self.server.app(Request(method, urlsplit(self.path).path, form, headers))
+        try:
+            reply = self.server.app(Request(method, urlsplit(self.path).path, form, headers))
+        except Exception as e:  # a bug in a fake: keep it for the test to see, tell the client
+            self.server.errors.append(e)
+            reply = Reply(500, {"error": "server_error"})
         if reply is DROP:
             self.close_connection = True
         else:
