@@ -42,9 +42,20 @@ def reader(tmp_path, pki, idp, upstream, make_relay):
     return start
 
 
+def _close(client) -> None:
+    """aioimaplib's logout leaves its transport open; close it so nothing leaks into later tests."""
+    transport = getattr(getattr(client, "protocol", None), "transport", None)
+    if transport is not None:
+        transport.close()
+
+
 def login(relay, user: str) -> imaplib.IMAP4:
     imap = imaplib.IMAP4("127.0.0.1", relay.imap_port, timeout=60)
-    imap.login(user, PASSWORD)
+    try:
+        imap.login(user, PASSWORD)
+    except imaplib.IMAP4.error:
+        imap.shutdown()
+        raise
     return imap
 
 
@@ -90,6 +101,7 @@ def test_authenticate_plain_and_aioimaplib(reader, upstream):
         assert resp.result == "OK"
         resp = await client.fetch("1", "(RFC822)")
         await client.logout()
+        _close(client)
         return resp.lines
 
     lines = asyncio.run(run())
@@ -189,6 +201,7 @@ def test_idle_sees_a_message_delivered_through_postfix(reader, upstream):
         client.idle_done()
         await asyncio.wait_for(idle, 30)
         await client.logout()
+        _close(client)
         return b" ".join(p if isinstance(p, bytes) else str(p).encode() for p in push)
 
     def _send(port: int, to: str) -> None:
