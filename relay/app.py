@@ -26,10 +26,13 @@ from .errors import ConfigError
 from .httpapi import serve_http
 from .localauth import LocalAuth
 from .smtp.server import RelayHandler, start_smtp
+from .spool.queue import SpoolQueue
+from .spool.worker import SpoolWorker, make_token_hold, make_upstream_deliverer
 from .tokens.manager import TokenManager
 from .tokens.store import TokenStore
 
 log = structlog.get_logger("relay.app")
+SPOOL_STUCK_AFTER = 3600.0  # /readyz reports degraded while the oldest queued message is older
 
 
 def _listener_key(section) -> tuple | None:
@@ -44,6 +47,13 @@ class Relay:
         self.store = TokenStore(config.state_dir)
         self.tokens = TokenManager(config, self.store)
         self.auth = LocalAuth(config)
+        # the spool runs whenever SMTP does: it also delivers what an earlier run accepted
+        self.spool: SpoolWorker | None = None
+        if config.smtp is not None:
+            self.spool = SpoolWorker(
+                SpoolQueue(config.state_dir, min_free_space=config.spool.min_free_space),
+                make_upstream_deliverer(config, self.tokens), config.spool,
+                held=make_token_hold(self.tokens))
         self.smtp: RelayHandler | None = None
         self.imap = None  # relay.imap.server.ImapHandler when imap: is configured
         self._servers: dict[str, list[asyncio.Server]] = {}
@@ -63,7 +73,8 @@ class Relay:
 
     async def _bind(self, proto: str) -> None:
         if proto == "smtp" and self.config.smtp is not None:
-            self.smtp, self._servers["smtp"] = await start_smtp(self.config, self.tokens, self.auth)
+            self.smtp, self._servers["smtp"] = await start_smtp(self.config, self.tokens, self.auth,
+                                                                self.spool)
         elif proto == "imap" and self.config.imap is not None:
             from .imap.server import start_imap  # the IMAP side is optional
 
@@ -80,6 +91,8 @@ class Relay:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.check)  # a bad key or damaged store stops us here
+        if self.spool is not None:  # before SMTP is bound: a 250 needs a running worker behind it
+            await self.spool.start()
         for proto in ("smtp", "imap", "http"):
             await self._bind(proto)
         self._register_gauges()
@@ -123,6 +136,8 @@ class Relay:
         self._unbind("http")
         if self.smtp is not None:
             await self.smtp.drain()
+        if self.spool is not None:  # deliveries in progress get the rest of the drain time
+            await self.spool.stop(timeout=max(1.0, drain_timeout))
         await self.tokens.save_status()
         log.info("relay_stopped")
 
@@ -158,6 +173,8 @@ class Relay:
         self.config = new
         self.tokens.configure(new)
         self.auth.configure(new)
+        if self.spool is not None:
+            self.spool.configure(new.spool, make_upstream_deliverer(new, self.tokens))
         logging.getLogger().setLevel(new.log.level.upper())
         for proto in ("smtp", "imap", "http"):
             old_s, new_s = getattr(old, proto), getattr(new, proto)
@@ -186,6 +203,11 @@ class Relay:
         reasons = [f"{s.mailbox}: {s.state}" + (f" ({s.error.code})" if s.error else "")
                    + (f": {s.error.action}" if s.error else "")
                    for s in self.tokens.status.values() if s.state == "needs-auth"]
+        if self.spool is not None:
+            depth, oldest = self.spool.stats()
+            if oldest > SPOOL_STUCK_AFTER:
+                reasons.append(f"spool: oldest of {depth} queued message(s) is {int(oldest)} s old; "
+                               f"see relay365 queue list")
         return {"status": "degraded" if reasons else "ready", "reasons": reasons,
                 "listeners": {p: [f"{h}:{port}" for h, port in a] for p, a in self.addresses.items()}}
 
@@ -200,6 +222,13 @@ class Relay:
             "relay365_active_connections", "Client connections now open, by protocol",
             lambda: [({"proto": "smtp"}, self.smtp.active if self.smtp else 0),
                      ({"proto": "imap"}, self.imap.connections if self.imap else 0)])
+        if self.spool is not None:
+            spool = self.spool
+            metrics.register_gauge("relay365_spool_depth", "Messages waiting in the spool",
+                                   lambda: [({}, spool.stats()[0])])
+            metrics.register_gauge("relay365_spool_oldest_age_seconds",
+                                   "Age of the oldest message waiting in the spool (0 when empty)",
+                                   lambda: [({}, spool.stats()[1])])
 
 
 class _NoNotify:

@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--once", action="store_true", help="send the sample message and exit")
     s.add_argument("--port", type=int, default=2525, help="local SMTP port of the demo relay")
     s.set_defaults(func=cmd_demo)
+
+    from .spool.cli import add_queue_parser
+
+    add_queue_parser(sub)
     return p
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 from .confload import Loader, field_parser
 from .errors import ConfigError
 from .secret import Secret
+from .spool import SpoolConfig
 
 # Office 365 resource host per cloud, for scopes; and the authority host.
 CLOUDS = {
@@ -125,12 +126,18 @@ class UserConfig:
     username: str
     password_hash: Secret
     mailbox: str
+    # direct: the client hears Office 365's own answer; spool: 250 once on disk, delivered later
+    delivery: Literal["direct", "spool"] = "direct"
+    fallback: Literal["none", "spool"] = "none"  # direct only: spool instead of answering 4xx
 
 
 @dataclass(frozen=True)
 class UnauthenticatedNet:
     network: ipaddress.IPv4Network | ipaddress.IPv6Network = field(metadata=field_parser(parse_network))
     mailbox: str
+    # devices that cannot authenticate rarely handle a 4xx well (a printer drops the scan): spool
+    delivery: Literal["direct", "spool"] = "spool"
+    fallback: Literal["none", "spool"] = "none"
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,7 @@ class Config:
     http: HttpConfig | None = None  # /metrics, /healthz, /readyz
     limits: LimitsConfig = LimitsConfig()
     drain_timeout: float = 30.0  # seconds sessions may take to finish on SIGTERM
+    spool: SpoolConfig = SpoolConfig()  # state_dir/spool: delivery: spool and fallback: spool
     token_refresh_margin: float = 600.0  # Exchange HVE refuses tokens with under ~10 min left
     source: str = field(default="<memory>", metadata={"internal": True})
 
@@ -288,6 +296,12 @@ def _cross_check(c: Config, loader: Loader):
             if n.network.prefixlen == 0:
                 yield (f"{p}.network: {n.network} would let the whole Internet send without a "
                        f"password (an open relay); list your LAN's networks{at(p + '.network')}")
+    for p, entry in [(f"users[{i}]", u) for i, u in enumerate(c.users)] + (
+            [(f"smtp.unauthenticated[{i}]", n) for i, n in enumerate(c.smtp.unauthenticated)]
+            if c.smtp else []):
+        if entry.fallback == "spool" and entry.delivery == "spool":
+            yield (f"{p}.fallback: spool only applies to delivery: direct (this entry spools "
+                   f"everything already){at(p + '.fallback')}")
     if c.smtp is None and c.imap is None:
         yield "smtp, imap: no listener configured; add an smtp: or imap: section" + at("")
 

@@ -21,6 +21,8 @@ SESSIONS = Counter("relay365_sessions", "Client sessions ended, by protocol and 
 AUTH_FAILURES = Counter("relay365_auth_failures", "Failed local logins, by protocol and reason",
                         ["proto", "reason"], registry=REGISTRY)
 MESSAGES = Counter("relay365_messages_relayed", "Messages accepted by the upstream", registry=REGISTRY)
+SPOOLED = Counter("relay365_messages_spooled", "Messages accepted into the spool for later delivery",
+                  registry=REGISTRY)
 BYTES = Counter("relay365_bytes_relayed", "Bytes relayed, by protocol and direction",
                 ["proto", "direction"], registry=REGISTRY)
 UPSTREAM_LATENCY = Histogram(

@@ -9,6 +9,11 @@ Theory of operation. aiosmtpd parses SMTP; `RelayHandler`'s hooks hold our polic
   so the client gets the upstream's own answer to each (250 only once Office 365 accepted).
 - With `sender: rewrite` the envelope sender and the From header become the mailbox.
 - Every failure becomes a reply chosen in `relay.smtp.replies`; nothing of an exception's text.
+- Delivery modes (per user and per `unauthenticated` network): `direct` is the above; `spool` opens
+  no upstream session at all - MAIL and RCPT are answered here and DATA is answered 250 only once
+  the message is durably in the spool (`relay.spool`), which delivers it later; `fallback: spool`
+  is direct until the answer would be a 4xx (network, TLS, token, or the upstream's own 4xx), then
+  the transaction continues into the spool and the client hears 250. 5xx always goes back as 5xx.
 One summary line per session (`smtp_session`) says who, as whom, how much and how it ended.
 """
 
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-from ..config import Config, SmtpConfig
+from ..config import Config, SmtpConfig, UnauthenticatedNet
 from ..errors import RelayError, TokenError, UpstreamError
 from ..localauth import LocalAuth
 from ..sasl import SaslError, b64decode_strict, decode_plain, decode_text
@@ -31,6 +36,8 @@ from ..secret import Secret
 from ..proxyproto import PROXY_TIMEOUT, is_trusted, real_client
 from ..throttle import ConnectionLimits
 from ..tlsutil import client_context, nodelay, server_context
+from ..spool.queue import ERROR_REPLY as SPOOL_ERROR_REPLY, FULL_REPLY, SpoolError, SpoolFullError
+from ..spool.worker import SpoolWorker
 from ..tokens.manager import TokenManager
 from .. import metrics
 from . import replies
@@ -55,6 +62,21 @@ class SessionState:
     auth_failures: int = 0
     last_reply: str | None = None
     outcome: str = "no_mail"
+    delivery: str = "direct"  # of the current sender (user or network): direct | spool
+    fallback: str = "none"
+    txn: Transaction | None = None
+
+
+@dataclass
+class Transaction:
+    """One MAIL ... DATA. `spooled` switches the rest of it to the spool (spool mode or fallback)."""
+
+    sender: str
+    options: list[str]
+    spooled: bool
+    deferred: list[str] = field(default_factory=list)  # fallback: recipients the upstream 4xx'd
+    accepted: int = 0  # recipients the upstream accepted
+    reason: str | None = None  # why a direct transaction fell back to the spool
 
 
 class RelaySMTP(SMTP):
@@ -93,9 +115,11 @@ class RelaySMTP(SMTP):
 
 
 class RelayHandler:
-    def __init__(self, config: Config, tokens: TokenManager, auth: LocalAuth) -> None:
+    def __init__(self, config: Config, tokens: TokenManager, auth: LocalAuth,
+                 spool: SpoolWorker | None = None) -> None:
         self.tokens = tokens
         self.auth = auth
+        self.spool = spool
         self.limits = ConnectionLimits(config.limits.max_connections,
                                        config.limits.max_connections_per_ip)
         self.active = 0  # connections now
@@ -112,7 +136,7 @@ class RelayHandler:
 
     # -- who is sending ----------------------------------------------------------------------
 
-    def _unauthenticated_mailbox(self, peer: str) -> str | None:
+    def _unauthenticated_net(self, peer: str) -> UnauthenticatedNet | None:
         try:
             ip = ipaddress.ip_address(peer.split("%")[0])
         except ValueError:
@@ -121,7 +145,7 @@ class RelayHandler:
             ip = ip.ipv4_mapped
         for net in self.smtp.unauthenticated:
             if ip.version == net.network.version and ip in net.network:
-                return net.mailbox
+                return net
         return None
 
     async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
@@ -164,6 +188,7 @@ class RelayHandler:
         outcome = await self.auth.login("smtp", state.peer, username, password, mech, state.conn_id)
         if outcome.user is not None:
             state.user, state.mailbox = outcome.user.username, outcome.user.mailbox
+            state.delivery, state.fallback = outcome.user.delivery, outcome.user.fallback
             return AuthResult(success=True, auth_data=username)
         state.auth_failures += 1
         return AuthResult(success=False, handled=False, message=(
@@ -175,47 +200,107 @@ class RelayHandler:
                           address: str, mail_options: list[str]) -> str:
         state = server.state
         if state.user is None:
-            mailbox = self._unauthenticated_mailbox(state.peer)
-            if mailbox is None:
+            net = self._unauthenticated_net(state.peer)
+            if net is None:
                 log.warning("relay_denied", conn=state.conn_id, peer=state.peer,
                             reason="not authenticated and not in smtp.unauthenticated")
                 return replies.AUTH_REQUIRED
-            state.mailbox = mailbox
+            state.mailbox, state.delivery, state.fallback = net.mailbox, net.delivery, net.fallback
         assert state.mailbox is not None
         sender = state.mailbox if self.smtp.sender == "rewrite" else address
-        try:
-            upstream = await self._upstream(state)
-            reply = await upstream.mail(sender, mail_options)
-        except RelayError as exc:
-            return self._failed(state, exc, "mail")
+        spooling = state.delivery == "spool" and self.spool is not None
+        state.txn = txn = Transaction(sender, list(mail_options), spooled=spooling)
+        if not spooling:
+            try:
+                upstream = await self._upstream(state)
+                reply = await upstream.mail(sender, mail_options)
+            except RelayError as exc:
+                reply = self._failed(state, exc, "mail")
+                if not self._fall_back(state, reply):
+                    state.txn = None
+                    return reply
+                reply = "250 2.1.0 Sender OK"
+        else:
+            reply = "250 2.1.0 Sender OK"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return reply
 
+    def _fall_back(self, state: SessionState, reply: str) -> bool:
+        """Continue this transaction into the spool instead of answering `reply` (a 4xx)?"""
+        txn = state.txn
+        if txn is None or state.fallback != "spool" or self.spool is None or not reply.startswith("4"):
+            return False
+        if not txn.spooled:
+            txn.spooled, txn.reason = True, reply
+            log.info("smtp_fallback_spool", conn=state.conn_id, peer=state.peer, user=state.user,
+                     mailbox=state.mailbox, reason=reply)
+        return True
+
     async def handle_RCPT(self, server: RelaySMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        state = server.state
+        state, txn = server.state, server.state.txn
+        if txn is None:
+            return "503 5.5.1 Error: need MAIL command"
+        if txn.spooled:
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Recipient OK"
         if state.upstream is None or not state.upstream.connected:
-            return "451 4.4.1 Office 365 connection was lost; start the transaction again"
+            reply = "451 4.4.1 Office 365 connection was lost; start the transaction again"
+            if not self._fall_back(state, reply):
+                return reply
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Recipient OK"
         try:
             reply = await state.upstream.rcpt(address)
         except RelayError as exc:
-            return self._failed(state, exc, "rcpt", recipient=address)
+            reply = self._failed(state, exc, "rcpt", recipient=address)
+            lost = isinstance(exc, UpstreamError) and (exc.code is None or exc.code == 421)
+            if lost and self._fall_back(state, reply):  # the session is gone: spool all of it
+                envelope.rcpt_tos.append(address)
+                return "250 2.1.5 Recipient OK"
+            if not lost and state.fallback == "spool" and self.spool and reply.startswith("4"):
+                txn.deferred.append(address)  # this one recipient goes by the spool
+                envelope.rcpt_tos.append(address)
+                log.info("smtp_fallback_spool", conn=state.conn_id, peer=state.peer,
+                         user=state.user, mailbox=state.mailbox, recipient=address, reason=reply)
+                return "250 2.1.5 Recipient OK"
+            return reply
+        txn.accepted += 1
         envelope.rcpt_tos.append(address)
         return reply
 
     async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
-        state = server.state
-        if state.upstream is None or not state.upstream.connected:
-            return "451 4.4.1 Office 365 connection was lost; try again"
+        state, txn = server.state, server.state.txn
+        state.txn = None
+        if txn is None:
+            return "503 5.5.1 Error: need MAIL command"
         message = envelope.original_content or b""
         if self.smtp.sender == "rewrite":
             message = rewrite_from(message, state.mailbox or "")
+        if txn.spooled or txn.accepted == 0:  # all by the spool (also: every recipient deferred)
+            if not txn.spooled and state.upstream is not None:
+                await state.upstream.rset()  # end the upstream's half-open transaction
+            return await self._spool(state, txn, envelope.rcpt_tos, message)
+        if state.upstream is None or not state.upstream.connected:
+            reply = "451 4.4.1 Office 365 connection was lost; try again"
+            if self._fall_back(state, reply):
+                return await self._spool(state, txn, envelope.rcpt_tos, message)
+            return reply
         started = time.monotonic()
         try:
             reply = await state.upstream.data(message)
         except RelayError as exc:
-            return self._failed(state, exc, "data", size=len(message))
+            reply = self._failed(state, exc, "data", size=len(message))
+            if self._fall_back(state, reply):
+                return await self._spool(state, txn, envelope.rcpt_tos, message)
+            return reply
+        if txn.deferred:
+            # Office 365 has it for the others; the 4xx'd recipients go by the spool. If that
+            # fails the client must hear it, even though a resend duplicates for the others.
+            spooled = await self._spool(state, txn, txn.deferred, message)
+            if not spooled.startswith("2"):
+                return spooled
         metrics.UPSTREAM_LATENCY.labels("smtp", "data").observe(time.monotonic() - started)
         metrics.MESSAGES.inc()
         metrics.BYTES.labels("smtp", "up").inc(len(message))
@@ -247,7 +332,37 @@ class RelayHandler:
         state.peer = real
         return True
 
+    async def _spool(self, state: SessionState, txn: Transaction, rcpts: list[str],
+                     message: bytes) -> str:
+        assert self.spool is not None and state.mailbox is not None
+        started = time.monotonic()
+        try:
+            entry_id = await self.spool.submit(state.mailbox, txn.sender, rcpts, message,
+                                               mail_options=txn.options)
+        except SpoolFullError as exc:
+            reply = FULL_REPLY
+            log.error("spool_refused", conn=state.conn_id, peer=state.peer, mailbox=state.mailbox,
+                      error=str(exc), reply=reply)
+        except SpoolError as exc:
+            reply = SPOOL_ERROR_REPLY
+            log.error("spool_refused", conn=state.conn_id, peer=state.peer, mailbox=state.mailbox,
+                      error=str(exc), reply=reply)
+        else:
+            metrics.SPOOLED.inc()
+            state.messages += 1
+            state.recipients += len(rcpts)
+            state.bytes += len(message)
+            reply = f"250 2.0.0 OK queued as {entry_id}"
+            state.last_reply, state.outcome = reply, "queued"
+            log.info("message_queued", conn=state.conn_id, peer=state.peer, user=state.user,
+                     mailbox=state.mailbox, id=entry_id, recipients=len(rcpts), size=len(message),
+                     fallback=txn.reason, seconds=round(time.monotonic() - started, 3))
+            return reply
+        state.last_reply, state.outcome = reply, "deferred"
+        return reply
+
     async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        server.state.txn = None
         if server.state.upstream is not None:
             await server.state.upstream.rset()
         return "250 OK"
@@ -311,12 +426,12 @@ class RelayHandler:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def start_smtp(config: Config, tokens: TokenManager,
-                     auth: LocalAuth) -> tuple[RelayHandler, list[asyncio.Server]]:
+async def start_smtp(config: Config, tokens: TokenManager, auth: LocalAuth,
+                     spool: SpoolWorker | None = None) -> tuple[RelayHandler, list[asyncio.Server]]:
     """Bind every `smtp.listen` address; returns the handler (for reloads) and the servers."""
     smtp = config.smtp
     assert smtp is not None
-    handler = RelayHandler(config, tokens, auth)
+    handler = RelayHandler(config, tokens, auth, spool)
     tls = server_context(smtp.cert_file, smtp.key_file) if smtp.tls != "none" else None
 
     def factory() -> RelaySMTP:

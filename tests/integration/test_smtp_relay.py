@@ -124,6 +124,8 @@ def test_unauthenticated_only_from_listed_networks(make_relay, upstream, idp):
     subject = f"printer {uuid.uuid4()}"
     send(relay.smtp_port, subject, login=None, source=("127.0.0.2", 0))
     delivered(upstream, f"bob@{DOMAIN}", subject)
+    # a device without a password spools by default (printers drop scans on a 4xx)
+    assert relay.wait_log("message_queued")["mailbox"] == MAILBOX
     requests_before = idp.token_requests
     with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30, source_address=("127.0.0.3", 0)) as s:
         with pytest.raises(smtplib.SMTPSenderRefused) as refused:
