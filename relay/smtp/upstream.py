@@ -71,15 +71,16 @@ class UpstreamSMTP:
             await _close(smtp)
             raise UpstreamAuthError("upstream refused XOAUTH2", code=exc.code, text=exc.message,
                                     transient=True) from None
+        except _NETWORK as exc:  # before SMTPException: a refused connect is one of those too
+            await _close(smtp)
+            raise UpstreamError(f"cannot reach upstream {self.endpoint.host}:{self.endpoint.port}: "
+                                f"{type(exc).__name__}: {exc}") from None
         except aiosmtplib.SMTPException as exc:
             await _close(smtp)
             code = getattr(exc, "code", None)
             raise UpstreamError(f"upstream session setup failed: {type(exc).__name__}",
                                 code=code if isinstance(code, int) and code >= 400 else None,
                                 text=getattr(exc, "message", ""), transient=True) from None
-        except _NETWORK as exc:
-            await _close(smtp)
-            raise UpstreamError(f"cannot reach upstream: {type(exc).__name__}: {exc}") from None
         self._smtp, self.mailbox = smtp, mailbox
         self.esmtp = set(smtp.esmtp_extensions)
         self.connect_seconds = time.monotonic() - started

@@ -79,10 +79,11 @@ def make_relay(tmp_path, pki, idp, upstream):
     """Start relay365 (`python -m relay serve`) with a config built by `relay_config`."""
     started: list[RelayProcess] = []
 
-    def make(config: dict | None = None, *, name: str = "relay", start: bool = True, **kw):
+    def make(config: dict | None = None, *, name: str = "relay", start: bool = True,
+             env: dict | None = None, **kw):
         if config is None:
             config = relay_config(tmp_path, pki, idp, upstream, **kw)
-        proc = RelayProcess(tmp_path, config, name=name)
+        proc = RelayProcess(tmp_path, config, env=env, name=name)
         started.append(proc)
         return proc.start() if start else proc
 
