@@ -26,6 +26,14 @@ CLOUDS = {
     "china": ("https://login.partner.microsoftonline.cn", "partner.outlook.cn", "partner.outlook.cn"),
 }
 DELEGATED_SCOPES = ("IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "SMTP.Send")
+# Mail hosts per cloud: the default upstream when every app is in that cloud and upstream.smtp /
+# upstream.imap are not set. Personal Microsoft accounts (tenant: consumers) send via Outlook.com.
+CLOUD_MAIL_HOSTS = {
+    "global": ("smtp.office365.com", "outlook.office365.com"),
+    "usgov": ("smtp.office365.us", "outlook.office365.us"),
+    "china": ("smtp.partner.outlook.cn", "partner.outlook.cn"),
+    "consumers": ("smtp-mail.outlook.com", "outlook.office365.com"),
+}
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB": 1024**2,
           "MIB": 1024**2, "G": 1024**3, "GB": 1024**3, "GIB": 1024**3}
@@ -241,7 +249,15 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
     state_dir = config.state_dir if config.state_dir.is_absolute() else path.parent / config.state_dir
     from dataclasses import replace
 
-    return replace(config, state_dir=state_dir, source=str(path))
+    upstream = config.upstream
+    kinds = {"consumers" if a.tenant == "consumers" else a.cloud for a in config.apps.values()}
+    if len(kinds) == 1 and (kind := kinds.pop()) != "global":
+        smtp_host, imap_host = CLOUD_MAIL_HOSTS[kind]
+        if loader.line("upstream.smtp") is None:
+            upstream = replace(upstream, smtp=replace(upstream.smtp, host=smtp_host))
+        if loader.line("upstream.imap") is None:
+            upstream = replace(upstream, imap=replace(upstream.imap, host=imap_host))
+    return replace(config, state_dir=state_dir, upstream=upstream, source=str(path))
 
 
 def _cross_check(c: Config, loader: Loader):
