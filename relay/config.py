@@ -164,6 +164,7 @@ class SmtpConfig:
     sender: Literal["rewrite", "keep"] = "rewrite"
     hostname: str = "relay365"
     timeout: float = 300.0  # RFC 5321 s.4.5.3.2.7: a server SHOULD wait at least 5 minutes
+    max_session_time: float = 3600.0  # a whole session, however busy; then 421 and close
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class ImapConfig:
     max_sessions_per_mailbox: int | None = None
     login_timeout: float = 60.0
     idle_timeout: float = 1900.0  # RFC 9051 s.5.4: at least 30 minutes; IDLE clients re-issue at 29
+    max_session_time: float | None = None  # seconds; None: IDLE clients may stay for days
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,8 @@ class ImapHandler:
             upstream = await self._preauth(session, reader, writer)
             if upstream is not None:
                 result = await splice((reader, writer), (upstream.reader, upstream.writer),
-                                      idle_timeout=self.imap.idle_timeout)
+                                      idle_timeout=self.imap.idle_timeout,
+                                      max_time=self.imap.max_session_time)
                 session.closed_by = result.closed_by
                 session.bytes_up, session.bytes_down = result.bytes_up, result.bytes_down
         except (ConnectionError, OSError, asyncio.IncompleteReadError):

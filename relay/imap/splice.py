@@ -21,7 +21,7 @@ CHUNK = 256 * 1024
 
 @dataclass
 class SpliceResult:
-    closed_by: str  # client | upstream | idle_timeout | client_error | upstream_error | shutdown
+    closed_by: str  # client | upstream | idle_timeout | session_time | client_error | upstream_error | shutdown
     bytes_up: int  # client -> upstream
     bytes_down: int  # upstream -> client
 
@@ -55,22 +55,33 @@ class _Pump:
 
 async def splice(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
                  upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                 *, idle_timeout: float) -> SpliceResult:
+                 *, idle_timeout: float, max_time: float | None = None) -> SpliceResult:
+    """Copy both ways until a side closes, nothing moves for `idle_timeout` seconds, or the
+    session is `max_time` seconds old (None: no limit)."""
     loop = asyncio.get_running_loop()
-    last = [time.monotonic()]
+    start = time.monotonic()
+    last = [start]
     idle = asyncio.Event()
+    why = ["idle_timeout"]
 
     def touch() -> None:
         last[0] = time.monotonic()
 
     def check() -> None:
-        remaining = last[0] + idle_timeout - time.monotonic()
+        now = time.monotonic()
+        if max_time is not None and now - start >= max_time:
+            why[0] = "session_time"
+            idle.set()
+            return
+        remaining = last[0] + idle_timeout - now
         if remaining <= 0:
             idle.set()
         else:
+            if max_time is not None:
+                remaining = min(remaining, start + max_time - now)
             handle[0] = loop.call_later(remaining, check)
 
-    handle = [loop.call_later(idle_timeout, check)]
+    handle = [loop.call_later(idle_timeout if max_time is None else min(idle_timeout, max_time), check)]
     up = _Pump(client[0], upstream[1], touch, "client", "upstream")
     down = _Pump(upstream[0], client[1], touch, "upstream", "client")
     idle_task = asyncio.create_task(idle.wait(), name="splice-idle")
@@ -80,7 +91,7 @@ async def splice(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         first = next(iter(done))
-        closed_by = "idle_timeout" if first is idle_task else first.result()
+        closed_by = why[0] if first is idle_task else first.result()
     finally:
         handle[0].cancel()
         for task in tasks:

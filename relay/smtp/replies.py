@@ -14,6 +14,7 @@ AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 AUTH_BLOCKED = "454 4.7.0 Too many failed logins from this client or for this user; try again later"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections; try again later"
+SESSION_TIME_LIMIT = "421 4.4.2 Session time limit reached; closing"
 AUTH_TLS_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
 
 

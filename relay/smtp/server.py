@@ -106,10 +106,23 @@ class RelaySMTP(SMTP):
             nodelay(transport)
             self.state = SessionState(next(_conn_ids), peer)
             self.event_handler.active += 1
+            self._expiry = self.loop.call_later(self.event_handler.smtp.max_session_time, self._expired)
+
+    def _expired(self) -> None:
+        """The session is older than smtp.max_session_time: RFC 5321 allows a 421 at any time."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.state.outcome = "session_time"
+            log.warning("smtp_session_time_limit", conn=self.state.conn_id, peer=self.state.peer,
+                        seconds=self.event_handler.smtp.max_session_time)
+            self.transport.write(replies.SESSION_TIME_LIMIT.encode() + b"\r\n")
+            self.transport.close()
 
     def connection_lost(self, error) -> None:
         if self.refused:
             return
+        expiry = getattr(self, "_expiry", None)
+        if expiry is not None:
+            expiry.cancel()
         super().connection_lost(error)
         self.event_handler.session_ended(self)
 

@@ -183,3 +183,34 @@ def test_connection_limits_per_ip(make_relay):
     assert relay.wait_log("connection_refused")["reason"] == "too_many_from_ip"
     # the places are given back when sessions end
     smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=10, source_address=("127.0.0.7", 0)).quit()
+
+
+def test_session_time_limits(make_relay):
+    relay = make_relay(smtp={"max_session_time": 1}, imap={"max_session_time": 1})
+    # SMTP: a busy session (a NOOP every 0.2 s, never idle) still ends at the limit, with a 421
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=10) as s:
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            while time.monotonic() - started < 5:
+                code, text = s.noop()
+                if code != 250:
+                    assert (code, text[:5]) == (421, b"4.4.2"), (code, text)
+                    s.noop()  # the server has closed the connection
+                time.sleep(0.2)
+        assert 0.9 < time.monotonic() - started < 4
+    assert relay.wait_log("smtp_session", outcome="session_time")["peer"] == "127.0.0.1"
+    # IMAP: a logged-in session busy with NOOPs is closed at the limit
+    import imaplib
+
+    imap = imaplib.IMAP4("127.0.0.1", relay.imap_port, timeout=10)
+    try:
+        imap.login(USER, PASSWORD)
+        started = time.monotonic()
+        with pytest.raises((imaplib.IMAP4.abort, OSError)):
+            while time.monotonic() - started < 5:
+                imap.noop()
+                time.sleep(0.2)
+        assert 0.5 < time.monotonic() - started < 4
+    finally:
+        imap.shutdown()
+    assert relay.wait_log("imap_session", closed_by="session_time")["user"] == USER
