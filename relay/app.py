@@ -20,7 +20,7 @@ import signal
 
 import structlog
 
-from . import metrics
+from . import metrics, sdnotify
 from .config import Config, load_config
 from .errors import ConfigError
 from .httpapi import serve_http
@@ -61,7 +61,7 @@ class Relay:
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task] = set()
         self.phase = "starting"  # starting | ready | stopping
-        self.notify = _notifier()
+        self.notify = sdnotify.from_env()  # a no-op outside systemd
 
     # -- what is bound -------------------------------------------------------------------------
 
@@ -140,6 +140,7 @@ class Relay:
             await self.spool.stop(timeout=max(1.0, drain_timeout))
         await self.tokens.save_status()
         log.info("relay_stopped")
+        self.notify.close()
 
     def active_sessions(self) -> int:
         return (self.smtp.active if self.smtp else 0) + (self.imap.connections if self.imap else 0)
@@ -229,18 +230,3 @@ class Relay:
             metrics.register_gauge("relay365_spool_oldest_age_seconds",
                                    "Age of the oldest message waiting in the spool (0 when empty)",
                                    lambda: [({}, spool.stats()[1])])
-
-
-class _NoNotify:
-    """Stand-in until systemd notification is wired (relay.sdnotify)."""
-
-    def ready(self, status=None) -> None: ...
-    def reloading(self) -> None: ...
-    def stopping(self) -> None: ...
-
-    async def watchdog_loop(self) -> None:
-        await asyncio.Event().wait()
-
-
-def _notifier():
-    return _NoNotify()
