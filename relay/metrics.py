@@ -23,6 +23,8 @@ AUTH_FAILURES = Counter("relay365_auth_failures", "Failed local logins, by proto
 MESSAGES = Counter("relay365_messages_relayed", "Messages accepted by the upstream", registry=REGISTRY)
 SPOOLED = Counter("relay365_messages_spooled", "Messages accepted into the spool for later delivery",
                   registry=REGISTRY)
+SPOOL_FAILED = Counter("relay365_spool_failed", "Spooled messages given up on (moved to failed/)",
+                       registry=REGISTRY)
 BYTES = Counter("relay365_bytes_relayed", "Bytes relayed, by protocol and direction",
                 ["proto", "direction"], registry=REGISTRY)
 UPSTREAM_LATENCY = Histogram(

@@ -381,6 +381,7 @@ class SpoolWorker:
         failed_id = await asyncio.to_thread(self.queue.fail, entry.id, reason, self._clock(),
                                             rcpt_errors)
         self._record(entry.id, None)
+        metrics.SPOOL_FAILED.inc()
         log.warning("spool_failed", id=entry.id, failed_id=failed_id, mailbox=entry.mailbox,
                     attempts=entry.attempts + 1, reason=reason)
         if failed_id is not None:
