@@ -21,6 +21,7 @@ import http.server
 import sys
 import threading
 import urllib.parse
+import warnings
 from dataclasses import dataclass
 
 from .config import AccountConfig, Config
@@ -63,8 +64,13 @@ class Onboarding:
         from .tokens.msalapp import build_app
 
         app = build_app(self.app_cfg, self.session, self.cache)
-        flow = app.initiate_auth_code_flow(self.scopes, redirect_uri=redirect_uri,
-                                           login_hint=self.account.mailbox, prompt="select_account")
+        with warnings.catch_warnings():
+            # msal recommends response_mode=form_post; the nativeclient page (paste mode) only
+            # shows a code it got in the query, so the query it is - PKCE protects the code anyway
+            warnings.filterwarnings("ignore", "response_mode='form_post' is recommended")
+            flow = app.initiate_auth_code_flow(self.scopes, redirect_uri=redirect_uri,
+                                               login_hint=self.account.mailbox,
+                                               prompt="select_account")
         if "auth_uri" not in flow:
             raise OnboardError(f"cannot start the sign-in: {flow.get('error_description', flow)}")
         self.say(f"Open this address in a browser and sign in as {self.account.mailbox}:\n\n"
@@ -124,6 +130,13 @@ class Onboarding:
     def device(self) -> dict:
         from .tokens.msalapp import build_app
 
+        if self.app_cfg.client_secret:
+            # A device-code token belongs to a public client: Entra ID refuses to refresh it with
+            # a client secret later (AADSTS700025), so the daemon could never use it.
+            raise OnboardError(
+                f"the device-code flow needs a public client app, but apps.{self.account.app} has a "
+                f"client_secret. Use the auth-code flow (without --device), or give this mailbox an "
+                f"app without client_secret and with 'Allow public client flows' enabled")
         app = build_app(self.app_cfg, self.session, self.cache)
         flow = app.initiate_device_flow(scopes=self.scopes)
         if "user_code" not in flow:

@@ -13,8 +13,12 @@ from sync tests and beside a running asyncio loop) in front of a small, lock-pro
 Requests are matched against `routes`, a table of (method, path regex, handler); a handler gets a
 `Request` and returns a `Reply`, or `DROP` to close the connection unanswered. msal needs only two
 routes (`/{tenant}/v2.0/.well-known/openid-configuration` and `/{tenant}/oauth2/v2.0/token`); Dovecot's
-oauth2 passdb uses `/introspect` (RFC 7662) and `/grant` (its password grant). Authorize and device
-code endpoints can be added as more rows of the table.
+oauth2 passdb uses `/introspect` (RFC 7662) and `/grant` (its password grant). `relay365 auth` uses
+the interactive ones: `/{tenant}/oauth2/v2.0/authorize` (the browser's side: it "signs in" as
+`sign_in_as`, default the `login_hint`, and redirects back with a code, or with `authorize_error`)
+with the `authorization_code` grant (PKCE S256 checked, codes single-use and short-lived), and
+`/{tenant}/oauth2/v2.0/devicecode` with the device-code grant, which answers `authorization_pending`
+until a test calls `approve_device` (or `decline_device`).
 
 Error replies have the shape of Entra ID's (`error`, `AADSTSnnnnn: ...` description, `error_codes`,
 `timestamp`, `trace_id`, `correlation_id`), because msal passes them through to its caller as a dict.
@@ -25,6 +29,7 @@ Faults are injected with `fail_next`, `down` and `delay`. Nothing here logs: the
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
 import re
@@ -37,7 +42,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlencode
 
 from .jsonhttps import DROP, JSONHTTPSServer, Reply, Request, Route, route
 
@@ -50,6 +55,13 @@ _DESCRIPTIONS = {
     70000: "Provided grant is invalid or malformed.",
     70003: "The app requested an unsupported grant type.",
     70008: "The provided authorization code or refresh token has expired due to inactivity.",
+    70016: "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+    70019: "Verification code expired.",
+    50126: "Error validating credentials due to invalid username or password.",
+    9002313: "Invalid request. Request is malformed or invalid.",
+    54005: "OAuth2 Authorization code was already redeemed, please retry with a new valid code.",
+    501481: "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+    50011: "The redirect URI specified in the request does not match the redirect URIs configured.",
     90033: "A transient error has occurred. Please try again.",
     700016: "Application was not found in the directory.",
     1002012: "The provided value for scope is not valid. Client credential flows must have a "
@@ -78,6 +90,27 @@ class _RefreshToken:
     mailbox: str
     client_id: str | None  # None: any registered client may redeem it
     scopes: frozenset[str] | None  # None: any scope
+
+
+@dataclass(frozen=True)
+class _AuthCode:
+    mailbox: str
+    client_id: str
+    redirect_uri: str
+    challenge: str
+    scopes: frozenset[str]
+    nonce: str | None
+    expires_at: float
+
+
+@dataclass
+class _DeviceCode:
+    client_id: str
+    scopes: frozenset[str]
+    user_code: str
+    expires_at: float
+    mailbox: str | None = None  # set when approved
+    declined: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,10 +162,19 @@ class FakeIdP:
         self._refresh: dict[str, _RefreshToken] = {}
         self._access: dict[str, _AccessToken] = {}
         self._faults: deque[_OAuthError] = deque()
+        self._codes: dict[str, _AuthCode] = {}
+        self._devices: dict[str, _DeviceCode] = {}  # by device_code
+        self.sign_in_as: str | None = None  # who signs in at /authorize (None: the login_hint)
+        self.authorize_error: tuple[str, int] | None = None  # (error, AADSTS code) for /authorize
+        self.device_code_lifetime = 900
+        self.device_interval = 1
+        self.authorize_requests: list[dict[str, str]] = []  # the query of each /authorize
         self.routes: list[Route] = [
             Route("GET", re.compile(r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration"),
                   self._openid_configuration),
             Route("POST", re.compile(r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token"), self._token),
+            Route("GET", re.compile(r"/(?P<tenant>[^/]+)/oauth2/v2\.0/authorize"), self._authorize),
+            Route("POST", re.compile(r"/(?P<tenant>[^/]+)/oauth2/v2\.0/devicecode"), self._devicecode),
             Route("POST", re.compile(r"/introspect"), self._introspect),
             Route("POST", re.compile(r"/grant"), self._password_grant),
         ]
@@ -193,6 +235,16 @@ class FakeIdP:
         with self._lock:
             self._faults.extend([fault] * n)
 
+    def approve_device(self, user_code: str, as_user: str) -> None:
+        """The user entered `user_code` at the verification page and signed in as `as_user`."""
+        with self._lock:
+            dc = next(d for d in self._devices.values() if d.user_code == user_code)
+            dc.mailbox = as_user
+
+    def decline_device(self, user_code: str) -> None:
+        with self._lock:
+            next(d for d in self._devices.values() if d.user_code == user_code).declined = True
+
     def valid_token(self, token: str, mailbox: str | None = None) -> bool:
         """Is `token` a live access token, and (if `mailbox` is given) may it open that mailbox?"""
         with self._lock:
@@ -239,6 +291,7 @@ class FakeIdP:
         return Reply(200, {
             "token_endpoint": f"{base}/oauth2/v2.0/token",
             "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
             "issuer": f"{self.url}/{self.tenant_id}/v2.0",
             "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
             "response_types_supported": ["code", "id_token", "code id_token", "token id_token"],
@@ -266,6 +319,10 @@ class FakeIdP:
                     return Reply(200, self._refresh_grant(req))
                 if grant_type == "client_credentials":
                     return Reply(200, self._client_credentials_grant(req))
+                if grant_type == "authorization_code":
+                    return Reply(200, self._auth_code_grant(req))
+                if grant_type in ("urn:ietf:params:oauth:grant-type:device_code", "device_code"):
+                    return Reply(200, self._device_code_grant(req))
             raise _OAuthError("unsupported_grant_type", 70003)
         except _OAuthError as e:
             return self._error(req, e)
@@ -316,6 +373,104 @@ class FakeIdP:
                 {"uid": _oid(rt.mailbox), "utid": self.tenant_id}).encode())
         return body
 
+    def _user_tokens(self, req: Request, mailbox: str, client_id: str, scopes: frozenset[str],
+                     nonce: str | None = None) -> dict:
+        """Access, refresh and id token for a user who just signed in (code or device flow)."""
+        rt = "0.A" + secrets.token_urlsafe(96)
+        self._refresh[rt] = _RefreshToken(mailbox, client_id, None)
+        resource = scopes - OIDC_SCOPES
+        body = self._token_body(self._new_access_token(mailbox, client_id, resource), resource)
+        body["refresh_token"] = rt
+        body["id_token"] = self._id_token(mailbox, client_id, nonce)
+        if req.form.get("client_info") == "1":
+            body["client_info"] = _b64url(json.dumps(
+                {"uid": _oid(mailbox), "utid": self.tenant_id}).encode())
+        return body
+
+    def _auth_code_grant(self, req: Request) -> dict:
+        client_id = self._authenticate_client(req)
+        code = self._codes.pop(req.form.get("code", ""), None)  # single use
+        if code is None or code.client_id != client_id:
+            raise _OAuthError("invalid_grant", 54005)
+        if code.expires_at <= self.clock():
+            raise _OAuthError("invalid_grant", 70008)
+        if req.form.get("redirect_uri") != code.redirect_uri:
+            raise _OAuthError("invalid_grant", 50011)
+        verifier = req.form.get("code_verifier", "")
+        challenge = _b64url(hashlib.sha256(verifier.encode()).digest())
+        if not verifier or not hmac.compare_digest(challenge, code.challenge):
+            raise _OAuthError("invalid_grant", 501481)
+        return self._user_tokens(req, code.mailbox, client_id, code.scopes, code.nonce)
+
+    def _device_code_grant(self, req: Request) -> dict:
+        client_id = self._authenticate_client(req)
+        dc = self._devices.get(req.form.get("device_code", ""))
+        if dc is None or dc.client_id != client_id:
+            raise _OAuthError("invalid_grant", 70000)
+        if dc.expires_at <= self.clock():
+            del self._devices[req.form["device_code"]]
+            raise _OAuthError("expired_token", 70019)
+        if dc.declined:
+            del self._devices[req.form["device_code"]]
+            raise _OAuthError("authorization_declined", 70000,
+                              description="The end user denied the authorization request.")
+        if dc.mailbox is None:
+            raise _OAuthError("authorization_pending", 70016)
+        del self._devices[req.form["device_code"]]
+        return self._user_tokens(req, dc.mailbox, client_id, dc.scopes)
+
+    def _authorize(self, req: Request) -> Reply:
+        """The browser's half of the code flow: sign-in and consent are instant, then a 302."""
+        q = req.form
+        with self._lock:
+            self.authorize_requests.append(dict(q))
+            client = self._clients.get(q.get("client_id", ""))
+        redirect = q.get("redirect_uri", "")
+        if client is None or not redirect:
+            # Entra ID shows an error page rather than redirecting to an unverified address
+            return Reply(400, {"error": "invalid_request", "error_codes": [700016]})
+        sep = "&" if "?" in redirect else "?"
+
+        def back(params: dict) -> Reply:
+            return Reply(302, None, {"Location": redirect + sep + urlencode(params)})
+
+        state = q.get("state")
+        extra = {"state": state} if state is not None else {}
+        if self.authorize_error is not None:
+            error, code = self.authorize_error
+            return back({"error": error, "error_description": f"AADSTS{code}: "
+                         f"{_DESCRIPTIONS.get(code, 'Injected failure.')}", **extra})
+        if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256" \
+                or not q.get("code_challenge"):
+            return back({"error": "invalid_request", "error_description":
+                         "AADSTS9002313: PKCE with S256 and response_type=code are required", **extra})
+        mailbox = self.sign_in_as or q.get("login_hint")
+        if not mailbox:
+            return back({"error": "login_required", "error_description": "AADSTS50058: no user", **extra})
+        code = secrets.token_urlsafe(48)
+        with self._lock:
+            self._codes[code] = _AuthCode(mailbox, q["client_id"], redirect, q["code_challenge"],
+                                          frozenset(q.get("scope", "").split()), q.get("nonce"),
+                                          self.clock() + 600)
+        return back({"code": code, **extra, "session_state": str(uuid.uuid4())})
+
+    def _devicecode(self, req: Request) -> Reply:
+        client_id = req.form.get("client_id", "")
+        with self._lock:
+            if client_id not in self._clients:
+                return self._error(req, _OAuthError("invalid_client", 700016))
+            user_code = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(9))
+            device_code = secrets.token_urlsafe(64)
+            self._devices[device_code] = _DeviceCode(
+                client_id, frozenset(req.form.get("scope", "").split()), user_code,
+                self.clock() + self.device_code_lifetime)
+        verify = f"{self.url}/devicelogin"
+        return Reply(200, {
+            "user_code": user_code, "device_code": device_code, "verification_uri": verify,
+            "expires_in": self.device_code_lifetime, "interval": self.device_interval,
+            "message": f"To sign in, use a web browser to open the page {verify} and enter the "
+                       f"code {user_code} to authenticate."})
+
     def _client_credentials_grant(self, req: Request) -> dict:
         client_id = self._authenticate_client(req, require_secret=True)
         scopes = req.form.get("scope", "").split()
@@ -329,13 +484,14 @@ class FakeIdP:
         return {"token_type": "Bearer", "scope": " ".join(sorted(scopes)), "expires_in": lifetime,
                 "ext_expires_in": lifetime, "access_token": token}
 
-    def _id_token(self, mailbox: str, client_id: str) -> str:
+    def _id_token(self, mailbox: str, client_id: str, nonce: str | None = None) -> str:
         now = int(self.clock())
         claims = {"aud": client_id, "iss": f"{self.url}/{self.tenant_id}/v2.0", "iat": now,
                   "nbf": now, "exp": now + 3600, "name": mailbox.split("@")[0],
                   "oid": _oid(mailbox), "preferred_username": mailbox,
                   "sub": _b64url(uuid.uuid5(uuid.NAMESPACE_URL, client_id + mailbox).bytes),
-                  "tid": self.tenant_id, "uti": secrets.token_urlsafe(16), "ver": "2.0"}
+                  "tid": self.tenant_id, "uti": secrets.token_urlsafe(16), "ver": "2.0",
+                  **({"nonce": nonce} if nonce else {})}
         header = {"typ": "JWT", "alg": "none"}
         return ".".join([_b64url(json.dumps(header).encode()),
                          _b64url(json.dumps(claims).encode()), ""])

@@ -28,7 +28,7 @@ POLL_INTERVAL = 0.05  # how fast stop() is noticed by serve_forever (stdlib defa
 class Request:
     method: str
     path: str  # without the query string
-    form: dict[str, str]
+    form: dict[str, str]  # the form body; for a GET, the query string
     headers: dict[str, str]  # lower-cased names
     params: dict[str, str] = field(default_factory=dict)  # the matched route's regex groups
 
@@ -36,7 +36,7 @@ class Request:
 @dataclass(frozen=True)
 class Reply:
     status: int
-    body: dict
+    body: dict | None  # None: no body (a redirect)
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -142,6 +142,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(Reply(413, {"error": "invalid_request"}))
         raw = self.rfile.read(length).decode("utf-8", "replace")
         form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+        if method == "GET":  # a GET's parameters are its query (the authorize endpoint's)
+            query = urlsplit(self.path).query
+            form = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
             reply = self.server.app(Request(method, urlsplit(self.path).path, form, headers))
@@ -154,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply)
 
     def _send(self, reply: Reply) -> None:
-        data = json.dumps(reply.body).encode()
+        data = json.dumps(reply.body).encode() if reply.body is not None else b""
         self.send_response(reply.status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))

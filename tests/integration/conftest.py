@@ -36,6 +36,8 @@ def _idp_clean(request):
     if "idp" in request.fixturenames:
         server = request.getfixturevalue("idp")
         server.down, server.delay = False, 0.0
+        server.sign_in_as, server.authorize_error = None, None
+        server.device_code_lifetime = 900
         server.reset_counters()
     yield
 

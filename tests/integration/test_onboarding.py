@@ -69,3 +69,215 @@ def test_import_of_a_dead_token_is_refused_clearly(tmp_path, pki, idp, upstream)
     assert "invalid_grant (AADSTS70000)" in result.stderr and MAILBOX in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "state" / "tokens.enc").exists()
+
+
+# -- the interactive flows: the test plays the operator and the browser ---------------------------
+
+import http.client  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import ssl  # noqa: E402
+import threading  # noqa: E402
+from urllib.parse import parse_qs, urlsplit  # noqa: E402
+
+from tests.support.upstream import free_port  # noqa: E402
+
+
+class AuthRun:
+    """`relay365 auth` running in a subprocess, its output read line by line as it comes."""
+
+    def __init__(self, config_path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "auth", MAILBOX, "-c", str(config_path), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        self._new = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._new:
+                self.lines.append(line.rstrip("\n"))
+                self._new.notify_all()
+
+    def wait_line(self, pattern: str, timeout: float = 30) -> re.Match:
+        deadline = time.monotonic() + timeout
+        with self._new:
+            while True:
+                for line in self.lines:
+                    if m := re.search(pattern, line):
+                        return m
+                left = deadline - time.monotonic()
+                assert left > 0 and self.proc.poll() is None, (
+                    f"no line matching {pattern!r}: {self.lines}\n{self.proc.stderr.read()}")
+                self._new.wait(min(left, 0.2))
+
+    def answer(self, text: str) -> None:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(10)
+        err = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return self.proc.returncode, "\n".join(self.lines), err
+
+
+def browser(pki, url: str) -> str:
+    """Open the authorize URL as a browser would; return where the identity platform redirects."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port,
+                                       context=ssl.create_default_context(cafile=str(pki.ca_file)),
+                                       timeout=10)
+    try:
+        conn.request("GET", f"{parts.path}?{parts.query}")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 302, response.status
+        return response.getheader("Location")
+    finally:
+        conn.close()
+
+
+def follow_to_localhost(location: str) -> int:
+    parts = urlsplit(location)
+    assert parts.hostname == "localhost"
+    conn = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=10)
+    try:
+        conn.request("GET", f"{parts.path}?{parts.query}")
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+AUTHORIZE = r"(https://127\.0\.0\.1:\d+/\S+/oauth2/v2\.0/authorize\?\S+)"
+
+
+def test_auth_code_flow_with_local_listener_while_the_daemon_runs(running, pki, idp, upstream, tmp_path):
+    port = free_port()
+    run = AuthRun(running.config_path, "--redirect-uri", f"http://localhost:{port}/")
+    url = run.wait_line(AUTHORIZE).group(1)
+    q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    assert set(q["scope"].split()) >= {"https://outlook.office.com/IMAP.AccessAsUser.All",
+                                       "https://outlook.office.com/POP.AccessAsUser.All",
+                                       "https://outlook.office.com/SMTP.Send", "offline_access"}
+    assert q["login_hint"] == MAILBOX and q["prompt"] == "select_account"
+    assert q["code_challenge_method"] == "S256" and q["state"] and q["redirect_uri"] == f"http://localhost:{port}/"
+    assert urlsplit(url).path.startswith("/contoso.test/")  # the tenant-specific authority
+    location = browser(pki, url)
+    run.wait_line("Waiting for the browser")
+    assert follow_to_localhost(location) == 200
+    code, out, err = run.finish()
+    assert code == 0, out + err
+    assert "Stored a refresh token" in out
+    line = next(l for l in out.splitlines() if l.startswith(MAILBOX))
+    assert "smtp: ok" in line and "imap: ok" in line
+    assert "code=" not in out + err  # the code never reaches the terminal
+    # the daemon uses it without a restart, and relay365 accounts shows the account ok
+    subject = f"after auth-code {uuid.uuid4()}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            send(running.smtp_port, subject)
+            break
+        except Exception:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+    accounts = subprocess.run([sys.executable, "-m", "relay", "accounts", "-c", str(running.config_path)],
+                              capture_output=True, text=True, timeout=30)
+    row = next(l for l in accounts.stdout.splitlines() if l.startswith(MAILBOX))
+    assert " ok " in f" {row} ", accounts.stdout
+
+
+def test_auth_code_flow_paste_mode(tmp_path, pki, idp, upstream):
+    proc = no_seed_config(tmp_path, pki, idp, upstream)
+    run = AuthRun(proc.config_path, "--no-verify")
+    url = run.wait_line(AUTHORIZE).group(1)
+    run.wait_line("Paste its full address")
+    location = browser(pki, url)
+    assert location.startswith("https://login.microsoftonline.com/common/oauth2/nativeclient?code=")
+    run.answer(location)
+    code, out, err = run.finish()
+    assert code == 0, out + err
+    assert (tmp_path / "state" / "tokens.enc").exists()
+
+
+def test_a_tampered_state_is_refused_and_nothing_stored(tmp_path, pki, idp, upstream):
+    proc = no_seed_config(tmp_path, pki, idp, upstream)
+    run = AuthRun(proc.config_path, "--no-verify")
+    location = browser(pki, run.wait_line(AUTHORIZE).group(1))
+    run.answer(re.sub(r"state=[^&]+", "state=forged", location))
+    code, out, err = run.finish()
+    assert code == 1 and "state does not match" in err and "Traceback" not in err
+    assert not (tmp_path / "state" / "tokens.enc").exists()
+
+
+def test_a_different_user_signing_in_is_refused(tmp_path, pki, idp, upstream):
+    proc = no_seed_config(tmp_path, pki, idp, upstream)
+    idp.sign_in_as = f"intern@{DOMAIN}"
+    run = AuthRun(proc.config_path, "--no-verify")
+    run.answer(browser(pki, run.wait_line(AUTHORIZE).group(1)))
+    code, out, err = run.finish()
+    assert code == 1, out + err
+    assert f"signed in as intern@{DOMAIN}, but the account is {MAILBOX}; nothing was stored" in err
+    assert not (tmp_path / "state" / "tokens.enc").exists()
+
+
+def test_sign_in_error_from_the_identity_platform_is_explained(tmp_path, pki, idp, upstream):
+    proc = no_seed_config(tmp_path, pki, idp, upstream)
+    idp.authorize_error = ("consent_required", 65001)
+    run = AuthRun(proc.config_path, "--no-verify")
+    run.answer(browser(pki, run.wait_line(AUTHORIZE).group(1)))
+    code, _, err = run.finish()
+    assert code == 1 and "sign-in failed: consent_required: AADSTS65001" in err
+
+
+def public_client_config(tmp_path, pki, idp, upstream):
+    """The device-code flow needs a public client: an app without a secret."""
+    idp.add_client("relay365-public")
+    proc = no_seed_config(tmp_path, pki, idp, upstream)
+    proc.config["apps"]["default"]["client_id"] = "relay365-public"
+    del proc.config["apps"]["default"]["client_secret"]
+    proc.write_config()
+    return proc
+
+
+def test_device_code_flow(tmp_path, pki, idp, upstream):
+    proc = public_client_config(tmp_path, pki, idp, upstream)
+    run = AuthRun(proc.config_path, "--device")
+    user_code = run.wait_line(r"enter the code (\w+)").group(1)
+    idp.approve_device(user_code, MAILBOX)
+    code, out, err = run.finish()
+    assert code == 0, out + err
+    line = next(l for l in out.splitlines() if l.startswith(MAILBOX))
+    assert "smtp: ok" in line and "imap: ok" in line
+    assert idp.grants["urn:ietf:params:oauth:grant-type:device_code"] >= 1
+
+
+def test_device_code_declined_is_a_clear_failure(tmp_path, pki, idp, upstream):
+    proc = public_client_config(tmp_path, pki, idp, upstream)
+    run = AuthRun(proc.config_path, "--device", "--no-verify")
+    idp.decline_device(run.wait_line(r"enter the code (\w+)").group(1))
+    code, _, err = run.finish()
+    assert code == 1 and "authorization_declined" in err and MAILBOX in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "state" / "tokens.enc").exists()
+
+
+def test_device_code_flow_with_a_confidential_app_is_refused_up_front(tmp_path, pki, idp, upstream):
+    proc = no_seed_config(tmp_path, pki, idp, upstream)
+    code, out, err = AuthRun(proc.config_path, "--device").finish()
+    assert code == 1 and "needs a public client app" in err and "Traceback" not in err

@@ -276,7 +276,7 @@ def test_counters_and_request_log_keep_no_secrets(idp, http):
 def test_unsupported_grant_and_unknown_paths(idp, http):
     response = http.post(f"{idp.url}/t/oauth2/v2.0/token", data={"grant_type": "password"})
     assert response.json()["error"] == "unsupported_grant_type"
-    assert http.get(f"{idp.url}/t/oauth2/v2.0/authorize").status_code == 404
+    assert http.get(f"{idp.url}/t/oauth2/v2.0/nosuch").status_code == 404
     assert http.get(f"{idp.url}/t/oauth2/v2.0/token").status_code == 405
 
 
@@ -379,3 +379,97 @@ def test_error_bodies_are_json_everywhere(idp, http):
     response = http.post(f"{idp.url}/t/oauth2/v2.0/token", data={})
     assert response.headers["Content-Type"].startswith("application/json")
     assert json.loads(response.text)["error"] == "unsupported_grant_type"
+
+
+# -- the interactive flows, driven by real msal ---------------------------------------------------
+# (msal warns that form_post is better than the query; relay365 auth uses the query on purpose)
+query_mode = pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended")
+
+SCOPES = ["https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send"]
+REDIRECT = "http://localhost:8400/"
+
+
+def browse(http, auth_uri: str) -> dict:
+    """What the browser does: open the authorize URL, and return the redirect's parameters."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    response = http.get(auth_uri, allow_redirects=False)
+    assert response.status_code == 302, response.text
+    location = response.headers["Location"]
+    assert location.startswith(REDIRECT)
+    return dict(parse_qsl(urlsplit(location).query))
+
+
+@query_mode
+def test_auth_code_flow_with_pkce_through_msal(idp, http):
+    app = confidential(idp, http)
+    flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT, login_hint="scanner@contoso.com",
+                                       prompt="select_account")
+    back = browse(http, flow["auth_uri"])
+    assert back["state"] == flow["state"]
+    seen = idp.authorize_requests[-1]
+    assert seen["code_challenge_method"] == "S256" and seen["login_hint"] == "scanner@contoso.com"
+    result = app.acquire_token_by_auth_code_flow(flow, back)
+    assert "access_token" in result, result
+    assert result["id_token_claims"]["preferred_username"] == "scanner@contoso.com"
+    assert idp.valid_token(result["access_token"], "scanner@contoso.com")
+    # the refresh token works, once (rotation)
+    again = app.acquire_token_by_refresh_token(result["refresh_token"], SCOPES)
+    assert "access_token" in again, again
+    # the code was single-use
+    reuse = app.acquire_token_by_auth_code_flow(flow, back)
+    assert reuse.get("error") == "invalid_grant" and 54005 in reuse["error_codes"]
+
+
+@query_mode
+def test_auth_code_pkce_verifier_must_match(idp, http):
+    app = confidential(idp, http)
+    flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT, login_hint="a@contoso.com")
+    back = browse(http, flow["auth_uri"])
+    response = http.post(f"{idp.url}/contoso.onmicrosoft.com/oauth2/v2.0/token", data={
+        "grant_type": "authorization_code", "client_id": "conf-app", "client_secret": "s3cret",
+        "code": back["code"], "redirect_uri": REDIRECT, "code_verifier": "not-the-verifier"})
+    assert response.status_code == 400 and 501481 in response.json()["error_codes"]
+
+
+@query_mode
+def test_auth_code_signs_in_whoever_sign_in_as_says(idp, http):
+    idp.sign_in_as = "someone.else@contoso.com"
+    app = confidential(idp, http)
+    flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT, login_hint="scanner@contoso.com")
+    result = app.acquire_token_by_auth_code_flow(flow, browse(http, flow["auth_uri"]))
+    assert result["id_token_claims"]["preferred_username"] == "someone.else@contoso.com"
+
+
+@query_mode
+def test_authorize_error_comes_back_in_the_redirect(idp, http):
+    idp.authorize_error = ("access_denied", 65004)
+    app = confidential(idp, http)
+    flow = app.initiate_auth_code_flow(SCOPES, redirect_uri=REDIRECT)
+    back = browse(http, flow["auth_uri"])
+    assert back["error"] == "access_denied" and back["error_description"].startswith("AADSTS65004")
+    assert back["state"] == flow["state"]
+
+
+def test_device_code_flow_pending_then_approved(idp, http):
+    import threading
+
+    app = public(idp, http)
+    flow = app.initiate_device_flow(scopes=SCOPES)
+    assert flow["user_code"] in flow["message"] and flow["interval"] == 1
+    threading.Timer(1.5, idp.approve_device, (flow["user_code"], "scanner@contoso.com")).start()
+    result = app.acquire_token_by_device_flow(flow)
+    assert result["id_token_claims"]["preferred_username"] == "scanner@contoso.com", result
+    assert idp.grants["urn:ietf:params:oauth:grant-type:device_code"] >= 2  # polled while pending
+
+
+def test_device_code_declined_and_expired(idp, http):
+    app = public(idp, http)
+    flow = app.initiate_device_flow(scopes=SCOPES)
+    idp.decline_device(flow["user_code"])
+    result = app.acquire_token_by_device_flow(flow)
+    assert result["error"] == "authorization_declined"
+    idp.device_code_lifetime = 0
+    flow = app.initiate_device_flow(scopes=SCOPES)
+    result = app.acquire_token_by_device_flow(flow)
+    assert result["error"] == "expired_token" and 70019 in result["error_codes"], result
