@@ -40,6 +40,9 @@ ACTIONS: dict[int, str] = {
     7000218: "the app is public but no client secret was sent; add apps.*.client_secret or enable "
              "'Allow public client flows' in the app registration",
     700024: "the client assertion is not valid; check the app's credentials",
+    700025: "the refresh token belongs to a public client (device-code sign-in) but a client "
+            "secret was sent; use an app without client_secret for this mailbox, or " + REAUTH
+            + " with the auth-code flow",
     50194: "the app is not multi-tenant; use its tenant id instead of common/organizations",
     500011: "the resource (Office 365 Exchange Online) is not available in the tenant; check the "
             "tenant and the cloud",
