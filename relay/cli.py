@@ -1,4 +1,4 @@
-"""`relay365` command line: serve, check, hash-password, demo.
+"""`relay365` command line: serve, check, hash-password, auth, accounts, health, queue, demo.
 
 Every failure an operator can cause ends in one clear message and a non-zero exit, never a traceback:
 2 for a bad config, 1 for anything else that went wrong.
@@ -65,9 +65,13 @@ def cmd_check(args) -> int:
           f"({len(config.accounts)} account(s), {len(config.users)} user(s))")
     from .tokens.store import StoreError, TokenStore
 
+    store = TokenStore(config.state_dir)
     try:
-        held = TokenStore(config.state_dir).check()
-        print(f"relay365: token store {config.state_dir} is readable ({held} refresh token(s))")
+        if store.path.exists():  # like nginx -t: look, but create nothing (not even the key)
+            held = store.check()
+            print(f"relay365: token store {store.path} is readable ({held} refresh token(s))")
+        else:
+            print(f"relay365: no token store yet at {store.path} (made on first use)")
     except StoreError as exc:
         print(f"relay365: {exc}", file=sys.stderr)
         return 1
