@@ -9,6 +9,11 @@ socket is logged once and ignored (the service manager is the one to act on miss
 
 `RELOADING=1` carries `MONOTONIC_USEC`, which `Type=notify-reload` (systemd 253+) requires and
 older versions ignore; a reload ends with `READY=1` again.
+
+Sends happen on the event loop, so they must not block for long: a service manager busy elsewhere
+(a daemon-reload, say) lets the socket's queue fill, and the kernel then holds a blocking sender
+until it drains. We wait at most `SEND_TIMEOUT` and drop the datagram (logged), rather than stall
+every session; a dropped `WATCHDOG=1` is repeated half a watchdog interval later anyway.
 """
 
 from __future__ import annotations
@@ -17,16 +22,23 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 import structlog
 
 log = structlog.get_logger("relay.sdnotify")
 
+# Longest a send may hold the event loop. The receiver's queue is net.unix.max_dgram_qlen
+# datagrams (10 by default); PID 1 drains it in microseconds unless it is busy.
+SEND_TIMEOUT = 1.0
+
 
 class Notifier:
-    def __init__(self, address: str | None, watchdog_usec: int | None = None) -> None:
+    def __init__(self, address: str | None, watchdog_usec: int | None = None,
+                 send_timeout: float = SEND_TIMEOUT) -> None:
         self.address = address
         self.watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
+        self.send_timeout = send_timeout
         self._sock: socket.socket | None = None
         self._warned = False
 
@@ -38,17 +50,31 @@ class Notifier:
         """One datagram of `KEY=value` lines; False when nothing could be sent."""
         if self.address is None:
             return False
-        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto("\n".join(fields).encode(), target)
+                self._sock = self._connect()
+            self._sock.send("\n".join(fields).encode())
             return True
-        except OSError as exc:
+        except OSError as exc:  # TimeoutError included: the receiver's queue stayed full
+            self.close()  # connect afresh next time: the manager may have a new socket by then
             if not self._warned:
                 self._warned = True
-                log.warning("sdnotify_failed", socket=self.address, error=exc.strerror or str(exc))
+                log.warning("sdnotify_failed", socket=self.address,
+                            error=exc.strerror or str(exc) or type(exc).__name__)
             return False
+
+    def _connect(self) -> socket.socket:
+        # Connected, so that a full queue makes poll() wait on the receiver (the kernel only
+        # knows whom we are waiting for when we have a peer) instead of spinning until timeout.
+        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(self.send_timeout)
+            sock.connect(target)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def ready(self, status: str | None = None) -> None:
         self.send("READY=1", *([f"STATUS={_one_line(status)}"] if status else []))
@@ -82,7 +108,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:500]
 
 
-def from_env(environ: os._Environ | dict | None = None) -> Notifier:
+def from_env(environ: Mapping[str, str] | None = None) -> Notifier:
     """The notifier systemd asked for (a no-op one when not started by systemd)."""
     env = os.environ if environ is None else environ
     address = env.get("NOTIFY_SOCKET") or None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 from relay.sdnotify import Notifier, from_env
 
@@ -104,10 +106,58 @@ def test_watchdog_for_another_pid_is_not_ours(listener):
     assert n.watchdog_interval == pytest.approx(0.1)
 
 
-def test_a_vanished_socket_never_raises(tmp_path):
+def test_a_vanished_socket_never_raises_and_is_logged_once(tmp_path):
     n = Notifier(str(tmp_path / "gone.sock"))
-    assert n.send("READY=1") is False
-    assert n.send("WATCHDOG=1") is False
+    with capture_logs() as logs:
+        assert n.send("READY=1") is False
+        n.ready("x")
+        n.stopping()
+        assert n.send("WATCHDOG=1") is False
+    assert [e["event"] for e in logs] == ["sdnotify_failed"]
+    assert logs[0]["socket"] == str(tmp_path / "gone.sock") and logs[0]["log_level"] == "warning"
+    n.close()
+
+
+def test_a_notify_socket_bound_anew_is_found_again(tmp_path):
+    """A send that fails drops the connection; the next one reaches whoever owns the path now."""
+    path = str(tmp_path / "notify.sock")
+    first = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    first.bind(path)
+    n = Notifier(path)
+    try:
+        assert n.send("READY=1") is True
+        assert first.recv(64) == b"READY=1"
+        first.close()
+        os.unlink(path)
+        assert n.send("WATCHDOG=1") is False  # nobody there
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as second:
+            second.bind(path)
+            second.settimeout(5)
+            assert n.send("WATCHDOG=1") is True
+            assert second.recv(64) == b"WATCHDOG=1"
+    finally:
+        first.close()
+        n.close()
+
+
+def test_a_receiver_that_never_reads_holds_us_at_most_the_send_timeout(listener):
+    """A busy service manager must not freeze the event loop: the kernel queues only
+    net.unix.max_dgram_qlen datagrams (10 by default), then a blocking sender would wait forever."""
+    path, sock = listener
+    n = Notifier(path, send_timeout=0.2)
+    sent: list[bool] = []
+    with capture_logs() as logs:
+        while len(sent) < 10_000 and (not sent or sent[-1]):
+            started, cpu = time.monotonic(), time.thread_time()
+            sent.append(n.send(f"STATUS={len(sent)}"))
+        blocked_for, cpu = time.monotonic() - started, time.thread_time() - cpu
+        assert n.send("WATCHDOG=1") is False
+    assert sent[0] is True and sent[-1] is False  # the queue filled up, and we came back
+    assert 0.15 <= blocked_for < 2.0
+    assert cpu < 0.1  # waited in poll() on the receiver, not spinning on EAGAIN
+    assert [e["event"] for e in logs] == ["sdnotify_failed"]
+    assert recv(sock) == ["STATUS=0"]  # what was queued arrives, in order
+    assert recv(sock) == ["STATUS=1"]
     n.close()
 
 
@@ -147,6 +197,10 @@ def test_relay_serve_speaks_the_protocol(listener, tmp_path):
     try:
         ready = until("READY=1")
         assert ready[1].startswith("STATUS=listening on")
+        # READY means bound: the SMTP listener named in STATUS answers at once
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", ready[1]).group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as smtp:
+            assert smtp.recv(512).startswith(b"220 ")
         until("WATCHDOG=1")
         until("WATCHDOG=1")
         proc.send_signal(signal.SIGHUP)
