@@ -1,5 +1,5 @@
 # relay365 container image.
-#   docker build -t relay365 .
+#   docker build -t relay365 .     (buildah/podman: add --format docker, or HEALTHCHECK is dropped)
 #   docker run -d --name relay365 -p 2525:2525 -p 1143:1143 \
 #     -v /srv/relay365/config.yaml:/etc/relay365/config.yaml:ro -v relay365-state:/var/lib/relay365 relay365
 # The config must say state_dir: /var/lib/relay365 and listen on 0.0.0.0 (or [::]) inside the
@@ -39,9 +39,12 @@ WORKDIR /var/lib/relay365
 VOLUME ["/var/lib/relay365"]
 # SMTP, IMAP, metrics/health (set http: {listen: 0.0.0.0:9465} to publish it)
 EXPOSE 2525 1143 9465
-# exit 0 only when /readyz says ready (needs http: in the config)
+# /readyz through `relay365 health` (needs http: in the config). Healthy also when degraded (a
+# mailbox needs re-authorisation, the spool is stuck): the relay still serves everyone else, and an
+# orchestrator that replaces unhealthy containers would cut their sessions and never fix it.
+# Alert on degraded instead (contrib/prometheus-alerts.yml).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
-  CMD ["relay365", "health", "-c", "/etc/relay365/config.yaml"]
+  CMD ["relay365", "health", "--allow-degraded", "-c", "/etc/relay365/config.yaml"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["relay365"]
 CMD ["serve", "-c", "/etc/relay365/config.yaml"]
