@@ -31,6 +31,20 @@ def _load(path: str) -> Config:
         raise SystemExit(EXIT_CONFIG) from None
 
 
+def _raise_fd_limit(want: int = 65536) -> None:
+    """Each relayed session holds two sockets; a shell's soft limit of 1024 would cap the relay at
+    ~500 sessions. Raise the soft limit towards the hard one, as servers usually do."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def cmd_serve(args) -> int:
     from .app import Relay
     from .logs import configure
@@ -38,6 +52,7 @@ def cmd_serve(args) -> int:
 
     config = _load(args.config)
     configure(args.log_level or config.log.level, config.log.format)
+    _raise_fd_limit()
 
     async def main() -> None:
         relay = Relay(config)

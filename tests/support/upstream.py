@@ -149,6 +149,7 @@ class MailUpstream:
         mechanisms: Iterable[str] = ("xoauth2",),
         sendas_check: Literal["data", "mail"] = "data",
         debug: bool = False,
+        dovecot_extra: str = "",
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.pki = pki
@@ -158,6 +159,7 @@ class MailUpstream:
         self.mechanisms = tuple(m.lower() for m in mechanisms)
         self.sendas_check = sendas_check
         self.debug = debug
+        self.dovecot_extra = dovecot_extra  # appended to dovecot.conf (the benchmark raises limits)
         self.name = _instance_name()
         self.host = "127.0.0.1"
         self.imap_port = 0
@@ -553,6 +555,7 @@ service anvil {{
     mode = 0
   }}
 }}
+{up.dovecot_extra}
 """
 
 
