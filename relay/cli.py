@@ -156,7 +156,9 @@ def cmd_health(args) -> int:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr.host, addr.host)
     url = f"http://{f'[{host}]' if ':' in host else host}:{addr.port}/readyz"
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+        # never through $http_proxy: the relay is on this host (or in this container)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=args.timeout) as resp:
             body = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         body = json.loads(exc.read() or b"{}")
