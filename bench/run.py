@@ -330,15 +330,36 @@ def held_sessions(world, target, *, n: int, idle_seconds: float = 10.0) -> tuple
     user = USER if target == "relay" else MAILBOX
 
     async def one(held: list) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
         try:
-            await reader.readline()
-            writer.write(f"a LOGIN {user} {PASSWORD}\r\nb SELECT INBOX\r\nc IDLE\r\n".encode())
-            while not (line := await reader.readline()).startswith(b"+"):
-                if not line or line.startswith((b"a NO", b"b NO", b"c BAD", b"* BYE")):
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port, limit=2**20), CLIENT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError):
+            return
+        try:
+            async def login() -> None:
+                await reader.readline()
+                writer.write(f"a LOGIN {user} {PASSWORD}\r\n".encode())
+                while not (line := await reader.readline()).startswith(b"a "):
+                    if not line:
+                        raise ConnectionError("closed")
+                if not line.startswith(b"a OK"):
                     raise ConnectionError(line)
+                writer.write(b"b SELECT INBOX\r\n")
+                while not (line := await reader.readline()).startswith(b"b "):
+                    if not line:
+                        raise ConnectionError("closed")
+                writer.write(b"c IDLE\r\n")
+                while not (line := await reader.readline()).startswith(b"+"):
+                    if not line or line.startswith(b"c "):
+                        raise ConnectionError(line)
+
+            await asyncio.wait_for(login(), CLIENT_TIMEOUT)
             held.append((reader, writer))
-        except (OSError, ConnectionError):
+        except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            FAILURES[(f"{n} idle IMAP sessions", target)] = FAILURES.get(
+                (f"{n} idle IMAP sessions", target), 0) + 1
+            if len(FAILURES) < 50:
+                print(f"  held session failed ({target}): {exc!r}"[:200], file=sys.stderr)
             writer.close()
 
     async def run() -> tuple[float, float, int]:
