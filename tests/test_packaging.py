@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.relayproc import RelayProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "relay365.service"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -125,17 +127,10 @@ def test_healthcheck_passes_on_a_degraded_relay_and_fails_on_a_stopped_one(tmp_p
     command = _healthcheck_command()
     exe = shutil.which("relay365", path=str(Path(sys.executable).parent))
     assert command[0] == "relay365" and exe
-    cfg = tmp_path / "relay.yaml"
-    cfg.write_text(yaml.safe_dump(_minimal_config(tmp_path)))
-    log_path = tmp_path / "relay.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([exe, "serve", "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+    relay = RelayProcess(tmp_path, _minimal_config(tmp_path)).start()
     health_cfg = tmp_path / "health.yaml"  # what `health` reads: the port the relay really bound
     try:
-        started = _wait_event(proc, log_path, "relay_started")
-        port = int(started["listeners"]["http"][0].rsplit(":", 1)[1])
-        health_cfg.write_text(yaml.safe_dump(_minimal_config(tmp_path, port)))
+        health_cfg.write_text(yaml.safe_dump(_minimal_config(tmp_path, relay.ports["http"][0])))
         check = [exe, *command[1:]]
         check[check.index("/etc/relay365/config.yaml")] = str(health_cfg)
         done = subprocess.run(check, capture_output=True, text=True, timeout=30)
@@ -143,14 +138,11 @@ def test_healthcheck_passes_on_a_degraded_relay_and_fails_on_a_stopped_one(tmp_p
         assert done.stdout.startswith("degraded") and "printer@example.test" in done.stdout
         strict = [a for a in check if a != "--allow-degraded"]  # ready, strictly: not yet
         assert subprocess.run(strict, capture_output=True, timeout=30).returncode == 1
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert relay.stop() == 0
         done = subprocess.run(check, capture_output=True, text=True, timeout=30)
         assert done.returncode == 1 and "not reachable" in done.stderr
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        relay.stop()
 
 
 def test_dockerfile_installs_the_dependencies_ci_installs(tmp_path):
@@ -463,21 +455,13 @@ def _exported_series(tmp_path: Path) -> dict[str, set[str]]:
 
     from relay import metrics
 
-    exe = shutil.which("relay365", path=str(Path(sys.executable).parent))
-    cfg = tmp_path / "relay.yaml"
-    cfg.write_text(yaml.safe_dump(_minimal_config(tmp_path)))
-    log_path = tmp_path / "relay.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([exe, "serve", "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+    relay = RelayProcess(tmp_path, _minimal_config(tmp_path)).start()
     try:
-        started = _wait_event(proc, log_path, "relay_started")
-        port = int(started["listeners"]["http"][0].rsplit(":", 1)[1])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        url = f"http://127.0.0.1:{relay.ports['http'][0]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
             text = resp.read().decode()
     finally:
-        proc.terminate()
-        proc.wait(30)
+        relay.stop()
     declared = {c._name: set(c._labelnames) for c in vars(metrics).values()
                 if hasattr(c, "_labelnames") and hasattr(c, "_name")}
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}

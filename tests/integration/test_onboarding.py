@@ -29,6 +29,19 @@ def no_seed_config(tmp_path, pki, idp, upstream, **kw) -> RelayProcess:
     return proc
 
 
+def send_once_the_token_is_there(relay, upstream, subject: str, timeout: float = 20) -> None:
+    """The daemon picks a stored token up at its next attempt: send until it does, then check."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            send(relay.smtp_port, subject)
+            break
+        except Exception:
+            assert time.monotonic() < deadline, "the running relay never used the stored token"
+            time.sleep(0.5)
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+
+
 @pytest.fixture
 def running(tmp_path, pki, idp, upstream):
     proc = no_seed_config(tmp_path, pki, idp, upstream)
@@ -51,15 +64,7 @@ def test_import_refresh_token_verifies_and_daemon_picks_it_up(tmp_path, running,
     assert rt.encode() not in store
     subject = f"after auth {uuid.uuid4()}"
     # the running daemon sees the new token at its next attempt; no restart
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            send(proc.smtp_port, subject)
-            break
-        except Exception:
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-    delivered(upstream, f"bob@{DOMAIN}", subject)
+    send_once_the_token_is_there(proc, upstream, subject)
 
 
 def test_import_of_a_dead_token_is_refused_clearly(tmp_path, pki, idp, upstream):
@@ -187,15 +192,7 @@ def test_auth_code_flow_with_local_listener_while_the_daemon_runs(running, pki, 
     assert "code=" not in out + err  # the code never reaches the terminal
     # the daemon uses it without a restart, and relay365 accounts shows the account ok
     subject = f"after auth-code {uuid.uuid4()}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            send(running.smtp_port, subject)
-            break
-        except Exception:
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-    delivered(upstream, f"bob@{DOMAIN}", subject)
+    send_once_the_token_is_there(running, upstream, subject)
     accounts = subprocess.run([sys.executable, "-m", "relay", "accounts", "-c", str(running.config_path)],
                               capture_output=True, text=True, timeout=30)
     row = next(l for l in accounts.stdout.splitlines() if l.startswith(MAILBOX))
