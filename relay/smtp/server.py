@@ -41,6 +41,7 @@ from ..spool.worker import SpoolWorker
 from ..tokens.manager import TokenManager
 from .. import metrics
 from . import replies
+from .pool import UpstreamPool
 from .rewrite import rewrite_from
 from .upstream import UpstreamSMTP
 
@@ -62,6 +63,7 @@ class SessionState:
     auth_failures: int = 0
     last_reply: str | None = None
     outcome: str = "no_mail"
+    reused: bool = False  # the upstream session came from the pool
     delivery: str = "direct"  # of the current sender (user or network): direct | spool
     fallback: str = "none"
     txn: Transaction | None = None
@@ -137,6 +139,7 @@ class RelayHandler:
                                        config.limits.max_connections_per_ip)
         self.active = 0  # connections now
         self._tasks: set[asyncio.Task] = set()
+        self.pool = UpstreamPool(config.upstream.smtp_pool_idle)
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -146,6 +149,10 @@ class RelayHandler:
         self.limits.max_total = config.limits.max_connections
         self.limits.max_per_ip = config.limits.max_connections_per_ip
         self.upstream_tls = client_context(config.upstream.ca_file)
+        if config.upstream != getattr(self, "_upstream_cfg", config.upstream):
+            self._background(self.pool.close_all())  # parked sessions belong to the old upstream
+        self._upstream_cfg = config.upstream
+        self.pool.idle_seconds = config.upstream.smtp_pool_idle
 
     # -- who is sending ----------------------------------------------------------------------
 
@@ -226,7 +233,15 @@ class RelayHandler:
         if not spooling:
             try:
                 upstream = await self._upstream(state)
-                reply = await upstream.mail(sender, mail_options)
+                try:
+                    reply = await upstream.mail(sender, mail_options)
+                except UpstreamError as exc:
+                    if exc.code is not None or not state.reused:
+                        raise
+                    # a parked session the server had closed meanwhile: once more, on a new one
+                    log.info("upstream_reuse_failed", conn=state.conn_id, mailbox=state.mailbox)
+                    upstream = await self._upstream(state)
+                    reply = await upstream.mail(sender, mail_options)
             except RelayError as exc:
                 reply = self._failed(state, exc, "mail")
                 if not self._fall_back(state, reply):
@@ -389,8 +404,16 @@ class RelayHandler:
         up = state.upstream
         if up is not None and up.connected and up.mailbox == state.mailbox:
             return up
+        state.upstream = None
         if up is not None:
-            await up.close()
+            await self.pool.give(up)  # another mailbox now; this one may serve someone else
+        up = self.pool.take(state.mailbox)
+        state.reused = up is not None
+        if up is not None:
+            state.upstream = up
+            log.info("upstream_reused", conn=state.conn_id, mailbox=state.mailbox,
+                     age=round(time.monotonic() - (up.opened_at or 0), 1))
+            return up
         cfg = self.config.upstream
         up = UpstreamSMTP(cfg.smtp, self.upstream_tls, local_hostname=self.smtp.hostname,
                           connect_timeout=cfg.connect_timeout, timeout=cfg.timeout)
@@ -429,14 +452,18 @@ class RelayHandler:
                  auth_failures=state.auth_failures,
                  seconds=round(time.monotonic() - state.started, 3))
         if state.upstream is not None:
-            task = asyncio.get_running_loop().create_task(state.upstream.close())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self.pool.give(state.upstream))
             state.upstream = None
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pool.close_all()
 
 
 async def start_smtp(config: Config, tokens: TokenManager, auth: LocalAuth,

@@ -7,6 +7,7 @@ token gets one fresh token and one more try - and turns aiosmtplib's exceptions 
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 
@@ -41,6 +42,8 @@ class UpstreamSMTP:
         self.mailbox: str | None = None
         self.esmtp: set[str] = set()
         self.connect_seconds: float | None = None
+        self.opened_at: float | None = None  # monotonic, once logged in (for the pool's max age)
+        self.interrupted = False  # a command was cancelled half way: never reuse this session
 
     @property
     def connected(self) -> bool:
@@ -84,6 +87,7 @@ class UpstreamSMTP:
         self._smtp, self.mailbox = smtp, mailbox
         self.esmtp = set(smtp.esmtp_extensions)
         self.connect_seconds = time.monotonic() - started
+        self.opened_at = time.monotonic()
 
     async def mail(self, sender: str, options: list[str]) -> str:
         opts = [o for o in options if o.split("=")[0].lower() in self.esmtp]
@@ -106,6 +110,9 @@ class UpstreamSMTP:
         assert self._smtp is not None
         try:
             response = await op(self._smtp)
+        except asyncio.CancelledError:
+            self.interrupted = True  # cut off mid-command: the protocol state is unknown
+            raise
         except aiosmtplib.SMTPResponseException as exc:
             raise _reply_error(exc, what) from None
         except (aiosmtplib.SMTPException, *_NETWORK) as exc:

@@ -53,7 +53,8 @@ def upstream(tmp_path_factory, pki, idp):
 
 
 def relay_config(tmp_path, pki, idp, upstream, *, refresh_token: str | None = None,
-                 smtp: dict | None = None, imap: dict | None = None, **top) -> dict:
+                 smtp: dict | None = None, imap: dict | None = None,
+                 upstream_extra: dict | None = None, **top) -> dict:
     config = {
         "state_dir": str(tmp_path / "state"),
         "log": {"level": "info", "format": "json"},
@@ -62,7 +63,7 @@ def relay_config(tmp_path, pki, idp, upstream, *, refresh_token: str | None = No
                              "ca_file": str(pki.ca_file)}},
         "upstream": {"smtp": {"host": "127.0.0.1", "port": upstream.smtp_port, "tls": "starttls"},
                      "imap": {"host": "127.0.0.1", "port": upstream.imap_port, "tls": "implicit"},
-                     "ca_file": str(pki.ca_file)},
+                     "ca_file": str(pki.ca_file), **(upstream_extra or {})},
         "accounts": [{"mailbox": MAILBOX,
                       "refresh_token": refresh_token or idp.issue_refresh_token(MAILBOX)}],
         "users": [{"username": USER, "password_hash": PASSWORD_HASH, "mailbox": MAILBOX}],

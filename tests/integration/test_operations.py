@@ -47,7 +47,8 @@ def samples(body: bytes) -> dict:
 
 def test_metrics_and_readyz_degrade_on_invalid_grant(make_relay, upstream, idp):
     port = free_port()
-    relay = make_relay(smtp={}, http={"listen": f"127.0.0.1:{port}"})
+    # no parked upstream session, so the second client needs a token and meets the invalid_grant
+    relay = make_relay(smtp={}, http={"listen": f"127.0.0.1:{port}"}, upstream_extra={"smtp_pool_idle": 0})
     base = f"http://127.0.0.1:{port}"
     assert get(base + "/healthz")[0] == 200
     send(relay.smtp_port, "metrics")

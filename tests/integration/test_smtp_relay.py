@@ -258,7 +258,8 @@ def test_size_limit_is_advertised_and_enforced(make_relay):
 
 
 def test_rejected_cached_token_is_refreshed_once(make_relay, upstream, idp):
-    relay = make_relay(smtp={})
+    # every session logs in anew (no pool), with the cached token
+    relay = make_relay(smtp={}, upstream_extra={"smtp_pool_idle": 0})
     send(relay.smtp_port, "warm the cache")
     idp.revoke_access_tokens()  # Exchange would say 535 for a revoked token
     subject = f"after revoke {uuid.uuid4()}"
@@ -281,7 +282,8 @@ def test_check_upstream_reports_each_account(tmp_path, pki, idp, upstream):
 
 
 def test_accounts_command_shows_needs_auth_with_code(make_relay, idp):
-    relay = make_relay(smtp={})
+    # no parked upstream session: the next client needs a token, and meets the invalid_grant
+    relay = make_relay(smtp={}, upstream_extra={"smtp_pool_idle": 0})
     send(relay.smtp_port, "healthy")
     ok = subprocess.run([sys.executable, "-m", "relay", "accounts", "-c", str(relay.config_path)],
                         capture_output=True, text=True, timeout=60)
@@ -302,3 +304,43 @@ def test_accounts_command_shows_needs_auth_with_code(make_relay, idp):
     table = subprocess.run([sys.executable, "-m", "relay", "accounts", "-c", str(relay.config_path)],
                            capture_output=True, text=True, timeout=60).stdout
     assert "needs-auth (AADSTS70008)" in table and "re-authorise" in table
+
+
+def test_upstream_session_is_reused_by_the_next_client_of_the_mailbox(make_relay, upstream, idp):
+    relay = make_relay(smtp={})
+    subjects = [f"pooled {i} {uuid.uuid4()}" for i in range(3)]
+    for subject in subjects:  # three client sessions, one after the other, like a scanner
+        send(relay.smtp_port, subject)
+    for subject in subjects:
+        delivered(upstream, f"bob@{DOMAIN}", subject)
+    assert len(relay.find("upstream_connected")) == 1
+    assert len(relay.find("upstream_reused")) == 2
+    assert idp.password_grants == 1  # Dovecot checked one XOAUTH2 login for three messages
+
+
+def test_a_parked_session_the_server_closed_is_replaced_transparently(tmp_path, pki, idp, upstream,
+                                                                       make_relay):
+    from tests.integration.test_spool_relay import Gate
+
+    gate = Gate(upstream.smtp_port)
+    gate.open()
+    try:
+        config = relay_config(tmp_path, pki, idp, upstream, smtp={})
+        config["upstream"]["smtp"]["port"] = gate.port
+        relay = make_relay(config)
+        send(relay.smtp_port, f"first {uuid.uuid4()}")
+        gate.shut()  # Office 365 drops the idle connection the relay parked
+        gate.open()
+        subject = f"after the drop {uuid.uuid4()}"
+        send(relay.smtp_port, subject)  # the client never notices
+        delivered(upstream, f"bob@{DOMAIN}", subject)
+        assert len(relay.find("upstream_connected")) == 2
+    finally:
+        gate.shut()
+
+
+def test_pool_off(make_relay, upstream):
+    relay = make_relay(smtp={}, upstream_extra={"smtp_pool_idle": 0})
+    send(relay.smtp_port, f"a {uuid.uuid4()}")
+    send(relay.smtp_port, f"b {uuid.uuid4()}")
+    assert len(relay.find("upstream_connected")) == 2 and not relay.find("upstream_reused")
