@@ -76,7 +76,7 @@ class Loader:
         origin = typing.get_origin(tp)
         if origin in (Union, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if self._is_null(node):
+            if self._is_null(node) and len(args) < len(typing.get_args(tp)):  # only X | None
                 return None
             tp, origin = args[0], typing.get_origin(args[0])
         if origin is list and meta and "parse" in meta:  # a list of parsed strings
