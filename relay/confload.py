@@ -208,7 +208,10 @@ class Loader:
             expanded = self.expand(node.value, path, node)
             if expanded is _FAIL:
                 return _FAIL
-            value = yaml.safe_load(expanded) if expanded else None
+            try:
+                value = yaml.safe_load(expanded) if expanded else None
+            except yaml.YAMLError:  # e.g. "[1" or a !!tag: not a number or a flag either
+                value = expanded
             actual = type(value)
         if tp is float and actual is int:
             return float(value)
