@@ -190,6 +190,9 @@ class Loader:
             except OSError as exc:
                 self.error(path, f"cannot read secret file {file}: {exc.strerror}", node)
                 return _FAIL
+            except UnicodeDecodeError:
+                self.error(path, f"secret file {file} is not UTF-8 text", node)
+                return _FAIL
         value = self.scalar(str, node, path)
         return value if value is _FAIL else Secret(value)
 
