@@ -62,8 +62,8 @@ class Loader:
             where = f" (line {mark.line + 1})" if mark else ""
             problem = getattr(exc, "problem", None) or str(exc)
             raise ConfigError([f"not valid YAML: {problem}{where}"], self.source) from None
-        if node is None:
-            node = yaml.MappingNode("tag:yaml.org,2002:map", [])
+        if node is None:  # empty, or only comments: an empty mapping at line 1
+            node = yaml.compose("{}", Loader=yaml.SafeLoader)
         value = self.convert(root_type, node, "")
         if self.problems:
             raise ConfigError(self.problems, self.source)
