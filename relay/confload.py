@@ -113,7 +113,8 @@ class Loader:
         if not isinstance(node, yaml.MappingNode):
             self.error(path, "expected a mapping of keys", node)
             return _FAIL
-        fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
+        fields = {f.name: f for f in dataclasses.fields(tp)
+                  if f.init and not f.metadata.get("internal")}  # e.g. Config.source: set by us
         hints = typing.get_type_hints(tp)
         values: dict[str, Any] = {}
         failed = False
