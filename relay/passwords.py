@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import functools
 import hashlib
 import hmac
@@ -31,7 +32,7 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.b64decode(text + "=" * (-len(text) % 4))
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
 def _scrypt(password: bytes, salt: bytes, ln: int, r: int, p: int) -> bytes:
@@ -53,6 +54,10 @@ def check_hash_format(text: str) -> str | None:
     ln, r, p = (int(x) for x in m.group(1, 2, 3))
     if not (10 <= ln <= 20 and 1 <= r <= 32 and 1 <= p <= 16):
         return "scrypt parameters out of range (ln 10-20, r 1-32, p 1-16)"
+    try:
+        _unb64(m.group(4)), _unb64(m.group(5))
+    except binascii.Error:
+        return "salt or key is not valid base64 (copy the whole line relay365 hash-password printed)"
     return None
 
 
@@ -61,8 +66,12 @@ def verify_password(password: str, stored: str) -> bool:
     if not m:
         return False
     ln, r, p = (int(x) for x in m.group(1, 2, 3))
-    key = _scrypt(password.encode(), _unb64(m.group(4)), ln, r, p)
-    return hmac.compare_digest(key, _unb64(m.group(5)))
+    try:
+        salt, expected = _unb64(m.group(4)), _unb64(m.group(5))
+    except binascii.Error:
+        return False
+    key = _scrypt(password.encode(), salt, ln, r, p)
+    return hmac.compare_digest(key, expected)
 
 
 class Verifier:
