@@ -70,6 +70,6 @@ def decode_xoauth2_error(challenge: str | bytes) -> dict:
     """The base64 JSON an XOAUTH2 server sends on failure ({"status": "401", ...}); {} if unreadable."""
     try:
         data = json.loads(b64decode_strict(challenge).decode("utf-8"))
-    except (SaslError, UnicodeDecodeError, ValueError):
+    except (SaslError, UnicodeDecodeError, ValueError, RecursionError):  # "[[[[..." nests too deep
         return {}
     return data if isinstance(data, dict) else {}
