@@ -101,14 +101,21 @@ class TokenStore:
                 f"move {self.path} away and re-authorise every mailbox.")
         self._ensure_dir()
         key = Fernet.generate_key()
+        # Written whole to a temp file, then linked into place: link() fails if the key exists, so
+        # a process that loses the race reads the winner's complete key, never an empty new file.
+        tmp = self.key_path.with_name(f".{self.key_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(key + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, self.key_path)
         except FileExistsError:  # another process created it just now
             return self._check_key(self.key_path.read_bytes().strip(), str(self.key_path))
-        with os.fdopen(fd, "wb") as f:
-            f.write(key + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         return key
 
     @staticmethod
