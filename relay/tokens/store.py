@@ -90,10 +90,9 @@ class TokenStore:
             return self._check_key(os.environ[KEY_ENV].encode(), f"${KEY_ENV}")
         cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
         if cred_dir and (Path(cred_dir) / "store-key").is_file():
-            p = Path(cred_dir) / "store-key"
-            return self._check_key(p.read_bytes().strip(), str(p))
+            return self._key_file(Path(cred_dir) / "store-key")
         if self.key_path.is_file():
-            return self._check_key(self.key_path.read_bytes().strip(), str(self.key_path))
+            return self._key_file(self.key_path)
         if self.path.exists():
             raise StoreError(
                 f"{self.path} exists but its key {self.key_path} is missing: restore the key file "
@@ -112,11 +111,21 @@ class TokenStore:
                 os.fsync(f.fileno())
             os.link(tmp, self.key_path)
         except FileExistsError:  # another process created it just now
-            return self._check_key(self.key_path.read_bytes().strip(), str(self.key_path))
+            return self._key_file(self.key_path)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store key {self.key_path}: {exc.strerror}") from None
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         return key
+
+    def _key_file(self, path: Path) -> bytes:
+        try:
+            key = path.read_bytes().strip()
+        except OSError as exc:
+            raise StoreError(f"cannot read the store key {path}: {exc.strerror}; it must be readable "
+                             f"by the user relay365 runs as") from None
+        return self._check_key(key, str(path))
 
     @staticmethod
     def _check_key(key: bytes, where: str) -> bytes:
