@@ -164,7 +164,8 @@ class TokenStore:
             raise StoreError(f"{self.path} is damaged (not valid JSON after decryption); restore it "
                              f"from backup or move it away and re-authorise every mailbox") from None
         if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION:
-            raise StoreError(f"{self.path}: unknown format version {data.get('version')!r}")
+            version = data.get("version") if isinstance(data, dict) else None
+            raise StoreError(f"{self.path}: unknown format version {version!r}")
         return data.get("accounts", {})
 
     def _key_source(self) -> str:
