@@ -43,6 +43,13 @@ def _value(field: bytes) -> str:
     return re.sub(r"\r?\n[ \t]", " ", raw.decode("utf-8", "replace")).strip()
 
 
+def _formataddr(display: str, address: str) -> str:
+    """formataddr, which raises on a non-ASCII address; RFC 6532 (SMTPUTF8) headers carry one as is."""
+    if address.isascii():
+        return formataddr((display, address))
+    return formataddr((display, ""))[:-2] + f"<{address}>" if display else address
+
+
 def rewrite_from(message: bytes, mailbox: str) -> bytes:
     fields, rest = split_headers(message)
     eol = b"\n" if fields and not fields[0].endswith(b"\r\n") else b"\r\n"
@@ -51,10 +58,10 @@ def rewrite_from(message: bytes, mailbox: str) -> bytes:
     display, address = original[0] if original else ("", "")
     index = fields.index(froms[0]) if froms else 0  # the new From goes where the first one was
     out = [f for f in fields if _name(f) != b"from"]
-    out.insert(index, b"From: " + formataddr((display, mailbox)).encode("utf-8") + eol)
+    out.insert(index, b"From: " + _formataddr(display, mailbox).encode("utf-8") + eol)
     has_reply_to = any(_name(f) == b"reply-to" for f in fields)
     if address and address.lower() != mailbox.lower() and not has_reply_to:
-        out.insert(index + 1, b"Reply-To: " + formataddr((display, address)).encode("utf-8") + eol)
+        out.insert(index + 1, b"Reply-To: " + _formataddr(display, address).encode("utf-8") + eol)
     if not rest.startswith((b"\r\n", b"\n")):
         rest = eol + rest  # a message that was all headers still needs the blank line
     return b"".join(out) + rest
