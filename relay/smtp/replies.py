@@ -16,6 +16,7 @@ AUTH_BLOCKED = "454 4.7.0 Too many failed logins from this client or for this us
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections; try again later"
 SESSION_TIME_LIMIT = "421 4.4.2 Session time limit reached; closing"
 AUTH_TLS_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
+UNEXPECTED_REPLY = "451 4.4.0 Unexpected reply from Office 365; try again later"
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -26,7 +27,7 @@ def one_line(text: str, limit: int = 400) -> str:
 def upstream_reply(code: int, text: str) -> str:
     """An upstream SMTP reply, passed on. Codes outside 2xx-5xx become a 451."""
     if not 200 <= code <= 599:
-        return "451 4.4.0 Unexpected reply from Office 365; try again later"
+        return UNEXPECTED_REPLY
     return f"{code} {one_line(text) or 'No text'}"
 
 
@@ -41,7 +42,7 @@ def for_exception(exc: BaseException) -> str:
         return "451 4.7.0 Office 365 refused the relay's login" + (
             f": {one_line(exc.text, 200)}" if exc.text else "") + "; try again later"
     if isinstance(exc, UpstreamError):
-        if exc.code is not None:
-            return upstream_reply(exc.code, exc.text)
+        if exc.code is not None:  # a failure passed on as 2xx/3xx would tell the client it worked
+            return upstream_reply(exc.code, exc.text) if 400 <= exc.code <= 599 else UNEXPECTED_REPLY
         return "451 4.4.1 Office 365 cannot be reached right now; try again later"
     return INTERNAL_ERROR
