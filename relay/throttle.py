@@ -70,7 +70,8 @@ class AuthThrottle:
             if n >= self.policy.block_after and rec.blocked_until <= now:
                 rec.blocked_until = now + self.policy.block_seconds
                 blocked, reason = True, reason or kind
-        delay = min(self.policy.base_delay * 2 ** (worst - 1), self.policy.max_delay)
+        # 2**(n-1) as a float overflows past n = 1024 (a loose block_after); 64 doublings is plenty
+        delay = min(self.policy.base_delay * 2 ** min(worst - 1, 64), self.policy.max_delay)
         return Verdict(blocked, delay, reason)
 
     def succeeded(self, ip: str, user: str) -> None:
