@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from aiosmtpd.proxy_protocol import V2_CMD
+
 PROXY_TIMEOUT = 10.0  # seconds for the header to arrive
 
 
@@ -24,7 +26,13 @@ def is_trusted(peer: str, networks) -> bool:
 
 
 def real_client(proxy_data) -> str | None:
-    """The client address a valid header carries; None for LOCAL or an invalid header."""
-    if proxy_data is None or not proxy_data.valid or proxy_data.src_addr is None:
+    """The client address a valid header carries; None for LOCAL, UNKNOWN, a unix socket or an
+    invalid header (the proxy's own address then stands)."""
+    if proxy_data is None or not proxy_data.valid:
         return None
+    # v2 LOCAL may still carry an address block; the spec says to ignore it (aiosmtpd parses it)
+    if proxy_data.version == 2 and proxy_data.command == V2_CMD.LOCAL:
+        return None
+    if not isinstance(proxy_data.src_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return None  # AF_UNIX gives 108 bytes of path, not an address for networks and limits
     return str(proxy_data.src_addr)
