@@ -57,8 +57,9 @@ NEEDS_AUTH_ERRORS = {"invalid_grant", "interaction_required", "consent_required"
 
 
 def first_code(result: dict) -> int | None:
-    codes = result.get("error_codes") or []
-    if codes and isinstance(codes[0], int):
+    codes = result.get("error_codes")
+    # msal passes on whatever JSON the endpoint (or a proxy in front of it) sent: check the shape
+    if isinstance(codes, list) and codes and type(codes[0]) is int:
         return codes[0]
     m = re.match(r"AADSTS(\d+)", str(result.get("error_description", "")))
     return int(m.group(1)) if m else None
