@@ -57,6 +57,8 @@ def rewrite_from(message: bytes, mailbox: str) -> bytes:
     original = getaddresses([_value(froms[0])]) if froms else []
     display, address = original[0] if original else ("", "")
     index = fields.index(froms[0]) if froms else 0  # the new From goes where the first one was
+    if index == 0 and fields and fields[0][:1] in (b" ", b"\t"):
+        index = 1  # a stray continuation line first: before it, it would fold into our From
     out = [f for f in fields if _name(f) != b"from"]
     out.insert(index, b"From: " + _formataddr(display, mailbox).encode("utf-8") + eol)
     has_reply_to = any(_name(f) == b"reply-to" for f in fields)
