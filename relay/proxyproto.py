@@ -33,6 +33,9 @@ def real_client(proxy_data) -> str | None:
     # v2 LOCAL may still carry an address block; the spec says to ignore it (aiosmtpd parses it)
     if proxy_data.version == 2 and proxy_data.command == V2_CMD.LOCAL:
         return None
-    if not isinstance(proxy_data.src_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+    ip = proxy_data.src_addr
+    if not isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return None  # AF_UNIX gives 108 bytes of path, not an address for networks and limits
-    return str(proxy_data.src_addr)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped  # one IPv4 client is one key for limits and throttling, and readable in logs
+    return str(ip)
