@@ -39,6 +39,21 @@ _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB":
           "MIB": 1024**2, "G": 1024**3, "GB": 1024**3, "GIB": 1024**3}
 
 
+def _check_ranges(obj, positive: tuple[str, ...] = (), at_least_one: tuple[str, ...] = (),
+                  not_negative: tuple[str, ...] = ()) -> None:
+    """A dataclass's own range check; the loader reports the ValueError with the section's line."""
+    for name in positive:
+        value = getattr(obj, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name}: must be more than 0 (got {value})")
+    for name in at_least_one:
+        if getattr(obj, name) < 1:
+            raise ValueError(f"{name}: must be at least 1 (got {getattr(obj, name)})")
+    for name in not_negative:
+        if getattr(obj, name) < 0:
+            raise ValueError(f"{name}: must not be negative (got {getattr(obj, name)})")
+
+
 def parse_size(text: str) -> int:
     """`35MB` -> bytes. Units are binary (Exchange's 35 MB limit is 36,700,160 bytes)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
@@ -122,6 +137,9 @@ class UpstreamConfig:
     # same mailbox (saves a TLS handshake and an XOAUTH2 login per message); 0 turns it off
     smtp_pool_idle: float = 30.0
 
+    def __post_init__(self) -> None:
+        _check_ranges(self, positive=("connect_timeout", "timeout"), not_negative=("smtp_pool_idle",))
+
 
 @dataclass(frozen=True)
 class AccountConfig:
@@ -169,6 +187,9 @@ class SmtpConfig:
     timeout: float = 300.0  # RFC 5321 s.4.5.3.2.7: a server SHOULD wait at least 5 minutes
     max_session_time: float = 3600.0  # a whole session, however busy; then 421 and close
 
+    def __post_init__(self) -> None:
+        _check_ranges(self, positive=("max_message_size", "timeout", "max_session_time"))
+
 
 @dataclass(frozen=True)
 class ImapConfig:
@@ -186,6 +207,11 @@ class ImapConfig:
     idle_timeout: float = 1900.0  # RFC 9051 s.5.4: at least 30 minutes; IDLE clients re-issue at 29
     max_session_time: float | None = None  # seconds; None: IDLE clients may stay for days
 
+    def __post_init__(self) -> None:
+        _check_ranges(self, positive=("login_timeout", "idle_timeout", "max_session_time"),
+                      at_least_one=() if self.max_sessions_per_mailbox is None
+                      else ("max_sessions_per_mailbox",))
+
 
 @dataclass(frozen=True)
 class LimitsConfig:
@@ -198,6 +224,12 @@ class LimitsConfig:
     auth_block_after: int = 10  # failures within auth_window, per client IP and per username
     auth_block_seconds: float = 900.0
     auth_window: float = 900.0
+
+    def __post_init__(self) -> None:
+        _check_ranges(self, at_least_one=("max_connections", "max_connections_per_ip",
+                                          "auth_block_after"),
+                      positive=("auth_block_seconds", "auth_window"),
+                      not_negative=("auth_failure_delay", "auth_max_delay"))
 
 
 @dataclass(frozen=True)
@@ -243,17 +275,23 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
     path = Path(path)
     if text is None:
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"],
+                              str(path)) from None
     loader = Loader(str(path))
     config = loader.load(text, Config)
+    from dataclasses import replace
+
+    for section, default in (("smtp", SmtpConfig), ("imap", ImapConfig), ("http", HttpConfig)):
+        if getattr(config, section) is None and loader.line(section) is not None:
+            config = replace(config, **{section: default()})  # `smtp:` alone: the defaults
     problems = list(_cross_check(config, loader))
     if problems:
         raise ConfigError(problems, str(path))
     state_dir = config.state_dir if config.state_dir.is_absolute() else path.parent / config.state_dir
-    from dataclasses import replace
-
     upstream = config.upstream
     kinds = {"consumers" if a.tenant == "consumers" else a.cloud for a in config.apps.values()}
     if len(kinds) == 1 and (kind := kinds.pop()) != "global":
@@ -317,6 +355,10 @@ def _cross_check(c: Config, loader: Loader):
             if n.network.prefixlen == 0:
                 yield (f"{p}.network: {n.network} would let the whole Internet send without a "
                        f"password (an open relay); list your LAN's networks{at(p + '.network')}")
+            elif n.network.prefixlen < (8 if n.network.version == 4 else 16) and not n.network.is_private:
+                yield (f"{p}.network: {n.network} would let a large part of the Internet send "
+                       f"without a password (an open relay); list your LAN's networks (public "
+                       f"ranges at most a /{8 if n.network.version == 4 else 16}){at(p + '.network')}")
     for p, entry in [(f"users[{i}]", u) for i, u in enumerate(c.users)] + (
             [(f"smtp.unauthenticated[{i}]", n) for i, n in enumerate(c.smtp.unauthenticated)]
             if c.smtp else []):

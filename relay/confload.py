@@ -117,8 +117,10 @@ class Loader:
                   if f.init and not f.metadata.get("internal")}  # e.g. Config.source: set by us
         hints = typing.get_type_hints(tp)
         values: dict[str, Any] = {}
+        value_nodes: dict[str, yaml.Node] = {}
         failed = False
         for key, value_node in self._pairs(node, path):
+            value_nodes[key] = value_node
             sub = f"{path}.{key}" if path else key
             if key not in fields:
                 self.error(sub, f"unknown key{_suggest(key, fields)}", value_node)
@@ -138,7 +140,11 @@ class Loader:
         try:
             return tp(**values)
         except ValueError as exc:  # a dataclass's own __post_init__ check
-            self.error(path, str(exc), node)
+            name, sep, rest = str(exc).partition(": ")
+            if sep and name in value_nodes:  # "field: problem" -> the field's path and line
+                self.error(f"{path}.{name}" if path else name, rest, value_nodes[name])
+            else:
+                self.error(path, str(exc), node)
             return _FAIL
 
     def _pairs(self, node: yaml.MappingNode, path: str):

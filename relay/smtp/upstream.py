@@ -27,7 +27,7 @@ _NETWORK = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError,
 
 def _reply_error(exc: aiosmtplib.SMTPResponseException, what: str) -> UpstreamError:
     return UpstreamError(f"upstream refused {what}", code=exc.code, text=exc.message,
-                         transient=400 <= exc.code < 500)
+                         transient=not 500 <= exc.code < 600)  # only a 5xx is final
 
 
 class UpstreamSMTP:

@@ -514,10 +514,55 @@ def test_any_tree_gives_a_config_or_config_errors(tmp_path_factory, edits):
             else:
                 break
         else:
-            if isinstance(node, dict) or (isinstance(node, list) and path[-1] < len(node)):
+            if isinstance(node, dict) or (isinstance(node, list) and isinstance(path[-1], int)
+                                          and path[-1] < len(node)):
                 node[path[-1]] = value
     text = yaml.safe_dump(data, allow_unicode=True)
     try:
         load_config(tmp_path_factory.getbasetemp() / "c.yaml", text=text)
     except ConfigError as err:
         assert err.problems and all(p and "\n" not in p for p in err.problems), err.problems
+
+
+# -- ranges, empty sections, encodings, wide networks ----------------------------------------------
+
+@pytest.mark.parametrize("extra, expected", [
+    ("limits:\n  max_connections: 0\n", "limits.max_connections: must be at least 1 (got 0) (line 17)"),
+    ("limits:\n  auth_window: -5\n", "limits.auth_window: must be more than 0 (got -5.0) (line 17)"),
+    ("imap:\n  idle_timeout: 0\n", "imap.idle_timeout: must be more than 0 (got 0.0) (line 17)"),
+    ("upstream:\n  smtp_pool_idle: -1\n", "upstream.smtp_pool_idle: must not be negative (got -1.0) (line 17)"),
+])
+def test_ranges_name_the_key_and_its_line(tmp_path, extra, expected):
+    assert GOOD.count("\n") == 15  # so the added section starts on line 16
+    assert problems(GOOD + extra, tmp_path) == [expected]
+
+
+def test_zero_message_size_is_refused(tmp_path):
+    found = problems(GOOD.replace("max_message_size: 10MB", "max_message_size: 0"), tmp_path)
+    assert found == ["smtp.max_message_size: must be more than 0 (got 0) (line 12)"]
+
+
+def test_an_empty_section_means_its_defaults(tmp_path):
+    c = load_config(tmp_path / "c.yaml", text=GOOD + "imap:\nhttp:\n")
+    assert c.imap is not None and c.imap.idle_timeout == 1900.0
+    assert c.http is not None and c.http.listen.port == 9465
+
+
+def test_a_file_that_is_not_utf8_is_one_clear_problem(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(GOOD.encode() + b"# caf\xe9\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.problems == [f"not UTF-8 text (byte {len(GOOD.encode()) + 5}); save the file as UTF-8"]
+
+
+@pytest.mark.parametrize("network, refused", [
+    ("0.0.0.0/1", True), ("128.0.0.0/1", True), ("64.0.0.0/7", True), ("::/1", True),
+    ("10.0.0.0/8", False), ("172.16.0.0/12", False), ("fd00::/8", False), ("198.51.100.0/24", False),
+])
+def test_wide_public_networks_are_an_open_relay(tmp_path, network, refused):
+    text = GOOD.replace("192.168.10.0/24", network)
+    if refused:
+        assert "open relay" in problems(text, tmp_path)[0]
+    else:
+        load_config(tmp_path / "c.yaml", text=text)
