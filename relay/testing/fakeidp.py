@@ -15,10 +15,14 @@ Requests are matched against `routes`, a table of (method, path regex, handler);
 routes (`/{tenant}/v2.0/.well-known/openid-configuration` and `/{tenant}/oauth2/v2.0/token`); Dovecot's
 oauth2 passdb uses `/introspect` (RFC 7662) and `/grant` (its password grant). `relay365 auth` uses
 the interactive ones: `/{tenant}/oauth2/v2.0/authorize` (the browser's side: it "signs in" as
-`sign_in_as`, default the `login_hint`, and redirects back with a code, or with `authorize_error`)
-with the `authorization_code` grant (PKCE S256 checked, codes single-use and short-lived), and
-`/{tenant}/oauth2/v2.0/devicecode` with the device-code grant, which answers `authorization_pending`
-until a test calls `approve_device` (or `decline_device`).
+`sign_in_as`, default the `login_hint`, and redirects back with a code, or with `authorize_error`;
+the app's registered `redirect_uris` are checked as Entra ID does) with the `authorization_code`
+grant (PKCE S256 checked, codes single-use, bound to app and redirect URI, and dead after
+`auth_code_lifetime`), and `/{tenant}/oauth2/v2.0/devicecode` with the device-code grant, which
+answers `authorization_pending` until a test calls `approve_device` (or `decline_device`), and
+`expired_token` after `device_code_lifetime`. Tokens for a signed-in user come with an unsigned
+JWT-shaped `id_token` (msal reads its claims without checking a signature) and, when msal asks,
+`client_info`, so msal knows the account.
 
 Error replies have the shape of Entra ID's (`error`, `AADSTSnnnnn: ...` description, `error_codes`,
 `timestamp`, `trace_id`, `correlation_id`), because msal passes them through to its caller as a dict.
@@ -42,7 +46,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote_plus, urlencode
+from urllib.parse import unquote_plus, urlencode, urlsplit
 
 from .jsonhttps import DROP, JSONHTTPSServer, Reply, Request, Route, route
 
@@ -59,6 +63,8 @@ _DESCRIPTIONS = {
     70019: "Verification code expired.",
     50126: "Error validating credentials due to invalid username or password.",
     9002313: "Invalid request. Request is malformed or invalid.",
+    900144: "The request body must contain the following parameter: 'scope'.",
+    50058: "A silent sign-in request was sent but no user is signed in.",
     54005: "OAuth2 Authorization code was already redeemed, please retry with a new valid code.",
     501481: "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
     50011: "The redirect URI specified in the request does not match the redirect URIs configured.",
@@ -83,6 +89,7 @@ class LoggedRequest:
 class _Client:
     secret: str | None
     app_mailboxes: frozenset[str]
+    redirect_uris: frozenset[str] | None = None  # None: any redirect URI is registered
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,19 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _redirect_registered(client: _Client, uri: str) -> bool:
+    if not uri:
+        return False
+    if client.redirect_uris is None or uri in client.redirect_uris:
+        return True
+    # a loopback redirect URI matches whatever port it comes with (RFC 8252 s.7.3)
+    asked = urlsplit(uri)
+    if asked.scheme != "http" or asked.hostname not in ("localhost", "127.0.0.1"):
+        return False
+    return any(u.scheme == "http" and u.hostname == asked.hostname
+               and (u.path or "/") == (asked.path or "/") for u in map(urlsplit, client.redirect_uris))
+
+
 def _oid(mailbox: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "mailbox:" + mailbox.lower()))
 
@@ -167,8 +187,8 @@ class FakeIdP:
         self.sign_in_as: str | None = None  # who signs in at /authorize (None: the login_hint)
         self.authorize_error: tuple[str, int] | None = None  # (error, AADSTS code) for /authorize
         self.device_code_lifetime = 900
+        self.auth_code_lifetime = 600  # Entra ID's codes live about ten minutes
         self.device_interval = 1
-        self.authorize_requests: list[dict[str, str]] = []  # the query of each /authorize
         self.routes: list[Route] = [
             Route("GET", re.compile(r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration"),
                   self._openid_configuration),
@@ -211,9 +231,14 @@ class FakeIdP:
     # -- state and controls -----------------------------------------------------------------
 
     def add_client(self, client_id: str, secret: str | None = None,
-                   app_mailboxes: list[str] | tuple[str, ...] = ()) -> None:
+                   app_mailboxes: list[str] | tuple[str, ...] = (),
+                   redirect_uris: list[str] | tuple[str, ...] | None = None) -> None:
+        """Register an app. `redirect_uris` as in the app registration (None: accept any); like
+        Entra ID, a registered `http://localhost` (or 127.0.0.1) URI matches any port."""
         with self._lock:
-            self._clients[client_id] = _Client(secret, frozenset(m.lower() for m in app_mailboxes))
+            self._clients[client_id] = _Client(
+                secret, frozenset(m.lower() for m in app_mailboxes),
+                None if redirect_uris is None else frozenset(redirect_uris))
 
     def issue_refresh_token(self, mailbox: str, scopes: list[str] | None = None,
                             client_id: str | None = None) -> str:
@@ -238,12 +263,18 @@ class FakeIdP:
     def approve_device(self, user_code: str, as_user: str) -> None:
         """The user entered `user_code` at the verification page and signed in as `as_user`."""
         with self._lock:
-            dc = next(d for d in self._devices.values() if d.user_code == user_code)
-            dc.mailbox = as_user
+            self._device(user_code).mailbox = as_user
 
     def decline_device(self, user_code: str) -> None:
+        """The user entered `user_code` and then refused the sign-in."""
         with self._lock:
-            next(d for d in self._devices.values() if d.user_code == user_code).declined = True
+            self._device(user_code).declined = True
+
+    def _device(self, user_code: str) -> _DeviceCode:
+        for dc in self._devices.values():
+            if dc.user_code == user_code:
+                return dc
+        raise KeyError(f"no pending device code {user_code!r}")
 
     def valid_token(self, token: str, mailbox: str | None = None) -> bool:
         """Is `token` a live access token, and (if `mailbox` is given) may it open that mailbox?"""
@@ -267,6 +298,7 @@ class FakeIdP:
             self.introspections = 0
             self.password_grants = 0
             self.request_log: list[LoggedRequest] = []
+            self.authorize_requests: list[dict[str, str]] = []  # the query of each /authorize
 
     def _may_open(self, at: _AccessToken | None, mailbox: str | None) -> bool:
         if at is None or at.expires_at <= self.clock():
@@ -420,39 +452,52 @@ class FakeIdP:
         return self._user_tokens(req, dc.mailbox, client_id, dc.scopes)
 
     def _authorize(self, req: Request) -> Reply:
-        """The browser's half of the code flow: sign-in and consent are instant, then a 302."""
+        """The browser's half of the code flow: sign-in and consent are instant, then a 302.
+
+        Like Entra ID, an unknown app or an unregistered redirect URI gets an error page (400),
+        never a redirect; every other problem goes back to the redirect URI as error=...; the
+        parameters come back in the query, or in the fragment with response_mode=fragment."""
         q = req.form
         with self._lock:
             self.authorize_requests.append(dict(q))
             client = self._clients.get(q.get("client_id", ""))
         redirect = q.get("redirect_uri", "")
-        if client is None or not redirect:
-            # Entra ID shows an error page rather than redirecting to an unverified address
-            return Reply(400, {"error": "invalid_request", "error_codes": [700016]})
-        sep = "&" if "?" in redirect else "?"
+        if client is None:
+            return self._error(req, _OAuthError("unauthorized_client", 700016))
+        if not _redirect_registered(client, redirect):
+            return self._error(req, _OAuthError("invalid_request", 50011))
+        fragment = q.get("response_mode") == "fragment"
+        state = q.get("state")
+        echo = {"state": state} if state is not None else {}
 
         def back(params: dict) -> Reply:
-            return Reply(302, None, {"Location": redirect + sep + urlencode(params)})
+            query = urlencode({**params, **echo})
+            if fragment:
+                return Reply(302, None, {"Location": f"{redirect}#{query}"})
+            return Reply(302, None, {"Location": redirect + ("&" if "?" in redirect else "?") + query})
 
-        state = q.get("state")
-        extra = {"state": state} if state is not None else {}
+        def refuse(error: str, code: int, why: str | None = None) -> Reply:
+            return back({"error": error, "error_description":
+                         f"AADSTS{code}: {why or _DESCRIPTIONS.get(code, 'Injected failure.')}"})
+
         if self.authorize_error is not None:
-            error, code = self.authorize_error
-            return back({"error": error, "error_description": f"AADSTS{code}: "
-                         f"{_DESCRIPTIONS.get(code, 'Injected failure.')}", **extra})
-        if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256" \
-                or not q.get("code_challenge"):
-            return back({"error": "invalid_request", "error_description":
-                         "AADSTS9002313: PKCE with S256 and response_type=code are required", **extra})
+            return refuse(*self.authorize_error)
+        if q.get("response_type") != "code":
+            return refuse("unsupported_response_type", 9002313, "response_type must be code")
+        if not q.get("scope", "").split():
+            return refuse("invalid_request", 900144)
+        if not q.get("code_challenge") or q.get("code_challenge_method") != "S256":
+            # Entra ID also takes plain PKCE or none for a confidential app; relay365 must use S256
+            return refuse("invalid_request", 9002313, "PKCE with code_challenge_method=S256 required")
         mailbox = self.sign_in_as or q.get("login_hint")
         if not mailbox:
-            return back({"error": "login_required", "error_description": "AADSTS50058: no user", **extra})
+            return refuse("login_required", 50058)
         code = secrets.token_urlsafe(48)
         with self._lock:
             self._codes[code] = _AuthCode(mailbox, q["client_id"], redirect, q["code_challenge"],
-                                          frozenset(q.get("scope", "").split()), q.get("nonce"),
-                                          self.clock() + 600)
-        return back({"code": code, **extra, "session_state": str(uuid.uuid4())})
+                                          frozenset(q["scope"].split()), q.get("nonce"),
+                                          self.clock() + self.auth_code_lifetime)
+        return back({"code": code, "session_state": str(uuid.uuid4())})
 
     def _devicecode(self, req: Request) -> Reply:
         client_id = req.form.get("client_id", "")

@@ -473,3 +473,203 @@ def test_device_code_declined_and_expired(idp, http):
     flow = app.initiate_device_flow(scopes=SCOPES)
     result = app.acquire_token_by_device_flow(flow)
     assert result["error"] == "expired_token" and 70019 in result["error_codes"], result
+
+
+# -- the interactive endpoints, checked by hand where msal would hide the detail ----------------
+
+NATIVE = "https://login.microsoftonline.com/common/oauth2/nativeclient"
+
+
+def authorize(idp, http, **params):
+    """GET /authorize with sensible defaults (a valid PKCE request), overridden by `params`;
+    a None value leaves the parameter out. Returns the response, redirects not followed."""
+    query = {"client_id": "conf-app", "response_type": "code", "redirect_uri": REDIRECT,
+             "scope": " ".join(SCOPES), "state": "st4te", "code_challenge": "x" * 43,
+             "code_challenge_method": "S256", "login_hint": "scanner@contoso.com", **params}
+    return http.get(f"{idp.url}/contoso.onmicrosoft.com/oauth2/v2.0/authorize",
+                    params={k: v for k, v in query.items() if v is not None}, allow_redirects=False)
+
+
+def redirected(response) -> dict:
+    from urllib.parse import parse_qsl, urlsplit
+
+    assert response.status_code == 302, response.text
+    return dict(parse_qsl(urlsplit(response.headers["Location"]).query))
+
+
+def test_openid_configuration_names_the_interactive_endpoints(idp, http):
+    doc = http.get(f"{idp.url}/contoso.onmicrosoft.com/v2.0/.well-known/openid-configuration").json()
+    base = f"{idp.url}/contoso.onmicrosoft.com/oauth2/v2.0"
+    assert doc["authorization_endpoint"] == f"{base}/authorize"
+    assert doc["device_authorization_endpoint"] == f"{base}/devicecode"
+    assert doc["token_endpoint"] == f"{base}/token"
+
+
+def test_authorize_shows_an_error_page_for_an_unknown_app_or_redirect_uri(idp, http):
+    idp.add_client("registered", redirect_uris=["http://localhost", NATIVE])
+    unknown = authorize(idp, http, client_id="nobody")
+    assert unknown.status_code == 400 and unknown.json()["error_codes"] == [700016]
+    for uri in ("https://evil.test/", "http://localhost:8400/elsewhere", "https://localhost:8400/",
+                NATIVE + "x", None):
+        page = authorize(idp, http, client_id="registered", redirect_uri=uri)
+        assert page.status_code == 400 and page.json()["error_codes"] == [50011], uri
+        assert "Location" not in page.headers  # never sent to an address the app did not register
+    # a registered loopback URI matches any port, as in Entra ID; others must match exactly
+    assert "code" in redirected(authorize(idp, http, client_id="registered",
+                                          redirect_uri="http://localhost:51234/"))
+    assert "code" in redirected(authorize(idp, http, client_id="registered", redirect_uri=NATIVE))
+
+
+@pytest.mark.parametrize("params, error, code", [
+    ({"response_type": "token"}, "unsupported_response_type", 9002313),
+    ({"scope": None}, "invalid_request", 900144),
+    ({"code_challenge": None}, "invalid_request", 9002313),
+    ({"code_challenge_method": "plain"}, "invalid_request", 9002313),
+    ({"code_challenge_method": None}, "invalid_request", 9002313),
+    ({"login_hint": None}, "login_required", 50058),
+])
+def test_authorize_sends_request_errors_back_to_the_app(idp, http, params, error, code):
+    back = redirected(authorize(idp, http, **params))
+    assert back["error"] == error and back["error_description"].startswith(f"AADSTS{code}:")
+    assert back["state"] == "st4te" and "code" not in back
+
+
+def test_authorize_without_state_redirects_without_state(idp, http):
+    back = redirected(authorize(idp, http, state=None))
+    assert "code" in back and "state" not in back
+
+
+def test_authorize_fragment_response_mode(idp, http):
+    from urllib.parse import parse_qsl, urlsplit
+
+    location = authorize(idp, http, response_mode="fragment").headers["Location"]
+    parts = urlsplit(location)
+    assert parts.query == "" and dict(parse_qsl(parts.fragment))["state"] == "st4te"
+
+
+def test_redirect_to_an_address_with_a_query_keeps_it(idp, http):
+    location = authorize(idp, http, redirect_uri="http://localhost:8400/cb?x=1").headers["Location"]
+    assert location.startswith("http://localhost:8400/cb?x=1&code=")
+
+
+def pkce() -> tuple[str, str]:
+    import hashlib
+    import secrets
+
+    verifier = secrets.token_urlsafe(43)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+    return verifier, challenge.decode()
+
+
+def redeem(idp, http, issued, verifier, **override):
+    form = {"grant_type": "authorization_code", "client_id": "conf-app", "client_secret": "s3cret",
+            "code": issued, "redirect_uri": REDIRECT, "code_verifier": verifier,
+            "scope": " ".join(SCOPES), **override}
+    return http.post(f"{idp.url}/contoso.onmicrosoft.com/oauth2/v2.0/token", data=form)
+
+
+@pytest.mark.parametrize("override, code", [
+    ({"redirect_uri": "http://localhost:9999/"}, 50011),
+    ({"code_verifier": ""}, 501481),
+    ({"client_id": "public-app", "client_secret": None}, 54005),  # a code is bound to its app
+    ({"code": "made-up"}, 54005),
+])
+def test_auth_code_grant_refuses(idp, http, override, code):
+    verifier, challenge = pkce()
+    issued = redirected(authorize(idp, http, code_challenge=challenge))["code"]
+    response = redeem(idp, http, issued, verifier, **override)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_grant" and response.json()["error_codes"] == [code]
+
+
+def test_auth_code_is_single_use_even_after_a_failed_try(idp, http):
+    verifier, challenge = pkce()
+    issued = redirected(authorize(idp, http, code_challenge=challenge))["code"]
+    assert redeem(idp, http, issued, "wrong").status_code == 400
+    assert redeem(idp, http, issued, verifier).json()["error_codes"] == [54005]
+
+
+def test_auth_code_expires(certs, http):
+    now = [1_000_000.0]
+    with FakeIdP(certs.cert_file, certs.key_file, clock=lambda: now[0]) as idp:
+        idp.add_client("conf-app", "s3cret")
+        idp.auth_code_lifetime = 60
+        verifier, challenge = pkce()
+        first = redirected(authorize(idp, http, code_challenge=challenge))["code"]
+        second = redirected(authorize(idp, http, code_challenge=challenge))["code"]
+        now[0] += 59
+        assert redeem(idp, http, first, verifier).status_code == 200
+        now[0] += 1
+        response = redeem(idp, http, second, verifier)
+        assert response.json()["error"] == "invalid_grant" and response.json()["error_codes"] == [70008]
+
+
+def claims_of(id_token: str) -> dict:
+    header, payload, signature = id_token.split(".")
+    pad = "=" * (-len(payload) % 4)
+    return json.loads(base64.urlsafe_b64decode(payload + pad))
+
+
+def test_auth_code_answer_carries_the_user_and_the_nonce(idp, http):
+    verifier, challenge = pkce()
+    issued = redirected(authorize(idp, http, code_challenge=challenge, nonce="n0nce"))["code"]
+    body = redeem(idp, http, issued, verifier, client_info="1").json()
+    assert {"access_token", "refresh_token", "id_token", "client_info", "expires_in"} <= set(body)
+    claims = claims_of(body["id_token"])
+    assert claims["preferred_username"] == "scanner@contoso.com" and claims["nonce"] == "n0nce"
+    assert claims["aud"] == "conf-app" and claims["tid"] == idp.tenant_id
+    assert claims["iss"] == f"{idp.url}/{idp.tenant_id}/v2.0" and claims["oid"]
+    info = json.loads(base64.urlsafe_b64decode(body["client_info"] + "=="))
+    assert info == {"uid": claims["oid"], "utid": idp.tenant_id}
+    assert idp.valid_token(body["access_token"], "scanner@contoso.com")
+    assert not idp.valid_token(body["access_token"], "other@contoso.com")
+    # the refresh token belongs to the app that signed in, and works
+    rt = body["refresh_token"]
+    other = public(idp, http).acquire_token_by_refresh_token(rt, SCOPES)
+    assert other["error"] == "invalid_grant"
+    assert "access_token" in confidential(idp, http).acquire_token_by_refresh_token(rt, SCOPES)
+
+
+def devicecode(idp, http, client_id="public-app"):
+    return http.post(f"{idp.url}/common/oauth2/v2.0/devicecode",
+                     data={"client_id": client_id, "scope": " ".join(SCOPES) + " openid"})
+
+
+def poll(idp, http, device_code, client_id="public-app"):
+    return http.post(f"{idp.url}/common/oauth2/v2.0/token", data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:device_code", "client_id": client_id,
+        "device_code": device_code})
+
+
+def test_device_code_answer_and_pending_poll(idp, http):
+    flow = devicecode(idp, http).json()
+    assert set(flow) >= {"user_code", "device_code", "verification_uri", "interval", "expires_in",
+                         "message"}
+    assert flow["expires_in"] == 900 and flow["user_code"] in flow["message"]
+    for _ in range(2):
+        pending = poll(idp, http, flow["device_code"])
+        assert pending.status_code == 400 and pending.json()["error"] == "authorization_pending"
+        assert pending.json()["error_codes"] == [70016]
+    idp.approve_device(flow["user_code"], as_user="other@contoso.com")
+    body = poll(idp, http, flow["device_code"]).json()
+    assert claims_of(body["id_token"])["preferred_username"] == "other@contoso.com"
+    assert idp.valid_token(body["access_token"], "other@contoso.com")
+    # redeemed once: the device code is gone
+    assert poll(idp, http, flow["device_code"]).json()["error"] == "invalid_grant"
+
+
+def test_device_code_refuses_unknown_apps_and_codes(idp, http):
+    assert devicecode(idp, http, client_id="nobody").json()["error_codes"] == [700016]
+    flow = devicecode(idp, http).json()
+    assert poll(idp, http, flow["device_code"], client_id="conf-app").status_code in (400, 401)
+    with pytest.raises(KeyError):
+        idp.approve_device("NOSUCHCODE", as_user="a@contoso.com")
+    with pytest.raises(KeyError):
+        idp.decline_device("NOSUCHCODE")
+
+
+def test_reset_counters_forgets_authorize_requests(idp, http):
+    authorize(idp, http)
+    assert len(idp.authorize_requests) == 1 and idp.request_log[-1].status == 302
+    idp.reset_counters()
+    assert idp.authorize_requests == []
