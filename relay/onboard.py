@@ -6,8 +6,9 @@ the daemon uses, so a running daemon picks it up at its next refresh without a r
 
 - the authorization-code flow with PKCE (default). msal builds the URL (PKCE verifier, `state`,
   `login_hint`, `prompt=select_account`) and checks `state` on the way back. With a
-  `http://localhost[:port]` redirect URI a one-shot listener on 127.0.0.1 catches the redirect; with
-  any other (e.g. the `nativeclient` page) the operator pastes the address the browser landed on.
+  `http://localhost[:port]` redirect URI a one-shot listener on 127.0.0.1 (bound before the URL is
+  shown; without a port, on a free one) catches the redirect; with any other (e.g. the
+  `nativeclient` page) the operator pastes the address the browser landed on.
 - `--device`: the device-code flow, for a server with no browser nearby.
 - `--refresh-token-stdin`: import a token obtained elsewhere; it is redeemed once to prove it works.
 
@@ -55,12 +56,47 @@ class Onboarding:
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
+    def close(self) -> None:
+        self.session.close()
+
     def _msal(self, call) -> dict:
         return call_msal(self.account.mailbox, self.app_cfg, self.session, self.cache, call)
 
     # -- the three ways in ---------------------------------------------------------------------
 
     def auth_code(self, redirect_uri: str, read_line=input) -> dict:
+        parsed = urllib.parse.urlsplit(redirect_uri)
+        if parsed.scheme == "http" and parsed.hostname in ("localhost", "127.0.0.1"):
+            # listening before the URL is shown: a busy port fails before anyone signs in
+            with _RedirectCatcher(parsed) as catcher:
+                flow = self._start_flow(catcher.redirect_uri)
+                port = urllib.parse.urlsplit(catcher.redirect_uri).port
+                self.say(f"Waiting for the browser to come back to {catcher.redirect_uri} ...\n"
+                         f"(browser on another machine? forward the port first: "
+                         f"ssh -L {port}:127.0.0.1:{port} THIS-SERVER)")
+                params = catcher.wait(LISTEN_TIMEOUT)
+        else:
+            flow = self._start_flow(redirect_uri)
+            self.say("After signing in, the browser lands on a (blank) page. Paste its full address:")
+            params = _pasted_params(read_line())
+        if "error" in params:
+            raise OnboardError(f"sign-in failed: {params.get('error')}: "
+                               f"{params.get('error_description', '')[:300]}")
+        if params.get("state") != flow.get("state"):
+            raise OnboardError("the redirect's state does not match this sign-in (a stale or "
+                               "forged redirect); start again")
+        try:
+            return self._msal(lambda a: a.acquire_token_by_auth_code_flow(flow, params))
+        except TokenError as exc:
+            if exc.error != "invalid_grant":
+                raise
+            # classify's advice is about refresh tokens; here it is the code of this sign-in
+            raise OnboardError(
+                f"{self.account.mailbox}: the sign-in's code was refused ({_code(exc)}: "
+                f"{exc.description[:200]}). A code works once and only for a few minutes: run "
+                f"relay365 auth again and paste (or let the browser return) promptly") from None
+
+    def _start_flow(self, redirect_uri: str) -> dict:
         from .tokens.msalapp import build_app
 
         app = build_app(self.app_cfg, self.session, self.cache)
@@ -75,57 +111,7 @@ class Onboarding:
             raise OnboardError(f"cannot start the sign-in: {flow.get('error_description', flow)}")
         self.say(f"Open this address in a browser and sign in as {self.account.mailbox}:\n\n"
                  f"  {flow['auth_uri']}\n")
-        parsed = urllib.parse.urlsplit(redirect_uri)
-        if parsed.scheme == "http" and parsed.hostname in ("localhost", "127.0.0.1"):
-            params = self._catch_redirect(parsed)
-        else:
-            self.say("After signing in, the browser lands on a (blank) page. Paste its full address:")
-            pasted = read_line().strip()
-            params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(pasted).query))
-            if not params:
-                params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(pasted).fragment))
-        if "error" in params:
-            raise OnboardError(f"sign-in failed: {params.get('error')}: "
-                               f"{params.get('error_description', '')[:300]}")
-        if params.get("state") != flow.get("state"):
-            raise OnboardError("the redirect's state does not match this sign-in (a stale or "
-                               "forged redirect); start again")
-        return self._msal(lambda a: a.acquire_token_by_auth_code_flow(flow, params))
-
-    def _catch_redirect(self, parsed: urllib.parse.SplitResult) -> dict:
-        got: dict = {}
-        done = threading.Event()
-        path = parsed.path or "/"
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                url = urllib.parse.urlsplit(self.path)
-                if url.path != path or not url.query:
-                    self.send_error(404)
-                    return
-                got.update(urllib.parse.parse_qsl(url.query))
-                body = b"relay365: sign-in received; you can close this tab.\n"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                done.set()
-
-            def log_message(self, *args) -> None:  # the query holds the code: never print it
-                pass
-
-        server = http.server.HTTPServer(("127.0.0.1", parsed.port or 80), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        self.say(f"Waiting for the browser to come back to {parsed.scheme}://{parsed.netloc}{path} ...")
-        try:
-            if not done.wait(LISTEN_TIMEOUT):
-                raise OnboardError(f"no sign-in came back within {int(LISTEN_TIMEOUT)} s")
-        finally:
-            server.shutdown()
-            server.server_close()
-        return got
+        return flow
 
     def device(self) -> dict:
         from .tokens.msalapp import build_app
@@ -144,7 +130,19 @@ class Onboarding:
                                f"{flow.get('error')}: {str(flow.get('error_description', ''))[:300]} "
                                f"(enable 'Allow public client flows' in the app registration)")
         self.say(flow.get("message") or f"Go to {flow['verification_uri']} and enter {flow['user_code']}")
-        return self._msal(lambda a: a.acquire_token_by_device_flow(flow))
+        try:
+            return self._msal(lambda a: a.acquire_token_by_device_flow(flow))
+        except TokenError as exc:
+            # classify's advice (about refresh tokens and app settings) does not fit these two
+            if exc.error == "authorization_declined":
+                raise OnboardError(f"{self.account.mailbox}: the sign-in with code {flow['user_code']} "
+                                   f"was declined (authorization_declined); nothing was stored") from None
+            if exc.error == "expired_token":
+                raise OnboardError(f"{self.account.mailbox}: the code {flow['user_code']} expired "
+                                   f"before anyone signed in with it ({_code(exc)}); run relay365 "
+                                   f"auth --device again and enter the new code within "
+                                   f"{int(flow.get('expires_in', 900)) // 60} minutes") from None
+            raise
 
     def import_token(self, refresh_token: Secret) -> dict:
         return self._msal(lambda a: a.acquire_token_by_refresh_token(refresh_token.reveal(), self.scopes))
@@ -173,6 +171,82 @@ class Onboarding:
             store.put(self.account.mailbox, Secret(rt),
                       seed_fingerprint=fingerprint(self.account.refresh_token))
         self.say(f"Stored a refresh token for {self.account.mailbox} in {store.path} (encrypted).")
+
+
+def _code(exc: TokenError) -> str:
+    return f"AADSTS{exc.code}" if isinstance(exc.code, int) else str(exc.code)
+
+
+def _pasted_params(pasted: str) -> dict:
+    """The answer's parameters from the address the operator pasted (query, else fragment)."""
+    pasted = pasted.strip()
+    if not pasted:
+        raise OnboardError("nothing was pasted; run relay365 auth again and paste the whole address "
+                           "the browser shows after signing in")
+    url = urllib.parse.urlsplit(pasted)
+    params = dict(urllib.parse.parse_qsl(url.query)) or dict(urllib.parse.parse_qsl(url.fragment))
+    if "code" not in params and "error" not in params:
+        raise OnboardError("the pasted text has no code in it; paste the whole address from the "
+                           "browser's address bar (it contains ?code=...&state=...), not the code "
+                           "alone or the page text")
+    return params
+
+
+class _RedirectCatcher:
+    """A one-shot HTTP listener on 127.0.0.1 for a `http://localhost[:port]` redirect URI.
+
+    Without a port it takes a free one: Entra ID accepts any port on a registered loopback
+    redirect URI (RFC 8252 s.7.3), and port 80 would need root."""
+
+    def __init__(self, parsed: urllib.parse.SplitResult) -> None:
+        self._got: dict = {}
+        self._done = threading.Event()
+        path = parsed.path or "/"
+        catcher = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                url = urllib.parse.urlsplit(self.path)
+                if url.path != path or not url.query or catcher._done.is_set():
+                    self.send_error(404)
+                    return
+                catcher._got.update(urllib.parse.parse_qsl(url.query))
+                body = b"relay365: sign-in received; you can close this tab.\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                catcher._done.set()
+
+            def log_message(self, *args) -> None:  # the query holds the code: never print it
+                pass
+
+        try:
+            self._server = http.server.HTTPServer(("127.0.0.1", parsed.port or 0), Handler)
+        except OSError as exc:
+            raise OnboardError(
+                f"cannot listen on 127.0.0.1:{parsed.port} for the browser's return: "
+                f"{exc.strerror or exc}; choose another port (--redirect-uri "
+                f"http://localhost:PORT/), or leave the port out to get a free one") from None
+        port = self._server.server_address[1]
+        self.redirect_uri = urllib.parse.urlunsplit(
+            (parsed.scheme, f"{parsed.hostname}:{port}", parsed.path, parsed.query, ""))
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True)
+
+    def __enter__(self) -> _RedirectCatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def wait(self, timeout: float) -> dict:
+        if not self._done.wait(timeout):
+            raise OnboardError(f"no sign-in came back within {int(timeout)} s")
+        return self._got
 
 
 def run_auth(config: Config, mailbox: str, *, device: bool, token_stdin: bool, verify: bool,
@@ -208,6 +282,8 @@ def run_auth(config: Config, mailbox: str, *, device: bool, token_stdin: bool, v
     except RelayError as exc:
         print(f"relay365: {exc}", file=sys.stderr)
         return 1
+    finally:
+        ob.close()
     if not verify:
         return 0
     from .checks import check_upstream
