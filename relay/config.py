@@ -252,6 +252,7 @@ class Config:
     drain_timeout: float = 30.0  # seconds sessions may take to finish on SIGTERM
     spool: SpoolConfig = SpoolConfig()  # state_dir/spool: delivery: spool and fallback: spool
     token_refresh_margin: float = 600.0  # Exchange HVE refuses tokens with under ~10 min left
+    token_keepalive: float = 3 * 86400.0  # redeem quiet refresh tokens this often (90-day inactivity limit)
     source: str = field(default="<memory>", metadata={"internal": True})
 
     def account(self, mailbox: str) -> AccountConfig | None:

@@ -42,8 +42,7 @@ RETRY_DELAYS = (0.5, 2.0)  # within one flight, for transient errors
 HOLD_MAX = 30.0  # seconds a failing account is held back between flights, at most
 NEEDS_AUTH_RECHECK = 300.0
 BACKGROUND_INTERVAL = 60.0
-KEEPALIVE_AGE = 3 * 86400.0
-STATUS_FILE = "accounts.json"  # redeem every refresh token at least this often (90-day inactivity)
+STATUS_FILE = "accounts.json"
 
 
 @dataclass(frozen=True)
@@ -101,13 +100,19 @@ class TokenManager:
     async def get(self, mailbox: str, *, rejected: Secret | None = None) -> AccessToken:
         """A token with at least `margin` left. `rejected`: the upstream refused this one, get another."""
         key = mailbox.lower()
+        if key in self.status:
+            self.status[key].last_use = self._clock()
+        return await self._get(key, rejected=rejected)
+
+    async def _get(self, key: str, *, rejected: Secret | None = None,
+                   force: bool = False) -> AccessToken:
+        """`get` without counting as use; `force`: redeem even if the cached token is fresh."""
         account = self.config.account(key)
         if account is None:
-            raise KeyError(mailbox)
+            raise KeyError(key)
         status = self.status[key]
-        status.last_use = self._clock()
         cached = self._cache.get(key)
-        if cached and cached.token != rejected and self._fresh(cached):
+        if cached and cached.token != rejected and not force and self._fresh(cached):
             return replace(cached, from_cache=True)
         if rejected is not None and cached is not None and cached.token == rejected:
             self._cache.pop(key, None)
@@ -253,24 +258,31 @@ class TokenManager:
     # -- keeping tokens alive ----------------------------------------------------------------
 
     async def maintain(self, interval: float = BACKGROUND_INTERVAL) -> None:
-        """Refresh ahead of expiry so logins never wait, and redeem quiet refresh tokens every few
-        days so the 90-day inactivity limit never bites. Runs until cancelled."""
+        """Refresh ahead of expiry so logins never wait, and redeem quiet refresh tokens every
+        `token_keepalive` so the 90-day inactivity limit never bites. Runs until cancelled.
+        The keeper's own refreshes do not count as use (`last_use` is a client's login)."""
         while True:
             for key, status in list(self.status.items()):
-                if self._due(key, status):
+                if self._due(key, status, interval):
                     try:
-                        await self.get(key)
+                        await self._get(key, force=True)
                     except (TokenError, KeyError):
                         pass  # already logged and recorded in status
             await self.save_status()  # last_use moves with every login; written once a minute
             await asyncio.sleep(interval)
 
-    def _due(self, key: str, status: AccountStatus) -> bool:
+    def _due(self, key: str, status: AccountStatus, interval: float) -> bool:
         now = self._clock()
         if status.error is not None and now < status.hold_until:
-            return False
+            # held back; but for needs-auth a look is free (no request unless `relay365 auth`
+            # stored a new refresh token meanwhile), so a re-authorised account recovers at once
+            return status.error.needs_auth
+        if status.error is not None or status.last_refresh is None:
+            return True
+        if now - status.last_refresh >= self.config.token_keepalive:
+            return True  # quiet for days: redeem the refresh token, whatever the access token's age
         cached = self._cache.get(key)
-        if cached is None:
-            return status.last_refresh is None or now - status.last_refresh > KEEPALIVE_AGE
-        # refresh a little before get() would have to, so no login ever waits for it
-        return cached.expires_at - now < self.config.token_refresh_margin + 2 * BACKGROUND_INTERVAL
+        # refresh a little before get() would have to (two rounds, at least two minutes ahead),
+        # so no login ever waits for it
+        lead = 2 * max(interval, BACKGROUND_INTERVAL)
+        return cached is None or cached.expires_at - now < self.config.token_refresh_margin + lead

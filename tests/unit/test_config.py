@@ -162,7 +162,7 @@ def replaced(old: str, new: str) -> str:
      "unauthenticated)", "zzz:"),
     (GOOD + "source: elsewhere.yaml\n", "source",
      "unknown key (allowed: accounts, apps, drain_timeout, http, imap, limits, log, smtp, spool, "
-     "state_dir, token_refresh_margin, upstream, users)", "source:"),
+     "state_dir, token_keepalive, token_refresh_margin, upstream, users)", "source:"),
     (replaced("  default: {client_id: x, tenant: t.test}\n",
               "  default: {client_id: x, tenant: t.test}\n  default: {client_id: y}\n"),
      "apps.default", "duplicate key", "client_id: y"),
