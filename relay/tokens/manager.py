@@ -248,12 +248,26 @@ class TokenManager:
         return out
 
     async def save_status(self) -> None:
-        """Write the snapshot to state_dir/accounts.json for `relay365 accounts` (best effort)."""
-        data = json.dumps({"written_at": self._clock(), "accounts": self.snapshot()}, indent=1)
+        """Write the snapshot to state_dir/accounts.json for `relay365 accounts` (best effort).
+
+        Accounts this manager has not dealt with keep what the file says about them: `relay365
+        auth` and `check --upstream` write here too, and must not blank out the daemon's view."""
         try:
-            await asyncio.to_thread(write_atomic, self.store.dir / STATUS_FILE, data.encode(), 0o600)
+            await asyncio.to_thread(self._write_status)
         except OSError as exc:
             log.warning("status_write_failed", error=exc.strerror)
+
+    def _write_status(self) -> None:
+        path = self.store.dir / STATUS_FILE
+        rows = self.snapshot()
+        try:
+            before = json.loads(path.read_text()).get("accounts", [])
+            kept = {r["mailbox"].lower(): r for r in before if isinstance(r, dict) and "mailbox" in r}
+        except (OSError, ValueError, AttributeError, TypeError):
+            kept = {}
+        rows = [kept.get(r["mailbox"].lower(), r) if r["state"] == "unknown" else r for r in rows]
+        data = json.dumps({"written_at": self._clock(), "accounts": rows}, indent=1)
+        write_atomic(path, data.encode(), 0o600)
 
     # -- keeping tokens alive ----------------------------------------------------------------
 

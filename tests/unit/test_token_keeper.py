@@ -10,6 +10,7 @@ import time
 import pytest
 
 from relay.config import load_config
+from relay.errors import TokenError
 from relay.onboard import Onboarding
 from relay.testing import make_test_certs
 from relay.testing.fakeidp import FakeIdP
@@ -223,3 +224,31 @@ def test_needs_auth_account_picks_up_relay365_auth_without_a_login(tmp_path, idp
             assert idp.token_requests == 2
 
     run(scenario())
+
+
+def test_a_second_process_does_not_wipe_the_daemons_status(tmp_path, idp, certs, clock):
+    """`relay365 auth` (its --verify) and `check --upstream` run a TokenManager of their own on the
+    daemon's state_dir. Writing accounts.json, they must not turn what the daemon knows about the
+    other accounts into 'unknown' for `relay365 accounts`."""
+    import json
+
+    other = "other@example.test"
+    cfg = make_config(tmp_path, idp, certs)
+    text = (tmp_path / "relay.yaml").read_text().replace(
+        "accounts: [", f'accounts: [{{mailbox: {other}, refresh_token: "{idp.issue_refresh_token(other)}"}}, ')
+    cfg = load_config(tmp_path / "relay.yaml", text=text)
+    daemon = TokenManager(cfg, TokenStore(cfg.state_dir), clock=clock, retry_delays=())
+    idp.fail_next(1, "invalid_grant", (70008,), retry_after=0)
+
+    async def scenario() -> None:
+        with pytest.raises(TokenError):
+            await daemon.get(other)  # needs-auth
+        await daemon.get(MAILBOX)
+        clock.now += 30
+        cli = TokenManager(cfg, TokenStore(cfg.state_dir), clock=clock, retry_delays=())
+        await cli.get(MAILBOX)  # writes accounts.json
+
+    run(scenario())
+    rows = {r["mailbox"]: r for r in json.loads((cfg.state_dir / "accounts.json").read_text())["accounts"]}
+    assert rows[other]["state"] == "needs-auth" and rows[other]["code"] == "AADSTS70008"
+    assert rows[MAILBOX]["state"] == "ok" and rows[MAILBOX]["last_refresh"] == clock.now
