@@ -159,7 +159,7 @@ def follow_to_localhost(location: str) -> int:
     assert parts.hostname == "localhost"
     conn = http.client.HTTPConnection("127.0.0.1", parts.port, timeout=10)
     try:
-        conn.request("GET", f"{parts.path}?{parts.query}")
+        conn.request("GET", f"{parts.path or '/'}?{parts.query}")  # as a browser sends it
         response = conn.getresponse()
         response.read()
         return response.status
@@ -278,3 +278,112 @@ def test_device_code_flow_with_a_confidential_app_is_refused_up_front(tmp_path, 
     proc = no_seed_config(tmp_path, pki, idp, upstream)
     code, out, err = AuthRun(proc.config_path, "--device").finish()
     assert code == 1 and "needs a public client app" in err and "Traceback" not in err
+
+
+def accounts_json(config_path) -> dict[str, dict]:
+    import json
+
+    result = subprocess.run([sys.executable, "-m", "relay", "accounts", "-c", str(config_path), "--json"],
+                            capture_output=True, text=True, timeout=30)
+    return {row["mailbox"]: row for row in json.loads(result.stdout)["accounts"]}
+
+
+def wait_accounts(config_path, check, timeout: float = 15) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = accounts_json(config_path)
+        if check(rows):
+            return rows
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.2)
+
+
+def test_reauthorising_a_dead_account_while_the_daemon_runs(tmp_path, pki, idp, upstream):
+    """The operator's everyday repair: relay365 accounts says needs-auth, relay365 auth fixes it,
+    the running daemon relays again, and the other accounts' state is not disturbed."""
+    other = f"other@{DOMAIN}"
+    config = relay_config(tmp_path, pki, idp, upstream, smtp={}, refresh_token="0.A-long-dead-token")
+    config["accounts"].append({"mailbox": other, "refresh_token": idp.issue_refresh_token(other)})
+    proc = RelayProcess(tmp_path, config)
+    proc.start()
+    try:
+        rows = wait_accounts(proc.config_path, lambda r: r[MAILBOX]["state"] == "needs-auth"
+                             and r[other]["state"] == "ok")
+        assert rows[MAILBOX]["code"] == "AADSTS70000" and "relay365 auth" in rows[MAILBOX]["action"]
+        run = AuthRun(proc.config_path)
+        run.answer(browser(pki, run.wait_line(AUTHORIZE).group(1)))
+        code, out, err = run.finish()
+        assert code == 0, out + err
+        assert "smtp: ok" in out and "imap: ok" in out
+        rows = accounts_json(proc.config_path)
+        assert rows[MAILBOX]["state"] == "ok" and rows[other]["state"] == "ok"
+        send_once_the_token_is_there(proc, upstream, f"after re-auth {uuid.uuid4()}")
+    finally:
+        proc.stop()
+
+
+def registered_client(proc, idp, client_id: str = "relay365-registered") -> None:
+    """An app whose registration lists its redirect URIs, as in Entra ID."""
+    idp.add_client(client_id, secret="registered-secret",
+                   redirect_uris=["http://localhost", "https://login.microsoftonline.com/common/oauth2/nativeclient"])
+    proc.config["apps"]["default"].update(client_id=client_id, client_secret="registered-secret")
+    proc.write_config()
+
+
+def test_auth_code_with_localhost_and_no_port_listens_on_a_free_one(tmp_path, pki, idp, upstream):
+    proc = no_seed_config(tmp_path, pki, idp, upstream)
+    registered_client(proc, idp)
+    run = AuthRun(proc.config_path, "--redirect-uri", "http://localhost", "--no-verify")
+    url = run.wait_line(AUTHORIZE).group(1)
+    port = int(run.wait_line(r"come back to http://localhost:(\d+) ").group(1))
+    assert port != 80 and parse_qs(urlsplit(url).query)["redirect_uri"] == [f"http://localhost:{port}"]
+    run.wait_line(rf"ssh -L {port}:127\.0\.0\.1:{port}")  # how to reach it from a laptop
+    assert follow_to_localhost(browser(pki, url)) == 200
+    code, out, err = run.finish()
+    assert code == 0, out + err
+    assert (tmp_path / "state" / "tokens.enc").exists()
+
+
+def test_auth_code_redirect_uri_the_app_did_not_register_stops_at_the_identity_platform(
+        tmp_path, pki, idp, upstream):
+    proc = no_seed_config(tmp_path, pki, idp, upstream)
+    registered_client(proc, idp)
+    run = AuthRun(proc.config_path, "--redirect-uri", "https://relay.example.test/callback", "--no-verify")
+    url = run.wait_line(AUTHORIZE).group(1)
+    parts = urlsplit(url)
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=10,
+                                       context=ssl.create_default_context(cafile=str(pki.ca_file)))
+    try:
+        conn.request("GET", f"{parts.path}?{parts.query}")
+        page = conn.getresponse()
+        assert page.status == 400 and b"AADSTS50011" in page.read()  # the browser shows this
+    finally:
+        conn.close()
+    code, _, err = run.finish()  # the operator gives up (end of input)
+    assert code == 1 and "nothing was pasted" in err and "Traceback" not in err
+
+
+def test_auth_code_for_a_national_cloud(tmp_path, pki, idp, upstream):
+    proc = no_seed_config(tmp_path, pki, idp, upstream)
+    proc.config["apps"]["default"]["cloud"] = "usgov"  # authority stays the fake IdP's URL
+    proc.write_config()
+    run = AuthRun(proc.config_path)
+    url = run.wait_line(AUTHORIZE).group(1)
+    scopes = set(parse_qs(urlsplit(url).query)["scope"][0].split())
+    assert scopes >= {"https://outlook.office365.us/IMAP.AccessAsUser.All",
+                      "https://outlook.office365.us/POP.AccessAsUser.All",
+                      "https://outlook.office365.us/SMTP.Send", "offline_access"}
+    assert not any("outlook.office.com" in s for s in scopes)
+    assert url.startswith(f"{idp.url}/contoso.test/oauth2/v2.0/authorize?")
+    run.answer(browser(pki, url))
+    code, out, err = run.finish()
+    assert code == 0, out + err
+    assert "smtp: ok" in out and "imap: ok" in out
+
+
+def test_device_code_nobody_enters_is_a_clear_failure(tmp_path, pki, idp, upstream):
+    proc = public_client_config(tmp_path, pki, idp, upstream)
+    idp.device_code_lifetime = 0
+    code, out, err = AuthRun(proc.config_path, "--device", "--no-verify").finish()
+    assert code == 1 and "expired before anyone signed in" in err and "--device" in err
+    assert "Traceback" not in err and not (tmp_path / "state" / "tokens.enc").exists()
