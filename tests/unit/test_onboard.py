@@ -356,3 +356,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("cloud, login", [("usgov", "https://login.microsoftonline.us"),
+                                          ("china", "https://login.partner.microsoftonline.cn")])
+def test_the_example_config_switched_to_a_national_cloud_signs_in_there(monkeypatch, cloud, login):
+    """An operator copies config.example.yaml and sets cloud: the authority must follow (an
+    uncommented example authority would keep sending them to the global login host)."""
+    from pathlib import Path
+
+    monkeypatch.setenv("RELAY365_CLIENT_SECRET", "x")
+    monkeypatch.setenv("SCANNER_RT", "y")
+    example = Path(__file__).resolve().parents[2] / "config.example.yaml"
+    text = example.read_text()
+    assert "    cloud: global " in text
+    config = load_config(example, text=text.replace("    cloud: global ", f"    cloud: {cloud} "))
+    assert config.apps["default"].authority_url.startswith(login + "/")
+    assert config.scopes_for(config.accounts[0])[0].startswith(
+        f"https://{config.apps['default'].scope_resource}/")
+    assert config.apps["default"].scope_resource != "outlook.office.com"
