@@ -17,7 +17,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+import structlog
+
 from .upstream import UpstreamSMTP
+
+log = structlog.get_logger("relay.smtp")
 
 
 @dataclass
@@ -61,6 +65,7 @@ class UpstreamPool:
         if not up.connected:
             return
         self._parked[key].append(_Parked(time.monotonic(), up))
+        log.info("upstream_parked", mailbox=key, parked=len(self))
         self._schedule()
 
     async def close_all(self) -> None:

@@ -309,8 +309,14 @@ def test_accounts_command_shows_needs_auth_with_code(make_relay, idp):
 def test_upstream_session_is_reused_by_the_next_client_of_the_mailbox(make_relay, upstream, idp):
     relay = make_relay(smtp={})
     subjects = [f"pooled {i} {uuid.uuid4()}" for i in range(3)]
-    for subject in subjects:  # three client sessions, one after the other, like a scanner
+    for i, subject in enumerate(subjects):  # three client sessions in turn, like a scanner
         send(relay.smtp_port, subject)
+        # the session is parked in the background after the client's QUIT: wait for it, or the
+        # next client may simply be quicker (and rightly get a new upstream session)
+        deadline = time.monotonic() + 10
+        while len(relay.find("upstream_parked")) < i + 1:
+            assert time.monotonic() < deadline, relay.log_text()
+            time.sleep(0.05)
     for subject in subjects:
         delivered(upstream, f"bob@{DOMAIN}", subject)
     assert len(relay.find("upstream_connected")) == 1
@@ -329,12 +335,15 @@ def test_a_parked_session_the_server_closed_is_replaced_transparently(tmp_path, 
         config["upstream"]["smtp"]["port"] = gate.port
         relay = make_relay(config)
         send(relay.smtp_port, f"first {uuid.uuid4()}")
+        relay.wait_log("upstream_parked")
         gate.shut()  # Office 365 drops the idle connection the relay parked
         gate.open()
         subject = f"after the drop {uuid.uuid4()}"
         send(relay.smtp_port, subject)  # the client never notices
         delivered(upstream, f"bob@{DOMAIN}", subject)
         assert len(relay.find("upstream_connected")) == 2
+        # the dead parked session was noticed when taken (the close had arrived) or on MAIL
+        assert not relay.find("upstream_reused") or relay.find("upstream_reuse_failed")
     finally:
         gate.shut()
 
