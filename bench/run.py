@@ -1,6 +1,6 @@
 """relay365 side by side with a direct connection and with email-oauth2-proxy, in one run.
 
-    .venv/bin/python -m bench.run [--reps 3] [--quick] [--no-emailproxy]
+    .venv/bin/python -m bench.run [--reps 3] [--quick] [--no-emailproxy] [--profile DIR]
 
 Starts the integration tests' upstream (real Dovecot IMAPS + Postfix submission, XOAUTH2 through
 the fake identity platform) on loopback, relay365 in front of it, and email-oauth2-proxy (PyPI
@@ -10,6 +10,10 @@ SSL_CERT_FILE). Each workload runs against each target interleaved (direct, rela
 direct, ...), several repetitions; the table has medians and the ratios relay/direct and
 relay/emailproxy. Numbers are for one machine at one time: quote them with the machine, never as
 a test.
+
+--profile DIR runs only relay365, sampled by py-spy (PyPI, installed into bench/.venv-profile on
+first use), during the FETCH, SMTP and IMAP login workloads; it writes collapsed stacks per workload
+into DIR (input for flamegraph.pl or speedscope) and prints where the relay's CPU went.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import concurrent.futures
 import imaplib
 import os
 import resource
+import signal
 import smtplib
 import socket
 import ssl
@@ -28,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import requests
@@ -46,10 +52,16 @@ DOMAIN = "example.test"
 MAILBOX = f"bench@{DOMAIN}"
 USER, PASSWORD = "bench", "bench-password"
 CLIENT_ID, SECRET = "bench-client", "bench-secret"
+# a second account used only by the token-count workload, so that its first token request falls
+# inside the count; emailproxy's app-only tokens carry no mailbox, so it gets its own client id
+TOK_MAILBOX, TOK_USER, TOK_CLIENT_ID = f"tokens@{DOMAIN}", "tokens", "bench-client-tokens"
+DIRECT_CLIENT_ID = "bench-direct"  # the direct clients' own app, so their token is counted apart
 CLIENT_TIMEOUT = 30  # a session that takes longer counts as failed
 FAILURES: dict[tuple[str, str], int] = {}  # (workload, target) -> sessions that failed
 EMAILPROXY_VENV = ROOT / "bench" / ".venv-emailproxy"
 EMAILPROXY_VERSION = "emailproxy==2026.7.3"
+PROFILE_VENV = ROOT / "bench" / ".venv-profile"
+PYSPY_VERSION = "py-spy==0.4.3"
 # Dovecot must hold 1,000 IDLE sessions of one user from one address (plus the other targets')
 DOVECOT_LIMITS = """
 default_process_limit = 1500
@@ -66,6 +78,21 @@ service imap {
   process_limit = 3000
 }
 """
+
+
+def count_issued_tokens(idp: FakeIdP) -> Counter:
+    """Count the access tokens the identity platform issues, by (mailbox, client id) for delegated
+    tokens and by client id for app-only tokens (which name no mailbox). The platform runs in this process; this
+    wraps its one place where a token is made, so every successful grant of every flow counts."""
+    issued: Counter = Counter()
+    make = idp._new_access_token
+
+    def counted(mailbox, client_id, scopes):
+        issued[(mailbox, client_id) if mailbox else client_id] += 1
+        return make(mailbox, client_id, scopes)
+
+    idp._new_access_token = counted
+    return issued
 
 
 def raise_fd_limit() -> None:
@@ -102,6 +129,13 @@ token_url = {idp}/bench/oauth2/v2.0/token
 oauth2_scope = https://outlook.office365.com/.default
 oauth2_flow = client_credentials
 client_id = {CLIENT_ID}
+client_secret = {SECRET}
+
+[{TOK_MAILBOX}]
+token_url = {idp}/bench/oauth2/v2.0/token
+oauth2_scope = https://outlook.office365.com/.default
+oauth2_flow = client_credentials
+client_id = {TOK_CLIENT_ID}
 client_secret = {SECRET}
 
 [emailproxy]
@@ -147,6 +181,9 @@ class World:
         self.idp = FakeIdP(self.pki.cert_file, self.pki.key_file).start()
         # app-only tokens of this client may open the bench mailbox (emailproxy's client_credentials)
         self.idp.add_client(CLIENT_ID, secret=SECRET, app_mailboxes=[MAILBOX])
+        self.idp.add_client(TOK_CLIENT_ID, secret=SECRET, app_mailboxes=[TOK_MAILBOX])
+        self.idp.add_client(DIRECT_CLIENT_ID, secret=SECRET)
+        self.issued = count_issued_tokens(self.idp)
         self.upstream = MailUpstream(workdir / "upstream", self.pki, f"{self.idp.url}/introspect",
                                      grant_url=f"{self.idp.url}/grant", domain=DOMAIN,
                                      dovecot_extra=DOVECOT_LIMITS)
@@ -160,8 +197,11 @@ class World:
             "upstream": {"smtp": {"host": "127.0.0.1", "port": self.upstream.smtp_port, "tls": "starttls"},
                          "imap": {"host": "127.0.0.1", "port": self.upstream.imap_port, "tls": "implicit"},
                          "ca_file": str(self.pki.ca_file)},
-            "accounts": [{"mailbox": MAILBOX, "refresh_token": self.idp.issue_refresh_token(MAILBOX)}],
-            "users": [{"username": USER, "password_hash": hash_password(PASSWORD), "mailbox": MAILBOX}],
+            "accounts": [{"mailbox": MAILBOX, "refresh_token": self.idp.issue_refresh_token(MAILBOX)},
+                         {"mailbox": TOK_MAILBOX, "refresh_token": self.idp.issue_refresh_token(TOK_MAILBOX)}],
+            "users": [{"username": USER, "password_hash": hash_password(PASSWORD), "mailbox": MAILBOX},
+                      {"username": TOK_USER, "password_hash": hash_password(PASSWORD),
+                       "mailbox": TOK_MAILBOX}],
             "smtp": {"listen": ["127.0.0.1:0"]},
             "limits": {"max_connections": 5000, "max_connections_per_ip": 5000},
         }
@@ -176,10 +216,10 @@ class World:
 
     def direct_token(self) -> str:
         if self._direct_token is None:
-            rt = self.idp.issue_refresh_token(MAILBOX)
+            rt = self.idp.issue_refresh_token(MAILBOX, client_id=DIRECT_CLIENT_ID)
             r = requests.post(f"{self.idp.url}/bench/oauth2/v2.0/token", verify=str(self.pki.ca_file),
                               data={"grant_type": "refresh_token", "refresh_token": rt,
-                                    "client_id": CLIENT_ID, "client_secret": SECRET,
+                                    "client_id": DIRECT_CLIENT_ID, "client_secret": SECRET,
                                     "scope": "https://outlook.office.com/SMTP.Send"})
             self._direct_token = r.json()["access_token"]
         return self._direct_token
@@ -356,9 +396,9 @@ def held_sessions(world, target, *, n: int, idle_seconds: float = 10.0) -> tuple
             await asyncio.wait_for(login(), CLIENT_TIMEOUT)
             held.append((reader, writer))
         except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
-            FAILURES[(f"{n} idle IMAP sessions", target)] = FAILURES.get(
-                (f"{n} idle IMAP sessions", target), 0) + 1
-            if len(FAILURES) < 50:
+            key = (f"{n} idle IMAP sessions", target)
+            FAILURES[key] = FAILURES.get(key, 0) + 1
+            if FAILURES[key] <= 3:  # the first few say why; the count is in the table's footer
                 print(f"  held session failed ({target}): {exc!r}"[:200], file=sys.stderr)
             writer.close()
 
@@ -381,6 +421,30 @@ def held_sessions(world, target, *, n: int, idle_seconds: float = 10.0) -> tuple
     return asyncio.run(run())
 
 
+def token_counts(world, proxies, scale) -> tuple[str, str, dict[str, float]]:
+    """Token endpoint requests per 1,000 IMAP logins (LOGIN + LOGOUT) of an account used by nothing
+    else, counted from the relay's start, so the first request is in the count. emailproxy does
+    ~4 logins/s, so it gets fewer logins and the count is scaled to 1,000."""
+    logins = {"relay": max(20, int(1000 * scale)), "emailproxy": max(20, int(200 * scale))}
+    key = {"relay": (TOK_MAILBOX, CLIENT_ID), "emailproxy": TOK_CLIENT_ID}
+    counts = {}
+    for t in proxies:
+        port = world.relay.imap_port if t == "relay" else world.emailproxy.imap_port
+        user = TOK_USER if t == "relay" else TOK_MAILBOX
+        done = 0
+        for _ in range(logins[t]):
+            try:
+                imap = imaplib.IMAP4("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
+                imap.login(user, PASSWORD)
+                imap.logout()
+                done += 1
+            except (OSError, imaplib.IMAP4.error):
+                FAILURES[("token requests", t)] = FAILURES.get(("token requests", t), 0) + 1
+        counts[t] = world.issued[key[t]] * 1000 / max(1, done)
+    return (f"Token requests per 1,000 logins of one account, first incl.",
+            "requests", counts)
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -401,7 +465,7 @@ def burst(world, target, *, n: int) -> tuple[int, float]:
 
     def one(_) -> bool:
         try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+            with smtplib.SMTP("127.0.0.1", port, timeout=2 * CLIENT_TIMEOUT) as s:
                 return s.noop()[0] == 250
         except (OSError, smtplib.SMTPException):
             return False
@@ -413,7 +477,14 @@ def burst(world, target, *, n: int) -> tuple[int, float]:
 
 # -- the run ---------------------------------------------------------------------------------
 
+NOTES = {
+    "proxy": "no proxy process in a direct connection: nothing to measure",
+    "tokens": "a direct client has no token cache of its own; emailproxy does a fifth as many logins (~4/s), scaled to 1,000",
+}
+
+
 def interleaved(targets, reps, fn) -> dict[str, list]:
+    """A B C A B C ...: each repetition runs every target once, so drift hits all of them."""
     results = {t: [] for t in targets}
     for _ in range(reps):
         for t in targets:
@@ -421,87 +492,120 @@ def interleaved(targets, reps, fn) -> dict[str, list]:
     return results
 
 
+RAW: dict[str, dict[str, list[float]]] = {}  # workload -> target -> one value per repetition
+
+
+def med(res, name: str) -> dict[str, float]:
+    RAW[name] = res
+    return {t: statistics.median(v) for t, v in res.items()}
+
+
+def smtp_rows(world, targets, reps, scale, burst_n) -> list:
+    rows = []
+    for conc, per in ((1, 40), (16, 8), (64, 3)):
+        per = max(1, int(per * scale))
+        for long in (False, True):
+            name = f"SMTP 10 KB msgs/s, {conc} senders, {'one long session' if long else 'session per msg'}"
+            res = interleaved(targets, reps, lambda t: smtp_rate(
+                world, t, concurrency=conc, per_worker=per * (5 if long else 1), size=10_000,
+                long=long, name=name))
+            rows.append((name, "msg/s", med(res, name)))
+            progress(name)
+    name = "SMTP 5 MB msgs/s, 4 senders"
+    res = interleaved(targets, reps, lambda t: smtp_rate(
+        world, t, concurrency=4, per_worker=max(1, int(2 * scale)), size=5_000_000, long=False, name=name))
+    rows.append((name, "msg/s", med(res, name)))
+    lat = interleaved(targets, 1, lambda t: smtp_latency(world, t, n=max(20, int(200 * scale))))
+    for q, label in ((50, "p50"), (99, "p99")):
+        rows.append((f"SMTP transaction latency {label} (warm token)", "ms", {
+            t: statistics.quantiles(v[0], n=100)[q - 1] * 1000 for t, v in lat.items()}))
+    res = interleaved(targets, 1, lambda t: burst(world, t, n=burst_n))
+    rows.append((f"Burst of {burst_n} SMTP connections: completed", "conns",
+                 {t: v[0][0] for t, v in res.items()}))
+    rows.append((f"Burst of {burst_n} SMTP connections: last done after", "s",
+                 {t: v[0][1] for t, v in res.items()}))
+    progress("SMTP")
+    return rows
+
+
+def imap_rows(world, targets, reps, scale) -> list:
+    rows = []
+    for conc, per in ((1, 40), (32, 4)):
+        per = max(1, int(per * scale))
+        name = f"IMAP logins/s (LOGIN+SELECT+LOGOUT), {conc} clients"
+        res = interleaved(targets, reps, lambda t: imap_logins(
+            world, t, concurrency=conc, per_worker=per, name=name))
+        rows.append((name, "login/s", med(res, name)))
+    lat = interleaved(targets, 1, lambda t: login_latency(world, t, n=max(20, int(200 * scale))))
+    for q, label in ((50, "p50"), (99, "p99")):
+        rows.append((f"IMAP login latency {label} (warm token)", "ms", {
+            t: statistics.quantiles(v[0], n=100)[q - 1] * 1000 for t, v in lat.items()}))
+    count = fill_mailbox(world, scale)
+    res = interleaved(targets, reps, lambda t: imap_fetch_mbps(world, t, count=count))
+    name = f"IMAP FETCH {count} x 1 MB"
+    rows.append((name, "MB/s", med(res, name)))
+    progress("IMAP")
+    return rows
+
+
+def fill_mailbox(world, scale) -> int:
+    count = max(10, int(200 * scale))
+    world.upstream.deliver_many(MAILBOX, [message(1_000_000) for _ in range(count)])
+    return count
+
+
+def held_rows(world, proxies, scale) -> list:
+    n = max(50, int(1000 * scale))
+    rows = []
+    for t in proxies:
+        kb, cpu, got = held_sessions(world, t, n=n, idle_seconds=10 if scale >= 1 else 5)
+        rows.append((f"{n} idle IMAP sessions: established", "sessions", {t: got}, "proxy"))
+        rows.append((f"{n} idle IMAP sessions: proxy RSS per session", "KB", {t: kb}, "proxy"))
+        rows.append((f"{n} idle IMAP sessions: proxy CPU while idle", "% core", {t: cpu}, "proxy"))
+    progress("held sessions")
+    return merge(rows)
+
+
+def progress(what: str) -> None:
+    print(f"  {time.strftime('%H:%M:%S')} done: {what}", file=sys.stderr, flush=True)
+
+
 def main() -> int:
+    global CLIENT_TIMEOUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke run")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="every workload, small: a smoke run of ~3 min")
     ap.add_argument("--no-emailproxy", action="store_true", help="relay365 and direct only")
+    ap.add_argument("--profile", metavar="DIR", type=Path,
+                    help="profile relay365 with py-spy during FETCH, SMTP and IMAP logins, instead of the table")
     args = ap.parse_args()
+    reps = args.reps or (1 if args.quick else 3)
     raise_fd_limit()
-    scale = 0.25 if args.quick else 1.0
-    targets = ["direct", "relay"] + ([] if args.no_emailproxy else ["emailproxy"])
+    scale = 0.1 if args.quick else 1.0
+    if args.quick:
+        CLIENT_TIMEOUT = 10  # emailproxy drops connections beyond its backlog: don't wait 30 s each
+    targets = ["direct", "relay"] + ([] if args.no_emailproxy or args.profile else ["emailproxy"])
     proxies = [t for t in targets if t != "direct"]
-    rows: list[tuple[str, str, dict[str, float]]] = []
-
-    def med(res) -> dict[str, float]:
-        return {t: statistics.median(v) for t, v in res.items()}
-
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="relay365-bench-") as tmp:
-        world = World(Path(tmp), emailproxy=not args.no_emailproxy)
+        world = World(Path(tmp), emailproxy="emailproxy" in targets)
         try:
+            if args.profile:
+                return profile(world, args.profile, scale)
             for t in proxies:  # warm each proxy's token
                 smtp_session(world, t).quit()
                 imap_session(world, t).logout()
-            for conc, per in ((1, 40), (16, 8), (64, 3)):
-                per = max(1, int(per * scale))
-                for long in (False, True):
-                    name = f"SMTP 10 KB msgs/s, {conc} senders, {'one long session' if long else 'session per msg'}"
-                    res = interleaved(targets, args.reps, lambda t: smtp_rate(
-                        world, t, concurrency=conc, per_worker=per * (5 if long else 1), size=10_000,
-                        long=long, name=name))
-                    rows.append((name, "msg/s", med(res)))
-                    print(f"  done: {name}", file=sys.stderr)
-            res = interleaved(targets, args.reps, lambda t: smtp_rate(
-                world, t, concurrency=4, per_worker=max(1, int(2 * scale)), size=5_000_000, long=False,
-                name="SMTP 5 MB msgs/s, 4 senders"))
-            rows.append(("SMTP 5 MB msgs/s, 4 senders", "msg/s", med(res)))
-            lat = interleaved(targets, 1, lambda t: smtp_latency(world, t, n=int(200 * scale)))
-            for q, label in ((50, "p50"), (99, "p99")):
-                rows.append((f"SMTP transaction latency {label} (warm token)", "ms", {
-                    t: statistics.quantiles(v[0], n=100)[q - 1] * 1000 for t, v in lat.items()}))
-            res = interleaved(targets, 1, lambda t: burst(world, t, n=500))
-            rows.append(("Burst of 500 connections: completed", "conns", {t: v[0][0] for t, v in res.items()}))
-            rows.append(("Burst of 500 connections: all done after", "s", {t: v[0][1] for t, v in res.items()}))
-            print("  done: SMTP", file=sys.stderr)
-            for conc, per in ((1, 40), (32, 4)):
-                per = max(1, int(per * scale))
-                name = f"IMAP logins/s (LOGIN+SELECT+LOGOUT), {conc} clients"
-                res = interleaved(targets, args.reps, lambda t: imap_logins(
-                    world, t, concurrency=conc, per_worker=per, name=name))
-                rows.append((name, "login/s", med(res)))
-            lat = interleaved(targets, 1, lambda t: login_latency(world, t, n=int(200 * scale)))
-            for q, label in ((50, "p50"), (99, "p99")):
-                rows.append((f"IMAP login latency {label} (warm token)", "ms", {
-                    t: statistics.quantiles(v[0], n=100)[q - 1] * 1000 for t, v in lat.items()}))
-            count = int(200 * scale)
-            world.upstream.deliver_many(MAILBOX, [message(1_000_000) for _ in range(count)])
-            res = interleaved(targets, args.reps, lambda t: imap_fetch_mbps(world, t, count=count))
-            rows.append((f"IMAP FETCH {count} x 1 MB", "MB/s", med(res)))
-            print("  done: IMAP", file=sys.stderr)
-            n_held = int(1000 * scale)
-            for t in proxies:
-                kb, cpu, got = held_sessions(world, t, n=n_held)
-                rows.append((f"{n_held} idle IMAP sessions: established", "sessions", {t: got}))
-                rows.append((f"{n_held} idle IMAP sessions: proxy RSS per session", "KB", {t: kb}))
-                rows.append((f"{n_held} idle IMAP sessions: proxy CPU while idle", "% core", {t: cpu}))
-            rows[:] = merge(rows)
-            print("  done: held sessions", file=sys.stderr)
-            logins = {"relay": int(1000 * scale), "emailproxy": int(200 * scale)}
-            counts = {}
-            for t in proxies:
-                before = world.idp.token_requests
-                for _ in range(logins[t]):
-                    smtp_session(world, t).quit()
-                counts[t] = (world.idp.token_requests - before) * 1000 / logins[t]
-            rows.append(("Token requests per 1,000 logins (after the first)", "requests", counts))
-            rows.append(("Token requests in the whole run, all workloads", "requests",
-                         {"relay": sum(1 for r in world.idp.request_log if r.grant_type == "refresh_token"),
-                          "emailproxy": sum(1 for r in world.idp.request_log
-                                            if r.grant_type == "client_credentials")} if "emailproxy" in targets
-                         else {"relay": world.idp.token_requests}))
+            rows = smtp_rows(world, targets, reps, scale, burst_n=100 if args.quick else 500)
+            rows += imap_rows(world, targets, reps, scale)
+            rows += held_rows(world, proxies, scale)
+            rows.append((*token_counts(world, proxies, scale), "tokens"))
+            rows.append(("Token requests in the whole run, main account", "requests",
+                         {"direct": world.issued[(MAILBOX, DIRECT_CLIENT_ID)],
+                          "relay": world.issued[(MAILBOX, CLIENT_ID)], "emailproxy": world.issued[CLIENT_ID]}))
         finally:
             world.close()
-    print_table(rows, targets)
+    print_table(rows, targets, reps)
+    print(f"\n(run took {(time.monotonic() - started) / 60:.1f} min)")
     if FAILURES:
         print("\nFailed sessions (timed out after %d s or refused), all repetitions:" % CLIENT_TIMEOUT)
         for (name, target), n in sorted(FAILURES.items()):
@@ -511,31 +615,133 @@ def main() -> int:
 
 def merge(rows):
     """Rows with the same name (one per target) become one row."""
-    out: dict[str, tuple[str, str, dict]] = {}
-    for name, unit, vals in rows:
+    out: dict[str, tuple] = {}
+    for name, unit, vals, *note in rows:
         if name in out:
             out[name][2].update(vals)
         else:
-            out[name] = (name, unit, dict(vals))
+            out[name] = (name, unit, dict(vals), *note)
     return list(out.values())
 
 
-def print_table(rows, targets) -> None:
+def print_table(rows, targets, reps) -> None:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), "?")
     print(f"\nrelay365 benchmark  {time.strftime('%Y-%m-%d')}  {os.cpu_count()} cores ({cpu})  "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB  "
-          f"Python {sys.version.split()[0]}  relay loop: {os.environ.get('RELAY365_LOOP', 'uvloop')}")
+          f"Python {sys.version.split()[0]}  relay loop: {os.environ.get('RELAY365_LOOP', 'uvloop')}  "
+          f"medians of {reps}  load avg at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     ratios = [("relay", "direct")] + ([("relay", "emailproxy")] if "emailproxy" in targets else [])
-    head = (f"{'workload':58} {'unit':9} " + " ".join(f"{t:>10}" for t in targets) + " "
-            + " ".join(f"{a + '/' + b:>16}" for a, b in ratios))
+    head = (f"{'workload':60} {'unit':9} " + " ".join(f"{t:>10}" for t in targets) + " "
+            + " ".join(f"{a + '/' + b:>16}" for a, b in ratios) + f" {'relay/direct, each rep':>24}")
     print(head)
     print("-" * len(head))
-    for name, unit, vals in rows:
-        cells = " ".join(f"{vals[t]:>10.1f}" if t in vals else f"{'-':>10}" for t in targets)
+    marks = {key: "*" * (i + 1) for i, key in enumerate(NOTES)}
+    used = set()
+    for name, unit, vals, *note in rows:
+        na = f"n/a{marks[note[0]]}" if note else "n/a"
+        used.update(note)
+        cells = " ".join(f"{vals[t]:>10.1f}" if t in vals else f"{na:>10}" for t in targets)
         rs = " ".join(f"{vals[a] / vals[b]:>16.2f}" if a in vals and vals.get(b) else f"{'-':>16}"
                       for a, b in ratios)
-        print(f"{name:58} {unit:9} {cells} {rs}")
+        print(f"{name:60} {unit:9} {cells} {rs} {spread(name):>24}")
+    for key in NOTES:
+        if key in used:
+            print(f"{marks[key]:>3} {NOTES[key]}")
+
+
+def spread(name: str) -> str:
+    """relay/direct of each repetition (interleaved, so each pair ran minutes apart at most)."""
+    raw = RAW.get(name, {})
+    if len(raw.get("relay", [])) < 2 or not all(raw.get("direct", [])):
+        return ""
+    return " ".join(f"{r / d:.2f}" for r, d in zip(raw["relay"], raw["direct"]))
+
+
+# -- profile -------------------------------------------------------------------------------------
+
+def pyspy() -> Path:
+    exe = PROFILE_VENV / "bin" / "py-spy"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PROFILE_VENV)], check=True)
+        subprocess.run([str(PROFILE_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                        PYSPY_VERSION], check=True)
+    return exe
+
+
+def profile(world, outdir: Path, scale: float) -> int:
+    """Sample the relay (py-spy, 100 Hz, idle frames dropped) while one workload runs against it
+    alone; write <name>.txt (collapsed stacks) and print the top of each."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    exe = pyspy()
+    smtp_session(world, "relay").quit()
+    imap_session(world, "relay").logout()
+    count = fill_mailbox(world, scale)
+    jobs = {
+        "fetch": lambda: [imap_fetch_mbps(world, "relay", count=count) for _ in range(3)],
+        "smtp-long": lambda: smtp_rate(world, "relay", concurrency=16, per_worker=max(5, int(100 * scale)),
+                                       size=10_000, long=True),
+        "smtp-per-session": lambda: smtp_rate(world, "relay", concurrency=16,
+                                              per_worker=max(2, int(30 * scale)), size=10_000, long=False),
+        "imap-logins-32": lambda: imap_logins(world, "relay", concurrency=32, per_worker=max(2, int(10 * scale))),
+        "smtp-5mb": lambda: smtp_rate(world, "relay", concurrency=4, per_worker=max(1, int(4 * scale)),
+                                      size=5_000_000, long=False),
+    }
+    for name, job in jobs.items():
+        raw = outdir / f"{name}.txt"
+        rec = subprocess.Popen([str(exe), "record", "-p", str(world.relay.proc.pid), "-r", "100",
+                                "-f", "raw", "-o", str(raw)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+        time.sleep(1)
+        cpu0, t0 = cpu_seconds(world.relay.proc.pid), time.monotonic()
+        result = job()
+        cpu = cpu_seconds(world.relay.proc.pid) - cpu0
+        wall = time.monotonic() - t0
+        rec.send_signal(signal.SIGINT)
+        err = rec.communicate(timeout=60)[1].decode(errors="replace")
+        if not raw.exists():
+            print(f"{name}: py-spy wrote nothing: {err.strip()[-300:]}")
+            continue
+        print(f"\n== {name}: relay used {cpu:.1f} s CPU in {wall:.1f} s ({100 * cpu / wall:.0f}% of a core); "
+              f"result {result if not isinstance(result, list) else [round(r, 1) for r in result]}")
+        summarize(raw)
+    return 0
+
+
+def summarize(raw: Path, top: int = 18) -> None:
+    """Self time by function and time including callees for the relay's own frames."""
+    self_t: Counter = Counter()
+    incl: Counter = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(n)
+        total += n
+        frames = stack.split(";")
+        self_t[short(frames[-1])] += n
+        for f in {short(f) for f in frames}:
+            incl[f] += n
+    print(f"   {total} samples; self time:")
+    for f, n in self_t.most_common(top):
+        print(f"   {100 * n / total:5.1f}%  {f}")
+    print("   including callees (relay, aiosmtpd, aiosmtplib, asyncio streams, ssl):")
+    mine = [(f, n) for f, n in incl.most_common()
+            if any(k in f for k in ("relay/", "aiosmtp", "streams.py", "sslproto", "ssl.py"))]
+    for f, n in mine[:top]:
+        print(f"   {100 * n / total:5.1f}%  {f}")
+
+
+def short(frame: str) -> str:
+    """'fn (/long/path/site-packages/pkg/mod.py:123)' -> 'fn (pkg/mod.py)'"""
+    fn, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3.11/", str(ROOT) + "/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{fn} ({path})"
 
 
 if __name__ == "__main__":
