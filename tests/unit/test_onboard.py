@@ -22,30 +22,12 @@ import requests
 
 from relay.config import load_config
 from relay.onboard import run_auth
-from relay.testing import make_test_certs
 from relay.testing.fakeidp import FakeIdP
 from relay.tokens.store import TokenStore
 
 MAILBOX = "scanner@example.test"
 AUTHORIZE = r"(https://127\.0\.0\.1:\d+/\S+/oauth2/v2\.0/authorize\?\S+)"
 NATIVE = "https://login.microsoftonline.com/common/oauth2/nativeclient"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_test_certs(tmp_path_factory.mktemp("certs"))
-
-
-class Clock:
-    now = 1_900_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

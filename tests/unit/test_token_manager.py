@@ -8,30 +8,11 @@ import threading
 import pytest
 
 from relay.config import load_config
-from relay.testing import make_test_certs
 from relay.testing.fakeidp import FakeIdP
 from relay.tokens.manager import TokenManager
 from relay.tokens.store import TokenStore
 
 MAILBOX = "scanner@example.test"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_900_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_test_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture
