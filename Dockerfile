@@ -19,7 +19,7 @@ COPY pyproject.toml README.md ./
 RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
       > /tmp/requirements.txt \
  && /opt/relay365/bin/pip install -r /tmp/requirements.txt
-COPY relay ./relay
+COPY relay365 ./relay365
 RUN /opt/relay365/bin/pip install --no-deps . && /opt/relay365/bin/relay365 --version
 
 # -- run: the venv only, as an unprivileged user

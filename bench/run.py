@@ -42,8 +42,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from relay.passwords import hash_password  # noqa: E402
-from relay.testing.fakeidp import FakeIdP  # noqa: E402
+from relay365.passwords import hash_password  # noqa: E402
+from relay365.standins.fakeidp import FakeIdP  # noqa: E402
 from tests.support.pki import make_pki  # noqa: E402
 from tests.support.relayproc import RelayProcess  # noqa: E402
 from tests.support.upstream import MailUpstream, free_port, xoauth2_string  # noqa: E402
@@ -206,7 +206,7 @@ class World:
             "limits": {"max_connections": 5000, "max_connections_per_ip": 5000},
         }
         try:
-            import relay.imap.core  # noqa: F401
+            import relay365.imap.core  # noqa: F401
 
             config["imap"] = {"listen": ["127.0.0.1:0"]}
         except ImportError:

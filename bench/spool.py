@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from relay.passwords import hash_password  # noqa: E402
-from relay.testing.fakeidp import FakeIdP  # noqa: E402
+from relay365.passwords import hash_password  # noqa: E402
+from relay365.standins.fakeidp import FakeIdP  # noqa: E402
 from tests.support.pki import make_pki  # noqa: E402
 from tests.support.relayproc import RelayProcess  # noqa: E402
 from tests.support.upstream import MailUpstream  # noqa: E402

@@ -6,7 +6,7 @@ import sys
 
 def test_demo_once_relays_a_message_with_xoauth2():
     env = dict(os.environ, NO_COLOR="1")
-    proc = subprocess.run([sys.executable, "-m", "relay", "demo", "--once", "--port", "0"],
+    proc = subprocess.run([sys.executable, "-m", "relay365", "demo", "--once", "--port", "0"],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout + proc.stderr

@@ -55,7 +55,7 @@ def test_unit_has_what_operators_rely_on():
     assert s["MemoryDenyWriteExecute"] == ["yes"] and s["UMask"] == ["0077"]
     assert "serve" in s["ExecStart"][0] and s["User"] == ["relay365"]
     # the credential the store reads is the one the unit loads
-    from relay.tokens import store
+    from relay365.tokens import store
 
     assert '"store-key"' in Path(store.__file__).read_text()
 
@@ -171,7 +171,7 @@ def test_dockerignore_keeps_the_build_context_small():
 
 def _metric_names_in_source() -> set[str]:
     names = set()
-    for path in (ROOT / "relay").rglob("*.py"):
+    for path in (ROOT / "relay365").rglob("*.py"):
         names |= set(re.findall(r'"(relay365_[a-z_]+)"', path.read_text()))
     return names
 
@@ -198,7 +198,7 @@ def test_fail2ban_filter_matches_the_auth_failed_line():
     failregex = re.search(r"^failregex\s*=\s*(.+)$", conf, re.M).group(1).strip()
     pattern = re.compile(failregex.replace("<HOST>", r"(?P<host>[0-9a-fA-F:.]+)"))
     line = ('{"proto": "smtp", "conn": 7, "peer": "192.0.2.7", "user": "scanner", "reason": '
-            '"bad_password", "event": "auth_failed", "level": "warning", "logger": "relay.auth", '
+            '"bad_password", "event": "auth_failed", "level": "warning", "logger": "relay365.auth", '
             '"timestamp": "2026-11-28T23:41:06.675871Z"}')
     assert pattern.search(line).group("host") == "192.0.2.7"
     assert not pattern.search(line.replace("auth_failed", "auth_ok"))
@@ -278,7 +278,7 @@ for probe in (lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW),
         continue
     sys.exit("relay365 test: the sandbox is not in force")
 sys.argv = ["relay365", *sys.argv[2:]]
-runpy.run_module("relay", run_name="__main__", alter_sys=True)
+runpy.run_module("relay365", run_name="__main__", alter_sys=True)
 '''
 
 # Allowed without being listed (systemd.exec(5), SystemCallFilter=)
@@ -453,7 +453,7 @@ def _exported_series(tmp_path: Path) -> dict[str, set[str]]:
     yet come from their declaration in relay.metrics)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from relay import metrics
+    from relay365 import metrics
 
     relay = RelayProcess(tmp_path, _minimal_config(tmp_path)).start()
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.passwords import hash_password
-from relay.testing.fakeidp import FakeIdP
+from relay365.passwords import hash_password
+from relay365.standins.fakeidp import FakeIdP
 from tests.support.pki import make_pki
 from tests.support.relayproc import RelayProcess
 from tests.support.upstream import MailUpstream, missing_binaries
@@ -79,7 +79,7 @@ def relay_config(tmp_path, pki, idp, upstream, *, refresh_token: str | None = No
 
 @pytest.fixture
 def make_relay(tmp_path, pki, idp, upstream):
-    """Start relay365 (`python -m relay serve`) with a config built by `relay_config`."""
+    """Start relay365 (`python -m relay365 serve`) with a config built by `relay_config`."""
     started: list[RelayProcess] = []
 
     def make(config: dict | None = None, *, name: str = "relay", start: bool = True,

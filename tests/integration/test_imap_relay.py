@@ -17,7 +17,7 @@ import pytest
 from tests.integration.conftest import DOMAIN, PASSWORD, PASSWORD_HASH, relay_config
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("relay.imap.core")
+pytest.importorskip("relay365.imap.core")
 
 
 def make_msg(i: int, size: int = 0, subject: str | None = None) -> bytes:

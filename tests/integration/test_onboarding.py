@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def auth(config_path, *args, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relay", "auth", MAILBOX, "-c", str(config_path), *args],
+    return subprocess.run([sys.executable, "-m", "relay365", "auth", MAILBOX, "-c", str(config_path), *args],
                           input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
@@ -93,7 +93,7 @@ class AuthRun:
 
     def __init__(self, config_path, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "auth", MAILBOX, "-c", str(config_path), *args],
+            [sys.executable, "-m", "relay365", "auth", MAILBOX, "-c", str(config_path), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.lines: list[str] = []
@@ -193,7 +193,7 @@ def test_auth_code_flow_with_local_listener_while_the_daemon_runs(running, pki, 
     # the daemon uses it without a restart, and relay365 accounts shows the account ok
     subject = f"after auth-code {uuid.uuid4()}"
     send_once_the_token_is_there(running, upstream, subject)
-    accounts = subprocess.run([sys.executable, "-m", "relay", "accounts", "-c", str(running.config_path)],
+    accounts = subprocess.run([sys.executable, "-m", "relay365", "accounts", "-c", str(running.config_path)],
                               capture_output=True, text=True, timeout=30)
     row = next(l for l in accounts.stdout.splitlines() if l.startswith(MAILBOX))
     assert " ok " in f" {row} ", accounts.stdout
@@ -283,7 +283,7 @@ def test_device_code_flow_with_a_confidential_app_is_refused_up_front(tmp_path, 
 def accounts_json(config_path) -> dict[str, dict]:
     import json
 
-    result = subprocess.run([sys.executable, "-m", "relay", "accounts", "-c", str(config_path), "--json"],
+    result = subprocess.run([sys.executable, "-m", "relay365", "accounts", "-c", str(config_path), "--json"],
                             capture_output=True, text=True, timeout=30)
     return {row["mailbox"]: row for row in json.loads(result.stdout)["accounts"]}
 

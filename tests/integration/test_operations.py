@@ -80,7 +80,7 @@ def test_metrics_and_readyz_degrade_on_invalid_grant(make_relay, upstream, idp):
     m = samples(get(base + "/metrics")[1])
     assert m[("relay365_accounts_needing_auth", ())] == 1
     assert m[("relay365_token_refreshes_total", (("code", "AADSTS70008"), ("outcome", "failed")))] == 1
-    health = subprocess.run([sys.executable, "-m", "relay", "health", "-c", str(relay.config_path)],
+    health = subprocess.run([sys.executable, "-m", "relay365", "health", "-c", str(relay.config_path)],
                             capture_output=True, text=True, timeout=30)
     assert health.returncode == 1 and "degraded" in health.stdout
 

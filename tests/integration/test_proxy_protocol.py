@@ -96,7 +96,7 @@ def test_proxy_header_from_untrusted_address_is_refused(make_relay):
 
 
 def test_imap_listener_behind_haproxy_v2(make_relay, upstream, haproxy):
-    pytest.importorskip("relay.imap.core")
+    pytest.importorskip("relay365.imap.core")
     relay = make_relay(imap={"proxy_protocol": True, "trusted_proxies": ["127.0.0.1/32"]})
     front = haproxy(relay.imap_port, "send-proxy-v2")
     sock = socket.create_connection(("127.0.0.1", front), source_address=("127.0.0.12", 0), timeout=10)

@@ -274,7 +274,7 @@ def test_check_upstream_reports_each_account(tmp_path, pki, idp, upstream):
 
     proc = RelayProcess(tmp_path, relay_config(tmp_path, pki, idp, upstream, smtp={}))
     proc.write_config()
-    result = subprocess.run([sys.executable, "-m", "relay", "check", "-c", str(proc.config_path),
+    result = subprocess.run([sys.executable, "-m", "relay365", "check", "-c", str(proc.config_path),
                              "--upstream"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     line = [l for l in result.stdout.splitlines() if l.startswith(MAILBOX)][0]
@@ -285,7 +285,7 @@ def test_accounts_command_shows_needs_auth_with_code(make_relay, idp):
     # no parked upstream session: the next client needs a token, and meets the invalid_grant
     relay = make_relay(smtp={}, upstream_extra={"smtp_pool_idle": 0})
     send(relay.smtp_port, "healthy")
-    ok = subprocess.run([sys.executable, "-m", "relay", "accounts", "-c", str(relay.config_path)],
+    ok = subprocess.run([sys.executable, "-m", "relay365", "accounts", "-c", str(relay.config_path)],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     row = [line.split() for line in ok.stdout.splitlines() if line.startswith(MAILBOX)][0]
@@ -295,13 +295,13 @@ def test_accounts_command_shows_needs_auth_with_code(make_relay, idp):
     with pytest.raises(smtplib.SMTPSenderRefused):
         send(relay.smtp_port, "after revocation")
     relay.wait_log("token_failed")
-    result = subprocess.run([sys.executable, "-m", "relay", "accounts", "-c", str(relay.config_path),
+    result = subprocess.run([sys.executable, "-m", "relay365", "accounts", "-c", str(relay.config_path),
                              "--json"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1  # monitoring can alert on the exit code
     row = __import__("json").loads(result.stdout)["accounts"][0]
     assert row["state"] == "needs-auth" and row["code"] == "AADSTS70008"
     assert "re-authorise" in row["action"] and row["refresh_token_updated"] > 0
-    table = subprocess.run([sys.executable, "-m", "relay", "accounts", "-c", str(relay.config_path)],
+    table = subprocess.run([sys.executable, "-m", "relay365", "accounts", "-c", str(relay.config_path)],
                            capture_output=True, text=True, timeout=60).stdout
     assert "needs-auth (AADSTS70008)" in table and "re-authorise" in table
 

@@ -110,8 +110,8 @@ def sink_deliverer(port: int):
     """Plain SMTP into the sink; errors translated as relay.smtp.upstream does."""
     import aiosmtplib
 
-    from relay.errors import UpstreamError
-    from relay.spool.worker import Refusal
+    from relay365.errors import UpstreamError
+    from relay365.spool.worker import Refusal
 
     async def deliver(entry):
         data = await asyncio.to_thread(entry.message_path.read_bytes)
@@ -141,9 +141,9 @@ def sink_deliverer(port: int):
 
 
 async def child(args) -> None:
-    from relay.spool import SpoolConfig
-    from relay.spool.queue import SpoolQueue
-    from relay.spool.worker import SpoolWorker
+    from relay365.spool import SpoolConfig
+    from relay365.spool.queue import SpoolQueue
+    from relay365.spool.worker import SpoolWorker
 
     cfg = SpoolConfig(retry_base=0.1, retry_cap=0.3, rescan_interval=0.2, rate_per_minute=60_000,
                       min_free_space=0)
@@ -165,7 +165,7 @@ async def child(args) -> None:
 
 
 def child_main(argv: list[str]) -> None:
-    from relay.logs import configure
+    from relay365.logs import configure
 
     p = argparse.ArgumentParser()
     p.add_argument("--state", required=True)
@@ -274,7 +274,7 @@ def test_killed_between_the_upstream_250_and_the_removal_delivers_twice_at_most(
 
 
 def test_tempfail_permfail_and_refused_recipients_through_the_real_worker(run, sink):
-    from relay.spool.queue import SpoolQueue
+    from relay365.spool.queue import SpoolQueue
 
     sink.tempfail_once.add("t")
     sink.permfail_tags.add("p")
@@ -295,12 +295,12 @@ def test_tempfail_permfail_and_refused_recipients_through_the_real_worker(run, s
 def test_the_upstream_deliverer_into_postfix(tmp_path, pki, idp, upstream):
     import yaml
 
-    from relay.config import load_config
-    from relay.spool import SpoolConfig
-    from relay.spool.queue import SpoolQueue
-    from relay.spool.worker import SpoolWorker, make_token_hold, make_upstream_deliverer
-    from relay.tokens.manager import TokenManager
-    from relay.tokens.store import TokenStore
+    from relay365.config import load_config
+    from relay365.spool import SpoolConfig
+    from relay365.spool.queue import SpoolQueue
+    from relay365.spool.worker import SpoolWorker, make_token_hold, make_upstream_deliverer
+    from relay365.tokens.manager import TokenManager
+    from relay365.tokens.store import TokenStore
     from tests.integration.conftest import DOMAIN, MAILBOX as ACCOUNT, relay_config
 
     path = tmp_path / "relay.yaml"

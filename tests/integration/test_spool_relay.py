@@ -145,7 +145,7 @@ def wait_arrived(upstream, subject: str, n: int = 1, mailbox: str = BOB, timeout
 
 
 def queue_cli(relay, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relay", "queue", *args, "-c", str(relay.config_path)],
+    return subprocess.run([sys.executable, "-m", "relay365", "queue", *args, "-c", str(relay.config_path)],
                           capture_output=True, text=True, timeout=30)
 
 

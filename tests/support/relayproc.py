@@ -1,4 +1,4 @@
-"""relay365 as the operator runs it: `python -m relay serve -c CONFIG` in a subprocess.
+"""relay365 as the operator runs it: `python -m relay365 serve -c CONFIG` in a subprocess.
 
 The config is written as YAML from a dict; listeners use port 0 and the real ports are read from the
 `relay_started` JSON log event. Logs are JSON lines in a file, so tests assert on events.
@@ -39,7 +39,7 @@ class RelayProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "-c", str(self.config_path)],
+            [sys.executable, "-m", "relay365", "serve", "-c", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         log.close()
         started = self.wait_log("relay_started", timeout=timeout)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.testing import make_test_certs
+from relay365.standins import make_test_certs
 
 
 class Clock:

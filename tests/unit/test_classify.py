@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from relay.errors import RelayError, TokenError
-from relay.tokens.classify import (ACTIONS, REAUTH, TRANSIENT_CODES, TRANSIENT_ERRORS, classify, first_code,
+from relay365.errors import RelayError, TokenError
+from relay365.tokens.classify import (ACTIONS, REAUTH, TRANSIENT_CODES, TRANSIENT_ERRORS, classify, first_code,
                                    network_error, service_error)
 
 RETRY = "the identity platform is unavailable or throttling; relay365 retries with backoff"

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from relay.config import (AccountConfig, AppConfig, Config, Endpoint, ImapConfig, LimitsConfig, ListenAddr,
+from relay365.config import (AccountConfig, AppConfig, Config, Endpoint, ImapConfig, LimitsConfig, ListenAddr,
                           SmtpConfig, UnauthenticatedNet, UpstreamConfig, UserConfig, load_config,
                           parse_listen, parse_network, parse_size)
-from relay.errors import ConfigError
-from relay.passwords import hash_password
-from relay.secret import Secret
+from relay365.errors import ConfigError
+from relay365.passwords import hash_password
+from relay365.secret import Secret
 
 ROOT = Path(__file__).resolve().parents[2]
 HASH = hash_password("pw", ln=10)

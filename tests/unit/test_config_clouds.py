@@ -1,7 +1,7 @@
 """`cloud:` and `tenant: consumers` on the apps pick the default upstream mail hosts."""
 import pytest
 
-from relay.config import load_config
+from relay365.config import load_config
 
 BASE = """
 apps:

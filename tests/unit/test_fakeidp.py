@@ -11,8 +11,8 @@ import msal
 import pytest
 import requests
 
-from relay.testing import make_test_certs
-from relay.testing.fakeidp import DEFAULT_SCOPE, FakeIdP
+from relay365.standins import make_test_certs
+from relay365.standins.fakeidp import DEFAULT_SCOPE, FakeIdP
 
 SMTP_SEND = "https://outlook.office365.com/SMTP.Send"
 IMAP = "https://outlook.office365.com/IMAP.AccessAsUser.All"

@@ -13,8 +13,8 @@ import msal
 import pytest
 import requests
 
-from relay.testing import FakeIdP, FakeO365SMTP, make_test_certs
-from relay.testing.fakeo365 import XOAUTH2_ERROR, parse_xoauth2
+from relay365.standins import FakeIdP, FakeO365SMTP, make_test_certs
+from relay365.standins.fakeo365 import XOAUTH2_ERROR, parse_xoauth2
 
 MAILBOX = "bob@contoso.com"
 TOKEN = "eyJ0" + "x" * 2996  # Exchange-sized bearer token

@@ -1,4 +1,4 @@
-"""`relay365 auth` in-process (`relay.onboard.run_auth`) against the fake identity platform.
+"""`relay365 auth` in-process (`relay365.onboard.run_auth`) against the fake identity platform.
 
 The test is the operator's terminal and the browser: `Terminal` collects what run_auth prints and
 answers its prompts; `browse` opens the authorize URL the way a browser would and returns where the
@@ -20,10 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from relay.config import load_config
-from relay.onboard import run_auth
-from relay.testing.fakeidp import FakeIdP
-from relay.tokens.store import TokenStore
+from relay365.config import load_config
+from relay365.onboard import run_auth
+from relay365.standins.fakeidp import FakeIdP
+from relay365.tokens.store import TokenStore
 
 MAILBOX = "scanner@example.test"
 AUTHORIZE = r"(https://127\.0\.0\.1:\d+/\S+/oauth2/v2\.0/authorize\?\S+)"

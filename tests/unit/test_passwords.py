@@ -14,9 +14,9 @@ import threading
 
 import pytest
 
-from relay import passwords
-from relay.passwords import Verifier, check_hash_format, hash_password, verify_password
-from relay.secret import Secret
+from relay365 import passwords
+from relay365.passwords import Verifier, check_hash_format, hash_password, verify_password
+from relay365.secret import Secret
 
 SALT = b"0123456789abcdef"
 # an independent computation of the hash of "pw": hashlib directly, in the documented format

@@ -15,8 +15,8 @@ import pytest
 from aiosmtpd.proxy_protocol import V2_SIGNATURE, get_proxy
 from hypothesis import given, settings, strategies as st
 
-from relay.config import parse_network
-from relay.proxyproto import is_trusted, real_client
+from relay365.config import parse_network
+from relay365.proxyproto import is_trusted, real_client
 
 TRAILING = b"EHLO printer\r\n"
 

@@ -8,9 +8,9 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from relay.sasl import (Credentials, SaslError, b64decode_strict, decode_plain, decode_text,
+from relay365.sasl import (Credentials, SaslError, b64decode_strict, decode_plain, decode_text,
                         decode_xoauth2_error, xoauth2_initial_response)
-from relay.secret import Secret
+from relay365.secret import Secret
 
 # -- base64 --------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
-from relay.sdnotify import Notifier, from_env
+from relay365.sdnotify import Notifier, from_env
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_relay_serve_speaks_the_protocol(listener, tmp_path):
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
     env.pop("WATCHDOG_PID", None)
     log = open(tmp_path / "relay.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "relay", "serve", "-c", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "relay365", "serve", "-c", str(cfg)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     seen: list[list[str]] = []

@@ -11,9 +11,9 @@ import pickle
 import pytest
 import structlog
 
-from relay import logs
-from relay.sasl import Credentials
-from relay.secret import Secret
+from relay365 import logs
+from relay365.sasl import Credentials
+from relay365.secret import Secret
 
 CLEAR = "hunter2-client-secret"
 
@@ -66,7 +66,7 @@ def test_equality_is_constant_time(monkeypatch):
 
 
 def test_stdlib_logging_shows_no_secret(s, caplog):
-    logging.getLogger("relay.test").warning("login with %s and %r", s, s)
+    logging.getLogger("relay365.test").warning("login with %s and %r", s, s)
     assert CLEAR not in caplog.text and "Secret('***')" in caplog.text
 
 
@@ -85,7 +85,7 @@ def relay_logging():
 @pytest.mark.parametrize("fmt", ["json", "console"])
 def test_relay_log_pipeline_redacts_secrets(relay_logging, s, fmt):
     logs.configure("info", fmt, stream=relay_logging)
-    log = structlog.get_logger("relay.test")
+    log = structlog.get_logger("relay365.test")
     log.info("upstream_login", password=s, nested={"token": s}, creds=Credentials("u", s))
     logging.getLogger("msal").warning("token %s", s)  # a stdlib logger through the same processors
     text = relay_logging.getvalue()

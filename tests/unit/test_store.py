@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from relay.secret import Secret
-from relay.tokens.store import StoreError, TokenStore
+from relay365.secret import Secret
+from relay365.tokens.store import StoreError, TokenStore
 
 RT = "0.AXYZ-refresh-token-" + "r" * 200
 
@@ -197,7 +197,7 @@ def test_a_key_that_cannot_be_created_is_a_clear_error(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr("relay.tokens.store.os.link", refuse)
+    monkeypatch.setattr("relay365.tokens.store.os.link", refuse)
     with pytest.raises(StoreError) as err:
         TokenStore(tmp_path).check()
     assert str(err.value) == f"cannot create the store key {tmp_path / 'store.key'}: Read-only file system"
@@ -287,7 +287,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypa
     def no_space(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("relay.tokens.store.os.replace", no_space)
+    monkeypatch.setattr("relay365.tokens.store.os.replace", no_space)
     with pytest.raises(StoreError) as err:
         store.put("a@x.test", Secret("rt-2"))
     assert str(err.value) == f"cannot write {tmp_path / 'tokens.enc'}: No space left on device"

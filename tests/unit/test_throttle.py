@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from relay import throttle
-from relay.throttle import AuthThrottle, ConnectionLimits, ThrottlePolicy, Verdict
+from relay365 import throttle
+from relay365.throttle import AuthThrottle, ConnectionLimits, ThrottlePolicy, Verdict
 
 POLICY = ThrottlePolicy(base_delay=1.0, max_delay=10.0, block_after=5, block_seconds=300.0, window=600.0)
 

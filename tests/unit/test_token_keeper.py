@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from relay.config import load_config
-from relay.errors import TokenError
-from relay.onboard import Onboarding
-from relay.testing.fakeidp import FakeIdP
-from relay.tokens.manager import TokenManager
-from relay.tokens.store import TokenStore
+from relay365.config import load_config
+from relay365.errors import TokenError
+from relay365.onboard import Onboarding
+from relay365.standins.fakeidp import FakeIdP
+from relay365.tokens.manager import TokenManager
+from relay365.tokens.store import TokenStore
 
 MAILBOX = "printer@example.test"
 DAY = 86400.0

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from relay.config import load_config
-from relay.testing.fakeidp import FakeIdP
-from relay.tokens.manager import TokenManager
-from relay.tokens.store import TokenStore
+from relay365.config import load_config
+from relay365.standins.fakeidp import FakeIdP
+from relay365.tokens.manager import TokenManager
+from relay365.tokens.store import TokenStore
 
 MAILBOX = "scanner@example.test"
 

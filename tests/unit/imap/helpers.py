@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from relay.imap.core import Effect, ImapPreauth, SendToClient
+from relay365.imap.core import Effect, ImapPreauth, SendToClient
 
 Feed = Callable[[ImapPreauth, bytes], list[Effect]]
 

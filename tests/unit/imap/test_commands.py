@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from relay.imap.core import (
+from relay365.imap.core import (
     MAX_BAD_COMMANDS,
     Close,
     ImapUsageError,
     StartTLS,
     State,
 )
-from relay.imap.parse import MAX_COMMAND_SIZE, MAX_LINE_LENGTH, MAX_LITERAL_SIZE
+from relay365.imap.parse import MAX_COMMAND_SIZE, MAX_LINE_LENGTH, MAX_LITERAL_SIZE
 
 from .helpers import make, sent
 

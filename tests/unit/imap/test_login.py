@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from relay.imap.core import (
+from relay365.imap.core import (
     MAX_AUTH_FAILURES,
     MAX_PIPELINED,
     Authenticate,

@@ -9,7 +9,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.imap.core import (
+from relay365.imap.core import (
     MAX_BUFFERED,
     Authenticate,
     Close,
@@ -20,7 +20,7 @@ from relay.imap.core import (
     StartTLS,
     State,
 )
-from relay.imap.parse import MAX_COMMAND_SIZE
+from relay365.imap.parse import MAX_COMMAND_SIZE
 
 from .helpers import merge
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.spool import queue as queue_mod
-from relay.spool.queue import (ENVELOPE, MESSAGE, NotFound, SpoolError, SpoolFullError, SpoolQueue,
+from relay365.spool import queue as queue_mod
+from relay365.spool.queue import (ENVELOPE, MESSAGE, NotFound, SpoolError, SpoolFullError, SpoolQueue,
                                valid_id)
 
 NOW = 1_700_000_000.0

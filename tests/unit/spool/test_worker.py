@@ -16,12 +16,12 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
-from relay.errors import TokenError, UpstreamError
-from relay.spool import SpoolConfig
-from relay.spool import worker as worker_mod
-from relay.spool.cli import queue_retry
-from relay.spool.queue import Entry, SpoolError, SpoolQueue
-from relay.spool.worker import Refusal, SpoolWorker, describe, render_notice
+from relay365.errors import TokenError, UpstreamError
+from relay365.spool import SpoolConfig
+from relay365.spool import worker as worker_mod
+from relay365.spool.cli import queue_retry
+from relay365.spool.queue import Entry, SpoolError, SpoolQueue
+from relay365.spool.worker import Refusal, SpoolWorker, describe, render_notice
 
 FAST = SpoolConfig(retry_base=0.05, retry_cap=0.2, throttle_pause=0.3, rate_per_minute=60_000,
                    rescan_interval=0.1, min_free_space=0)
@@ -639,7 +639,7 @@ def test_describe():
 def test_token_hold_reads_the_token_managers_state():
     from types import SimpleNamespace
 
-    from relay.spool.worker import make_token_hold
+    from relay365.spool.worker import make_token_hold
 
     tokens = SimpleNamespace(status={"scanner@example.test": SimpleNamespace(state="needs-auth"),
                                      "copier@example.test": SimpleNamespace(state="error")})

@@ -1,12 +1,12 @@
-"""The local IMAP listener: the thin asyncio adapter around `relay.imap.core.ImapPreauth`.
+"""The local IMAP listener: the thin asyncio adapter around `relay365.imap.core.ImapPreauth`.
 
 Theory of operation. Before login, bytes from the client go into the sans-IO core and the adapter
 carries out the effects it returns: write to the client, upgrade to TLS, check a login, close. For a
-login it checks the local user (`relay.localauth`: the same rules and throttling as SMTP),
-enforces the optional per-mailbox session cap, logs in upstream with XOAUTH2 (`relay.imap.upstream`)
+login it checks the local user (`relay365.localauth`: the same rules and throttling as SMTP),
+enforces the optional per-mailbox session cap, logs in upstream with XOAUTH2 (`relay365.imap.upstream`)
 and tells the core the outcome; the core answers the client with its own tag. After a successful
 login the adapter forwards anything the client pipelined, then hands both connections to the byte
-splice (`relay.imap.splice`) until either side closes. One `imap_session` line sums it up.
+splice (`relay365.imap.splice`) until either side closes. One `imap_session` line sums it up.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .core import Authenticate, Close, ImapPreauth, SendToClient, StartSplice, S
 from .splice import splice
 from .upstream import UpstreamIMAP, open_upstream
 
-log = structlog.get_logger("relay.imap")
+log = structlog.get_logger("relay365.imap")
 _conn_ids = itertools.count(1)
 READ_SIZE = 16 * 1024  # before login; the core caps what it buffers
 

@@ -1,6 +1,6 @@
 """`relay365 demo`: the whole relay, end to end, against an embedded Office 365 stand-in.
 
-It mints a throwaway CA (trustme), starts a local identity platform (token endpoint with rotating
+It mints a throwaway CA (`certs`, with cryptography), starts a local identity platform (token endpoint with rotating
 refresh tokens) and a local "smtp.office365.com" that requires STARTTLS and XOAUTH2 and checks the
 token, writes a real config file pointing relay365 at them, starts relay365 exactly as `serve` would,
 sends one message through it as a legacy client would (plain SMTP, AUTH PLAIN), and shows what the
@@ -18,15 +18,14 @@ import textwrap
 from email.message import EmailMessage
 from pathlib import Path
 
-import trustme
-
-from .app import Relay
-from .config import load_config
-from .logs import configure
-from .passwords import hash_password
-from .runloop import run
-from .testing.fakeidp import FakeIdP
-from .testing.fakeo365 import FakeO365SMTP
+from ..app import Relay
+from ..config import load_config
+from ..logs import configure
+from ..passwords import hash_password
+from ..runloop import run
+from .certs import make_test_certs
+from .fakeidp import FakeIdP
+from .fakeo365 import FakeO365SMTP
 
 MAILBOX = "scanner@contoso.example"
 USER, PASSWORD = "scanner", "demo-password"
@@ -45,13 +44,8 @@ class _Tap(logging.Handler):
 
 
 def _pki(workdir: Path) -> tuple[Path, Path, Path]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    ca_file, cert_file, key_file = workdir / "ca.pem", workdir / "cert.pem", workdir / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    return ca_file, cert_file, key_file
+    certs = make_test_certs(workdir / "pki", organization="relay365 demo CA")
+    return certs.ca_file, certs.cert_file, certs.key_file
 
 
 def _write_config(workdir: Path, idp: FakeIdP, smtp_port: int, relay_port: int,

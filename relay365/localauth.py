@@ -19,7 +19,7 @@ from .passwords import Verifier
 from .secret import Secret
 from .throttle import AuthThrottle, ThrottlePolicy
 
-log = structlog.get_logger("relay.auth")
+log = structlog.get_logger("relay365.auth")
 
 
 @dataclass(frozen=True)

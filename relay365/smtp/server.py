@@ -2,16 +2,16 @@
 
 Theory of operation. aiosmtpd parses SMTP; `RelayHandler`'s hooks hold our policy:
 - AUTH PLAIN / LOGIN are our own async `auth_*` hooks; the check itself (scrypt in a thread,
-  throttling, the `auth_failed` line for fail2ban) is `relay.localauth`, shared with IMAP.
+  throttling, the `auth_failed` line for fail2ban) is `relay365.localauth`, shared with IMAP.
 - MAIL decides who the client is sending as: its user's mailbox after AUTH, or the mailbox of the
   `unauthenticated` network it comes from; anyone else gets 530 - never an open relay. The upstream
   session (TLS + XOAUTH2) is opened then, and the MAIL, each RCPT and DATA are passed on as they come,
   so the client gets the upstream's own answer to each (250 only once Office 365 accepted).
 - With `sender: rewrite` the envelope sender and the From header become the mailbox.
-- Every failure becomes a reply chosen in `relay.smtp.replies`; nothing of an exception's text.
+- Every failure becomes a reply chosen in `relay365.smtp.replies`; nothing of an exception's text.
 - Delivery modes (per user and per `unauthenticated` network): `direct` is the above; `spool` opens
   no upstream session at all - MAIL and RCPT are answered here and DATA is answered 250 only once
-  the message is durably in the spool (`relay.spool`), which delivers it later; `fallback: spool`
+  the message is durably in the spool (`relay365.spool`), which delivers it later; `fallback: spool`
   is direct until the answer would be a 4xx (network, TLS, token, or the upstream's own 4xx), then
   the transaction continues into the spool and the client hears 250. 5xx always goes back as 5xx.
 One summary line per session (`smtp_session`) says who, as whom, how much and how it ended.
@@ -45,7 +45,7 @@ from .pool import UpstreamPool
 from .rewrite import rewrite_from
 from .upstream import UpstreamSMTP
 
-log = structlog.get_logger("relay.smtp")
+log = structlog.get_logger("relay365.smtp")
 _conn_ids = itertools.count(1)
 
 

@@ -65,7 +65,7 @@ def cmd_serve(args) -> int:
     try:
         run(main())
     except RelayError as exc:
-        structlog.get_logger("relay").error("startup_failed", error=str(exc))
+        structlog.get_logger("relay365").error("startup_failed", error=str(exc))
         print(f"relay365: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a listener could not be bound
@@ -171,7 +171,7 @@ def cmd_health(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .standins.demo import run_demo
 
     return run_demo(keep_serving=not args.once, port=args.port)
 

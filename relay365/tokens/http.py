@@ -2,7 +2,7 @@
 
 requests lets `REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` replace a session's `verify`, which would make the
 app's `ca_file` silently useless (and those variables are set on many machines). This session keeps
-its own trust (`relay.tlsutil.client_context`) and still honours proxy variables.
+its own trust (`relay365.tlsutil.client_context`) and still honours proxy variables.
 """
 
 from __future__ import annotations

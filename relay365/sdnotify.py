@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import structlog
 
-log = structlog.get_logger("relay.sdnotify")
+log = structlog.get_logger("relay365.sdnotify")
 
 # Longest a send may hold the event loop. The receiver's queue is net.unix.max_dgram_qlen
 # datagrams (10 by default); PID 1 drains it in microseconds unless it is busy.

@@ -26,7 +26,7 @@ Architecture, one page.
 Delivery guarantee: at least once. A message is delivered twice only if the process dies between
 the upstream's 250 and the removal of its queue entry.
 
-This module holds only the configuration, so `relay.config` can import it without pulling in
+This module holds only the configuration, so `relay365.config` can import it without pulling in
 asyncio or the token manager.
 """
 

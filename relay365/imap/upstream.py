@@ -2,7 +2,7 @@
 
 Theory of operation. Only the few lines before login are parsed here - greeting, CAPABILITY,
 AUTHENTICATE - and never with a client's tag in them: after `open_upstream` returns, the reader and
-writer carry the session's bytes untouched (see `relay.imap.splice`). SASL-IR is used when the server
+writer carry the session's bytes untouched (see `relay365.imap.splice`). SASL-IR is used when the server
 offers it, else the token goes after the `+` continuation. On failure Exchange sends a base64 JSON
 challenge; it is answered with an empty line and the final NO is read. A NO for a token that came
 from the cache gets one fresh token and one more try.
@@ -24,7 +24,7 @@ from ..sasl import decode_xoauth2_error, xoauth2_initial_response
 from ..tlsutil import client_context, nodelay
 from ..tokens.manager import TokenManager
 
-log = structlog.get_logger("relay.imap.upstream")
+log = structlog.get_logger("relay365.imap.upstream")
 
 MAX_LINE = 64 * 1024  # a CAPABILITY line of a big server is a few hundred bytes; this is generous
 _CAPS = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.I)

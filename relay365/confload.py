@@ -1,7 +1,7 @@
 """Typed loading of YAML into frozen dataclasses, with the line of every problem.
 
 Theory of operation: the YAML text is composed into nodes (which carry their line numbers) and the
-nodes are converted field by field into the dataclasses of `relay.config`, driven by their type hints.
+nodes are converted field by field into the dataclasses of `relay365.config`, driven by their type hints.
 Every problem is collected as `path: message (line N)` - `accounts[0].app: ... (line 23)` - so one
 run of `relay365 check` shows them all. Unknown keys are errors (a typo must not silently fall back to a
 default), and so are duplicate keys, which YAML itself would quietly let the last one win.

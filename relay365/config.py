@@ -1,7 +1,7 @@
 """The one configuration model.
 
 Every setting relay365 has is a field here, with its default. `load_config(path)` reads the YAML
-file (see `relay.confload` for the mechanics and error format) and then checks what no single field
+file (see `relay365.confload` for the mechanics and error format) and then checks what no single field
 can: that names refer to things that exist, that TLS settings come with certificates, that nothing
 makes an open relay. The key names are a contract with operators; add keys, never rename them.
 """

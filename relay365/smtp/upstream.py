@@ -19,7 +19,7 @@ from ..errors import UpstreamAuthError, UpstreamError
 from ..tlsutil import nodelay
 from ..tokens.manager import TokenManager
 
-log = structlog.get_logger("relay.smtp.upstream")
+log = structlog.get_logger("relay365.smtp.upstream")
 
 _NETWORK = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError,
             aiosmtplib.SMTPTimeoutError, OSError, ssl.SSLError, TimeoutError)

@@ -31,7 +31,7 @@ from .spool.worker import SpoolWorker, make_token_hold, make_upstream_deliverer
 from .tokens.manager import TokenManager
 from .tokens.store import TokenStore
 
-log = structlog.get_logger("relay.app")
+log = structlog.get_logger("relay365.app")
 SPOOL_STUCK_AFTER = 3600.0  # /readyz reports degraded while the oldest queued message is older
 
 

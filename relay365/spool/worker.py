@@ -10,7 +10,7 @@ woken (a submit, a finished delivery, stop). Per mailbox:
 - a failure of the session (network, login, token) or a throttling reply pauses the whole mailbox,
   so a backlog neither hammers Exchange nor gets reordered; a 4xx about one message defers only it;
 - an account whose token state is `needs-auth` is held: nothing is attempted, nothing ages.
-What each failure means and when to retry is decided in `relay.spool.schedule`; this module only
+What each failure means and when to retry is decided in `relay365.spool.schedule`; this module only
 carries it out and records it in the queue (always in a thread: fsync blocks).
 
 The index is only a cache: a change made while a scan runs is replayed on top of the scan's result,
@@ -41,7 +41,7 @@ from .queue import Entry, SpoolQueue, crash_point
 from .schedule import (HOLD_RECHECK, TokenBucket, Verdict, age_text, expired, next_attempt,
                        retry_delay, throttled, verdict)
 
-log = structlog.get_logger("relay.spool")
+log = structlog.get_logger("relay365.spool")
 
 NOTICE_HEADER_BYTES = 16384  # how much of a dead letter is read to quote its headers
 

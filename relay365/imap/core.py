@@ -5,7 +5,7 @@ Theory of operation
 `ImapPreauth` takes the client's bytes (`receive_data`) and the adapter's facts (`tls_started`,
 `login_succeeded`, `login_failed`, `timeout`) and returns effects, small frozen dataclasses the
 adapter carries out in order: `SendToClient`, `StartTLS`, `Authenticate`, `StartSplice`, `Close`.
-It has no sockets, clock or logging; the adapter (`relay.imap.server`) owns those.
+It has no sockets, clock or logging; the adapter (`relay365.imap.server`) owns those.
 
     NOT_AUTHENTICATED --STARTTLS--> TLS_HANDSHAKE --tls_started()--> NOT_AUTHENTICATED
     NOT_AUTHENTICATED --AUTHENTICATE PLAIN (no initial response)--> AUTH_RESPONSE --line--+

@@ -21,7 +21,7 @@ import structlog
 
 from .upstream import UpstreamSMTP
 
-log = structlog.get_logger("relay.smtp")
+log = structlog.get_logger("relay365.smtp")
 
 
 @dataclass

@@ -5,10 +5,10 @@ Theory of operation.
 - Otherwise one *flight* per account redeems the refresh token (or the client credentials); every
   caller that arrives meanwhile awaits that same flight, so 50 simultaneous logins cost one request,
   and a failed flight fails all its waiters at once instead of each of them retrying.
-- msal is synchronous (requests), so a flight runs in a worker thread (`relay.tokens.msalapp`). There, under the store's
+- msal is synchronous (requests), so a flight runs in a worker thread (`relay365.tokens.msalapp`). There, under the store's
   per-account lock (shared with other processes), it reads the newest refresh token, redeems it and
   stores the rotated one before the lock is released: two processes never redeem the same token.
-- msal's error dicts become `TokenError`s (`relay.tokens.classify`) right where msal is called.
+- msal's error dicts become `TokenError`s (`relay365.tokens.classify`) right where msal is called.
   Transient errors are retried with backoff within the flight; after a failed flight, new flights for
   that account are held back for a short, growing interval. Errors that need the operator are logged
   once, clearly, and then answered from memory until the stored refresh token changes (someone ran
@@ -36,7 +36,7 @@ from .http import TokenHTTPSession
 from .msalapp import call_msal
 from .store import StoredToken, TokenStore, write_atomic
 
-log = structlog.get_logger("relay.tokens")
+log = structlog.get_logger("relay365.tokens")
 
 RETRY_DELAYS = (0.5, 2.0)  # within one flight, for transient errors
 HOLD_MAX = 30.0  # seconds a failing account is held back between flights, at most
