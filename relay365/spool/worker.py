@@ -36,7 +36,7 @@ import structlog
 from .. import metrics
 from ..errors import RelayError, TokenError, UpstreamError
 from ..smtp.replies import one_line
-from . import SpoolConfig
+from ..config import SpoolConfig
 from .queue import Entry, SpoolQueue, crash_point
 from .schedule import (HOLD_RECHECK, TokenBucket, Verdict, age_text, expired, next_attempt,
                        retry_delay, throttled, verdict)

@@ -141,7 +141,7 @@ def sink_deliverer(port: int):
 
 
 async def child(args) -> None:
-    from relay365.spool import SpoolConfig
+    from relay365.config import SpoolConfig
     from relay365.spool.queue import SpoolQueue
     from relay365.spool.worker import SpoolWorker
 
@@ -296,7 +296,7 @@ def test_the_upstream_deliverer_into_postfix(tmp_path, pki, idp, upstream):
     import yaml
 
     from relay365.config import load_config
-    from relay365.spool import SpoolConfig
+    from relay365.config import SpoolConfig
     from relay365.spool.queue import SpoolQueue
     from relay365.spool.worker import SpoolWorker, make_token_hold, make_upstream_deliverer
     from relay365.tokens.manager import TokenManager

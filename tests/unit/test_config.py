@@ -566,3 +566,27 @@ def test_wide_public_networks_are_an_open_relay(tmp_path, network, refused):
         assert "open relay" in problems(text, tmp_path)[0]
     else:
         load_config(tmp_path / "c.yaml", text=text)
+
+
+def test_every_duration_and_size_key_takes_units(tmp_path):
+    """`30s`, `15m`, `1h`, `5d` wherever a key is seconds; `35MB` wherever it is bytes."""
+    text = GOOD.replace("  max_message_size: 10MB\n", "  max_message_size: 10MB\n  timeout: 5m\n"
+                        "  max_session_time: 2h\n") + (
+        "drain_timeout: 30s\ntoken_keepalive: 3d\ntoken_refresh_margin: 10m\n"
+        "upstream: {smtp_pool_idle: 30s, timeout: 2m, connect_timeout: 15s}\n"
+        "imap: {login_timeout: 1m, idle_timeout: 31m, max_session_time: 1d}\n"
+        "limits: {auth_failure_delay: 1s, auth_max_delay: 10s, auth_block_seconds: 15m, "
+        "auth_window: 1h}\n"
+        "spool: {max_lifetime: 5d, min_free_space: 64MB}\n")
+    c = load_config(tmp_path / "c.yaml", text=text)
+    assert (c.smtp.timeout, c.smtp.max_session_time, c.drain_timeout) == (300, 7200, 30)
+    assert (c.token_keepalive, c.token_refresh_margin) == (3 * 86400, 600)
+    assert (c.upstream.smtp_pool_idle, c.upstream.timeout, c.upstream.connect_timeout) == (30, 120, 15)
+    assert (c.imap.login_timeout, c.imap.idle_timeout, c.imap.max_session_time) == (60, 1860, 86400)
+    assert (c.limits.auth_block_seconds, c.limits.auth_window) == (900, 3600)
+    assert (c.spool.max_lifetime, c.spool.min_free_space) == (5 * 86400, 64 * 1024**2)
+    durations = [f"{type(o).__name__}.{f.name}" for o in (c, c.smtp, c.imap, c.upstream, c.limits,
+                                                          c.spool, c.apps["default"])
+                 for f in dataclasses.fields(o)
+                 if f.type in ("float", "float | None") and "parse" not in f.metadata]
+    assert durations == ["SpoolConfig.rate_per_minute"]  # the one float key that is not seconds

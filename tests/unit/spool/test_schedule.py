@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from relay365.confload import Loader
+from relay365.config.loader import Loader
 from relay365.errors import ConfigError, TokenError, UpstreamAuthError, UpstreamError
-from relay365.spool import SpoolConfig, parse_duration
+from relay365.config import SpoolConfig, parse_duration
 from relay365.spool.schedule import (TokenBucket, Verdict, age_text, expired, next_attempt, retry_delay,
                                   throttled, verdict)
 

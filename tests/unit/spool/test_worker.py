@@ -17,7 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from relay365.errors import TokenError, UpstreamError
-from relay365.spool import SpoolConfig
+from relay365.config import SpoolConfig
 from relay365.spool import worker as worker_mod
 from relay365.spool.cli import queue_retry
 from relay365.spool.queue import Entry, SpoolError, SpoolQueue

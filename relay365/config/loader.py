@@ -1,7 +1,7 @@
 """Typed loading of YAML into frozen dataclasses, with the line of every problem.
 
 Theory of operation: the YAML text is composed into nodes (which carry their line numbers) and the
-nodes are converted field by field into the dataclasses of `relay365.config`, driven by their type hints.
+nodes are converted field by field into the dataclasses of `relay365.config.model`, driven by their type hints.
 Every problem is collected as `path: message (line N)` - `accounts[0].app: ... (line 23)` - so one
 run of `relay365 check` shows them all. Unknown keys are errors (a typo must not silently fall back to a
 default), and so are duplicate keys, which YAML itself would quietly let the last one win.
@@ -18,12 +18,13 @@ import re
 import types
 import typing
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import ConfigError
-from .secret import Secret
+from ..errors import ConfigError
+from ..secret import Secret
 
 _FAIL = object()
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
@@ -34,9 +35,10 @@ _SCALAR_TAGS = {
 }
 
 
-def field_parser(fn) -> dict:
-    """Field metadata: parse the (env-expanded) string with `fn`, which raises ValueError(msg)."""
-    return {"parse": fn}
+def field_parser(fn: Callable[[str], Any], expects: str = "string") -> dict[str, Any]:
+    """Field metadata: parse the (env-expanded) string with `fn`, which raises ValueError(msg).
+    `expects` names the kind of value in the message for a list or mapping given instead."""
+    return {"parse": fn, "expects": expects}
 
 
 class Loader:
@@ -82,7 +84,7 @@ class Loader:
         if origin is list and meta and "parse" in meta:  # a list of parsed strings
             return self.sequence(str, node, path, meta)
         if meta and "parse" in meta:
-            raw = self.scalar(str, node, path)
+            raw = self.scalar(str, node, path, expects=meta.get("expects"))
             if raw is _FAIL:
                 return _FAIL
             try:
@@ -203,9 +205,9 @@ class Loader:
         value = self.scalar(str, node, path)
         return value if value is _FAIL else Secret(value)
 
-    def scalar(self, tp: type, node: yaml.Node, path: str) -> Any:
+    def scalar(self, tp: type, node: yaml.Node, path: str, expects: str | None = None) -> Any:
         if not isinstance(node, yaml.ScalarNode):
-            self.error(path, f"expected a {_name(tp)}, not a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}", node)
+            self.error(path, f"expected a {expects or _name(tp)}, not a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}", node)
             return _FAIL
         actual = _SCALAR_TAGS.get(node.tag, str)
         if tp is str:

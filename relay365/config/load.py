@@ -1,0 +1,129 @@
+"""Loading the config file: YAML into the model, then the checks no single field can make.
+
+`load_config(path)` reads the file (`loader` does the typed conversion and the error format), then
+checks that names refer to things that exist, that TLS settings come with certificates and that
+nothing makes an open relay; every problem is reported as `key: problem (line N)`, all at once.
+It also applies the defaults that depend on other keys (a national cloud's mail hosts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..passwords import check_hash_format
+from .loader import Loader
+from .model import CLOUD_MAIL_HOSTS, Config
+from .services import HttpConfig, ImapConfig, SmtpConfig
+
+
+def load_config(path: str | Path, text: str | None = None) -> Config:
+    """Read and check a config file; raises ConfigError listing every problem with its line."""
+    path = Path(path)
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"],
+                              str(path)) from None
+    loader = Loader(str(path))
+    config = loader.load(text, Config)
+    for section, default in (("smtp", SmtpConfig), ("imap", ImapConfig), ("http", HttpConfig)):
+        if getattr(config, section) is None and loader.line(section) is not None:
+            config = replace(config, **{section: default()})  # `smtp:` alone: the defaults
+    problems = list(_cross_check(config, loader))
+    if problems:
+        raise ConfigError(problems, str(path))
+    state_dir = config.state_dir if config.state_dir.is_absolute() else path.parent / config.state_dir
+    upstream = config.upstream
+    kinds = {"consumers" if a.tenant == "consumers" else a.cloud for a in config.apps.values()}
+    if len(kinds) == 1 and (kind := kinds.pop()) != "global":
+        smtp_host, imap_host = CLOUD_MAIL_HOSTS[kind]
+        if loader.line("upstream.smtp") is None:
+            upstream = replace(upstream, smtp=replace(upstream.smtp, host=smtp_host))
+        if loader.line("upstream.imap") is None:
+            upstream = replace(upstream, imap=replace(upstream.imap, host=imap_host))
+    return replace(config, state_dir=state_dir, upstream=upstream, source=str(path))
+
+
+def _cross_check(c: Config, loader: Loader):
+    def at(p: str) -> str:
+        line = loader.line(p)
+        return f" (line {line})" if line else ""
+
+    if not c.accounts:
+        yield "accounts: at least one upstream mailbox is needed" + at("accounts")
+    seen: set[str] = set()
+    for i, a in enumerate(c.accounts):
+        p = f"accounts[{i}]"
+        if "@" not in a.mailbox:
+            yield f"{p}.mailbox: not an email address: {a.mailbox!r}{at(p + '.mailbox')}"
+        if a.mailbox.lower() in seen:
+            yield f"{p}.mailbox: {a.mailbox} is listed twice{at(p + '.mailbox')}"
+        seen.add(a.mailbox.lower())
+        if a.app not in c.apps:
+            known = ", ".join(sorted(c.apps)) or "none defined"
+            yield f"{p}.app: no app named {a.app!r} (apps: {known}){at(p + '.app') or at(p)}"
+        elif a.flow == "client_credentials" and not c.apps[a.app].client_secret:
+            yield f"{p}.flow: client_credentials needs apps.{a.app}.client_secret{at(p + '.flow')}"
+    names: set[str] = set()
+    for i, u in enumerate(c.users):
+        p = f"users[{i}]"
+        if u.username in names:
+            yield f"{p}.username: {u.username!r} is listed twice{at(p + '.username')}"
+        names.add(u.username)
+        if c.account(u.mailbox) is None:
+            yield f"{p}.mailbox: no account for {u.mailbox!r} under accounts{at(p + '.mailbox')}"
+        problem = check_hash_format(u.password_hash.reveal())
+        if problem:
+            yield f"{p}.password_hash: {problem}{at(p + '.password_hash')}"
+    for name, app in c.apps.items():
+        if app.authority and not app.authority.startswith("https://"):
+            yield f"apps.{name}.authority: must be an https:// URL{at(f'apps.{name}.authority')}"
+        if app.ca_file and not app.ca_file.is_file():
+            yield f"apps.{name}.ca_file: no such file: {app.ca_file}{at(f'apps.{name}.ca_file')}"
+    if c.upstream.ca_file and not c.upstream.ca_file.is_file():
+        yield f"upstream.ca_file: no such file: {c.upstream.ca_file}{at('upstream.ca_file')}"
+    for proto, svc in (("smtp", c.smtp), ("imap", c.imap)):
+        if svc is None:
+            continue
+        yield from _check_tls(proto, svc, at)
+    if c.smtp:
+        for i, n in enumerate(c.smtp.unauthenticated):
+            p = f"smtp.unauthenticated[{i}]"
+            if c.account(n.mailbox) is None:
+                yield f"{p}.mailbox: no account for {n.mailbox!r} under accounts{at(p + '.mailbox') or at(p)}"
+            if n.network.prefixlen == 0:
+                yield (f"{p}.network: {n.network} would let the whole Internet send without a "
+                       f"password (an open relay); list your LAN's networks{at(p + '.network')}")
+            elif n.network.prefixlen < (8 if n.network.version == 4 else 16) and not n.network.is_private:
+                yield (f"{p}.network: {n.network} would let a large part of the Internet send "
+                       f"without a password (an open relay); list your LAN's networks (public "
+                       f"ranges at most a /{8 if n.network.version == 4 else 16}){at(p + '.network')}")
+    for p, entry in [(f"users[{i}]", u) for i, u in enumerate(c.users)] + (
+            [(f"smtp.unauthenticated[{i}]", n) for i, n in enumerate(c.smtp.unauthenticated)]
+            if c.smtp else []):
+        if entry.fallback == "spool" and entry.delivery == "spool":
+            yield (f"{p}.fallback: spool only applies to delivery: direct (this entry spools "
+                   f"everything already){at(p + '.fallback')}")
+    if c.smtp is None and c.imap is None:
+        yield "smtp, imap: no listener configured; add an smtp: or imap: section" + at("")
+
+
+def _check_tls(proto: str, svc, at):
+    if svc.proxy_protocol and not svc.trusted_proxies:
+        yield (f"{proto}.trusted_proxies: needed with proxy_protocol: true (the addresses of your "
+               f"HAProxy/nginx){at(f'{proto}.proxy_protocol')}")
+    if svc.tls != "none":
+        for key in ("cert_file", "key_file"):
+            f = getattr(svc, key)
+            if f is None:
+                yield f"{proto}.{key}: needed with tls: {svc.tls}{at(f'{proto}.tls')}"
+            elif not f.is_file():
+                yield f"{proto}.{key}: no such file: {f}{at(f'{proto}.{key}')}"
+    elif not svc.allow_plaintext_auth:
+        yield (f"{proto}.allow_plaintext_auth: false needs tls: starttls or implicit, "
+               f"or no client could log in{at(f'{proto}.allow_plaintext_auth')}")
