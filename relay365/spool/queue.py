@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 from ..errors import RelayError
-from ..tokens.store import write_atomic
+from ..fsutil import fsync_dir, locked, try_lock, write_atomic
 
 MESSAGE = "message.eml"
 ENVELOPE = "envelope.json"
@@ -156,14 +155,6 @@ def _write_file(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _storage_error(exc: OSError, what: str) -> SpoolError:
     name = errno.errorcode.get(exc.errno or 0, "EIO")
     cls = SpoolFullError if exc.errno in _STORAGE_ERRNOS else SpoolError
@@ -203,22 +194,15 @@ class SpoolQueue:
     def locked(self) -> Iterator[None]:
         """The lock every read-modify-write holds, in this process and in the operator tools."""
         self.ensure_dirs()
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked(self.root / "lock"):
             yield
-        finally:
-            os.close(fd)
 
     def lock_worker(self) -> None:
         """Claim the spool for this process's worker; SpoolError if another one has it."""
         self.ensure_dirs()
-        fd = os.open(self.root / "worker.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SpoolError(f"another relay365 is delivering from {self.root}") from None
+        fd = try_lock(self.root / "worker.lock")
+        if fd is None:
+            raise SpoolError(f"another relay365 is delivering from {self.root}")
         self._worker_lock = fd
 
     def unlock_worker(self) -> None:
@@ -261,11 +245,11 @@ class SpoolQueue:
             os.mkdir(tmp, 0o700)
             _write_file(tmp / MESSAGE, data)
             _write_file(tmp / ENVELOPE, entry.to_json())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             crash_point("enqueue_before_rename")
             os.rename(tmp, final)
             committed = True
-            _fsync_dir(self.queue)
+            fsync_dir(self.queue)
         except OSError as exc:
             if committed:  # renamed but not known to be durable: take it back, the client retries
                 with contextlib.suppress(OSError):
@@ -378,8 +362,8 @@ class SpoolQueue:
                 os.rename(path, self.failed / name)
             except FileNotFoundError:
                 return None
-            _fsync_dir(self.failed)
-            _fsync_dir(self.queue)
+            fsync_dir(self.failed)
+            fsync_dir(self.queue)
             return name
 
     def fail_recipients(self, entry_id: str, rcpt_errors: dict[str, str], now: float) -> str | None:
@@ -402,9 +386,9 @@ class SpoolQueue:
                 except OSError:
                     shutil.copyfile(src / MESSAGE, tmp / MESSAGE)
                 _write_file(tmp / ENVELOPE, entry.to_json())
-                _fsync_dir(tmp)
+                fsync_dir(tmp)
                 os.rename(tmp, self.failed / name)
-                _fsync_dir(self.failed)
+                fsync_dir(self.failed)
             except OSError:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -421,8 +405,8 @@ class SpoolQueue:
             self._rewrite(src, next_attempt=now, attempts=0, lifetime_start=now, failed_at=None)
             name = _free_name(self.queue, entry_id)
             os.rename(src, self.queue / name)
-            _fsync_dir(self.queue)
-            _fsync_dir(self.failed)
+            fsync_dir(self.queue)
+            fsync_dir(self.failed)
             return self.read(self.queue / name)
 
     def delete(self, entry_id: str) -> Where:
@@ -441,6 +425,6 @@ class SpoolQueue:
                 os.rename(path, grave)
             except FileNotFoundError:
                 return False
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         shutil.rmtree(grave, ignore_errors=True)
         return True

@@ -34,7 +34,8 @@ from ..errors import TokenError
 from ..secret import Secret
 from .http import TokenHTTPSession
 from .msalapp import call_msal
-from .store import StoredToken, TokenStore, write_atomic
+from ..fsutil import write_atomic
+from .store import StoredToken, TokenStore
 
 log = structlog.get_logger("relay365.tokens")
 

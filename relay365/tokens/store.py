@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
 from ..errors import RelayError
+from ..fsutil import locked, write_atomic
 from ..secret import Secret
 
 KEY_ENV = "RELAY365_STORE_KEY"
@@ -47,28 +48,6 @@ class StoredToken:
     refresh_token: Secret
     updated_at: float
     seed_fingerprint: str | None = None
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write, fsync, rename over `path`, fsync the directory."""
-    # unique per writer: two threads of one process may write the same file (outside any lock)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class TokenStore:
@@ -185,34 +164,28 @@ class TokenStore:
             raise StoreError(f"cannot write {self.path}: {exc.strerror}") from None
 
     @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self) -> Iterator[None]:
         self._ensure_dir()
-        try:
-            fd = os.open(self.dir / "tokens.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot open {self.dir / 'tokens.lock'}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        path = self.dir / "tokens.lock"
+        with locked(path, lambda exc: StoreError(f"cannot open {path}: {exc.strerror}")):
             yield
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def account_lock(self, mailbox: str):
         """Held across redeeming a mailbox's refresh token and storing the rotated one, by every
         process, so the same token is never redeemed twice."""
         locks = self.dir / "locks"
+        name = hashlib.sha256(mailbox.lower().encode()).hexdigest()[:24]
+
+        def error(exc: OSError) -> StoreError:
+            return StoreError(f"cannot create a lock in {locks}: {exc.strerror}")
+
         try:
             locks.mkdir(parents=True, exist_ok=True, mode=0o700)
-            name = hashlib.sha256(mailbox.lower().encode()).hexdigest()[:24]
-            fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise StoreError(f"cannot create a lock in {locks}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            raise error(exc) from None
+        with locked(locks / f"{name}.lock", error):
             yield
-        finally:
-            os.close(fd)
 
     def check(self) -> int:
         """Open the store (creating the key if new); returns how many mailboxes it holds."""

@@ -112,14 +112,14 @@ def test_no_permission_for_the_directory(q, monkeypatch):
 
 def test_if_the_queue_directory_cannot_be_synced_the_entry_is_taken_back(q, monkeypatch):
     earlier = put(q)
-    real = queue_mod._fsync_dir
+    real = queue_mod.fsync_dir
 
     def fsync_dir(path):
         if path == q.queue:
             raise OSError(errno.EIO, "I/O error")
         real(path)
 
-    monkeypatch.setattr(queue_mod, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(queue_mod, "fsync_dir", fsync_dir)
     with pytest.raises(SpoolError):
         put(q, 1)
     assert listing(q.queue) == [earlier] and listing(q.tmp) == []

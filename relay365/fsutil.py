@@ -1,0 +1,83 @@
+"""Crash-safe files: atomic writes, directory fsync, and advisory locks shared between processes.
+
+Everything relay365 keeps on disk - the token store, the spool, `accounts.json` - is changed with
+the same two recipes, so they live here once:
+- `write_atomic`: write a temp file beside the target, fsync it, rename it over the target, fsync
+  the directory. A crash leaves the old file or the new one, never half of one.
+- `locked` / `try_lock`: an exclusive `flock` on a lock file (created 0600), held by every process
+  that does a read-modify-write (the daemon, `relay365 auth`, `relay365 queue`, a second daemon).
+  flock locks belong to the open file, so they are released when the process dies.
+
+Synchronous on purpose (fsync blocks): callers on the event loop run these in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write, fsync, rename over `path`, fsync the directory."""
+    # unique per writer: two threads of one process may write the same file (outside any lock)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def _open_lock(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+@contextlib.contextmanager
+def locked(path: Path, error: Callable[[OSError], Exception] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the lock file `path` (waiting for it) for the `with` block.
+
+    When the lock file cannot be opened, `error(exc)` is raised instead of the OSError (a caller's
+    own error that names the file); errors inside the block pass through untouched."""
+    try:
+        fd = _open_lock(path)
+    except OSError as exc:
+        if error is None:
+            raise
+        raise error(exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def try_lock(path: Path) -> int | None:
+    """Take the lock on `path` without waiting: the open descriptor that holds it (close it to
+    release), or None when another process holds it."""
+    fd = _open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
