@@ -26,8 +26,10 @@ from .errors import ConfigError
 from .httpapi import serve_http
 from .localauth import LocalAuth
 from .smtp.server import RelayHandler, start_smtp
+from .states import AccountState
 from .spool.queue import SpoolQueue
-from .spool.worker import SpoolWorker, make_token_hold, make_upstream_deliverer
+from .delivery import SmtpDeliverer
+from .spool.worker import SpoolWorker, make_token_hold, spool_deliver
 from .tokens.manager import TokenManager
 from .tokens.store import TokenStore
 
@@ -52,7 +54,7 @@ class Relay:
         if config.smtp is not None:
             self.spool = SpoolWorker(
                 SpoolQueue(config.state_dir, min_free_space=config.spool.min_free_space),
-                make_upstream_deliverer(config, self.tokens), config.spool,
+                spool_deliver(SmtpDeliverer(config, self.tokens)), config.spool,
                 held=make_token_hold(self.tokens))
         self.smtp: RelayHandler | None = None
         self.imap = None  # relay.imap.server.ImapHandler when imap: is configured
@@ -175,7 +177,7 @@ class Relay:
         self.tokens.configure(new)
         self.auth.configure(new)
         if self.spool is not None:
-            self.spool.configure(new.spool, make_upstream_deliverer(new, self.tokens))
+            self.spool.configure(new.spool, spool_deliver(SmtpDeliverer(new, self.tokens)))
         logging.getLogger().setLevel(new.log.level.upper())
         for proto in ("smtp", "imap", "http"):
             old_s, new_s = getattr(old, proto), getattr(new, proto)
@@ -201,9 +203,10 @@ class Relay:
     def readiness(self) -> dict:
         if self.phase != "ready":
             return {"status": self.phase, "reasons": [f"relay is {self.phase}"]}
-        reasons = [f"{s.mailbox}: {s.state}" + (f" ({s.error.code})" if s.error else "")
-                   + (f": {s.error.action}" if s.error else "")
-                   for s in self.tokens.status.values() if s.state == "needs-auth"]
+        # the bare number, as /readyz and `relay365 health` have always shown it
+        reasons = [f"{v.mailbox}: {v.state}" + (f" ({v.code.removeprefix('AADSTS')})" if v.code else "")
+                   + (f": {v.action}" if v.action else "")
+                   for v in self.tokens.views() if v.state is AccountState.NEEDS_AUTH]
         if self.spool is not None:
             depth, oldest = self.spool.stats()
             if oldest > SPOOL_STUCK_AFTER:
@@ -215,10 +218,10 @@ class Relay:
     def _register_gauges(self) -> None:
         metrics.register_gauge(
             "relay365_accounts_needing_auth", "Accounts whose refresh token needs re-authorisation",
-            lambda: [({}, sum(s.state == "needs-auth" for s in self.tokens.status.values()))])
+            lambda: [({}, sum(v.state is AccountState.NEEDS_AUTH for v in self.tokens.views()))])
         metrics.register_gauge(
             "relay365_account_state", "1 for each account's current token state",
-            lambda: [({"mailbox": s.mailbox, "state": s.state}, 1) for s in self.tokens.status.values()])
+            lambda: [({"mailbox": v.mailbox, "state": v.state}, 1) for v in self.tokens.views()])
         metrics.register_gauge(
             "relay365_active_connections", "Client connections now open, by protocol",
             lambda: [({"proto": "smtp"}, self.smtp.active if self.smtp else 0),

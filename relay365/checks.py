@@ -6,19 +6,17 @@ import time
 
 from .config import Config
 from .errors import RelayError, TokenError
-from .smtp.replies import for_exception
-from .smtp.upstream import UpstreamSMTP
+from .delivery import open_session
+from .replies import for_exception
 from .tlsutil import client_context
 from .tokens.manager import TokenManager
 from .tokens.store import TokenStore
 
 
 async def _smtp(config: Config, tokens: TokenManager, mailbox: str) -> str:
-    up = UpstreamSMTP(config.upstream.smtp, client_context(config.upstream.ca_file),
-                      local_hostname="relay365-check",
-                      connect_timeout=config.upstream.connect_timeout, timeout=config.upstream.timeout)
     try:
-        await up.open(mailbox, tokens)
+        up = await open_session(config.upstream, client_context(config.upstream.ca_file), tokens,
+                                mailbox, local_hostname="relay365-check")
     except RelayError as exc:
         return "FAILED " + for_exception(exc)
     await up.close()

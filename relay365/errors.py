@@ -1,7 +1,7 @@
 """One root exception, with the client side and the upstream side kept apart.
 
 Every exception that reaches a client boundary is mapped to a protocol reply on purpose (see
-`relay365.smtp.replies`); none of their text goes on the wire unless a class says it is safe.
+`relay365.replies`); none of their text goes on the wire unless a class says it is safe.
 """
 
 from __future__ import annotations

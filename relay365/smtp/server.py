@@ -8,7 +8,7 @@ Theory of operation. aiosmtpd parses SMTP; `RelayHandler`'s hooks hold our polic
   session (TLS + XOAUTH2) is opened then, and the MAIL, each RCPT and DATA are passed on as they come,
   so the client gets the upstream's own answer to each (250 only once Office 365 accepted).
 - With `sender: rewrite` the envelope sender and the From header become the mailbox.
-- Every failure becomes a reply chosen in `relay365.smtp.replies`; nothing of an exception's text.
+- Every failure becomes a reply chosen in `relay365.replies`; nothing of an exception's text.
 - Delivery modes (per user and per `unauthenticated` network): `direct` is the above; `spool` opens
   no upstream session at all - MAIL and RCPT are answered here and DATA is answered 250 only once
   the message is durably in the spool (`relay365.spool`), which delivers it later; `fallback: spool`
@@ -36,14 +36,14 @@ from ..secret import Secret
 from ..proxyproto import PROXY_TIMEOUT, is_trusted, real_client
 from ..throttle import ConnectionLimits
 from ..tlsutil import client_context, nodelay, server_context
-from ..spool.queue import ERROR_REPLY as SPOOL_ERROR_REPLY, FULL_REPLY, SpoolError, SpoolFullError
+from ..spool.queue import SpoolError, SpoolFullError
 from ..spool.worker import SpoolWorker
 from ..tokens.manager import TokenManager
 from .. import metrics
-from . import replies
-from .pool import UpstreamPool
+from .. import replies
+from ..delivery.pool import UpstreamPool
 from .rewrite import rewrite_from
-from .upstream import UpstreamSMTP
+from ..delivery.smtp import UpstreamSMTP, open_session
 
 log = structlog.get_logger("relay365.smtp")
 _conn_ids = itertools.count(1)
@@ -368,11 +368,11 @@ class RelayHandler:
             entry_id = await self.spool.submit(state.mailbox, txn.sender, rcpts, message,
                                                mail_options=txn.options)
         except SpoolFullError as exc:
-            reply = FULL_REPLY
+            reply = replies.SPOOL_FULL
             log.error("spool_refused", conn=state.conn_id, peer=state.peer, mailbox=state.mailbox,
                       error=str(exc), reply=reply)
         except SpoolError as exc:
-            reply = SPOOL_ERROR_REPLY
+            reply = replies.SPOOL_ERROR
             log.error("spool_refused", conn=state.conn_id, peer=state.peer, mailbox=state.mailbox,
                       error=str(exc), reply=reply)
         else:
@@ -415,10 +415,8 @@ class RelayHandler:
                      age=round(time.monotonic() - (up.opened_at or 0), 1))
             return up
         cfg = self.config.upstream
-        up = UpstreamSMTP(cfg.smtp, self.upstream_tls, local_hostname=self.smtp.hostname,
-                          connect_timeout=cfg.connect_timeout, timeout=cfg.timeout)
-        state.upstream = None
-        await up.open(state.mailbox, self.tokens)
+        up = await open_session(cfg, self.upstream_tls, self.tokens, state.mailbox,
+                                local_hostname=self.smtp.hostname)
         state.upstream = up
         metrics.UPSTREAM_LATENCY.labels("smtp", "login").observe(up.connect_seconds or 0)
         log.info("upstream_connected", conn=state.conn_id, mailbox=state.mailbox,

@@ -40,9 +40,6 @@ from ..fsutil import fsync_dir, locked, try_lock, write_atomic
 MESSAGE = "message.eml"
 ENVELOPE = "envelope.json"
 ENVELOPE_VERSION = 1
-# The SMTP side answers these; RFC 3463 s.3.4: 4.3.1 "mail system full"
-FULL_REPLY = "452 4.3.1 Insufficient system storage"
-ERROR_REPLY = "451 4.3.0 The relay cannot queue the message right now; try again later"
 CRASH_ENV = "RELAY365_SPOOL_CRASH_AT"  # tests only: "<point>[:<nth time>]" -> SIGKILL there
 
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
@@ -51,11 +48,12 @@ Where = Literal["queue", "failed"]
 
 
 class SpoolError(RelayError):
-    """The spool cannot take or change a message (the SMTP side answers ERROR_REPLY)."""
+    """The spool cannot take or change a message (the SMTP side answers `replies.SPOOL_ERROR`)."""
 
 
 class SpoolFullError(SpoolError):
-    """No room or no permission to write (ENOSPC, EDQUOT, EROFS, EACCES, ...): answer FULL_REPLY."""
+    """No room or no permission to write (ENOSPC, EDQUOT, EROFS, EACCES, ...): the SMTP side
+    answers `replies.SPOOL_FULL`."""
 
 
 class NotFound(SpoolError):

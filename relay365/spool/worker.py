@@ -21,43 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.policy
-import email.utils
 import random
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from email.message import EmailMessage
-from email.parser import BytesHeaderParser
-from typing import Awaitable, Callable, Sequence
 
 import structlog
 
 from .. import metrics
-from ..errors import RelayError, TokenError, UpstreamError
-from ..smtp.replies import one_line
 from ..config import SpoolConfig
+from ..delivery import Deliverer, Outgoing, Refusal
+from ..errors import RelayError, UpstreamError
+from ..replies import one_line
+from ..tokens.manager import TokenManager
+from .notice import read_head, render_notice
 from .queue import Entry, SpoolQueue, crash_point
 from .schedule import (HOLD_RECHECK, TokenBucket, Verdict, age_text, expired, next_attempt,
                        retry_delay, throttled, verdict)
 
 log = structlog.get_logger("relay365.spool")
-
-NOTICE_HEADER_BYTES = 16384  # how much of a dead letter is read to quote its headers
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A recipient the upstream refused while others were (or may have been) accepted."""
-
-    rcpt: str
-    code: int
-    text: str
-    transient: bool
-
-    @property
-    def reply(self) -> str:
-        return f"{self.code} {one_line(self.text, 300)}"
 
 
 Deliver = Callable[[Entry], Awaitable[Sequence[Refusal] | None]]
@@ -150,7 +133,7 @@ class SpoolWorker:
                      mail_options: Sequence[str] = (), notice: bool = False) -> str:
         """Queue a message durably; when this returns, the client may be told 250.
 
-        Raises `SpoolFullError` (answer `queue.FULL_REPLY`) or `SpoolError` (`queue.ERROR_REPLY`).
+        Raises `SpoolFullError` (answer `replies.SPOOL_FULL`) or `SpoolError` (`replies.SPOOL_ERROR`).
         """
         def store() -> Entry:
             entry_id = self.queue.enqueue(mailbox, mail_from, list(rcpts), data, self._clock(),
@@ -393,7 +376,7 @@ class SpoolWorker:
         if not admin or entry.notice:
             return
         try:
-            head = await asyncio.to_thread(_read_head, self.queue.failed / failed_id)
+            head = await asyncio.to_thread(read_head, self.queue.failed / failed_id)
             data = render_notice(entry, reason, failed_id, admin, head, self._clock())
             await self.submit(entry.mailbox, entry.mailbox, [admin], data, notice=True)
         except (RelayError, OSError) as exc:
@@ -404,87 +387,18 @@ def _later(entry: Entry, when: float) -> Entry:
     return replace(entry, next_attempt=when)
 
 
-def _read_head(path) -> bytes:
-    with open(path / "message.eml", "rb") as f:
-        return f.read(NOTICE_HEADER_BYTES)
+# -- the real thing: a Deliverer of relay365.delivery -----------------------------------------------
 
-
-def render_notice(entry: Entry, reason: str, failed_id: str, admin: str, head: bytes,
-                  now: float) -> bytes:
-    """The plain-text notice about a dead letter, sent from the mailbox to the admin."""
-    original = BytesHeaderParser(policy=email.policy.default).parsebytes(head)
-    msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"] = f"relay365 <{entry.mailbox}>"
-    msg["To"] = admin
-    msg["Subject"] = f"relay365: undeliverable message from {entry.mailbox} ({failed_id})"
-    msg["Date"] = email.utils.formatdate(now)
-    msg["Message-ID"] = email.utils.make_msgid("relay365")
-    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
-    quoted = "\n".join(f"  {h}: {one_line(str(original[h]), 200)}"
-                       for h in ("Subject", "From", "To", "Date", "Message-ID") if original[h])
-    msg.set_content(
-        f"relay365 could not deliver a message and gave up.\n\n"
-        f"  Queue id:   {failed_id}\n  Mailbox:    {entry.mailbox}\n"
-        f"  Sender:     {entry.mail_from}\n  Recipients: {', '.join(entry.rcpts)}\n"
-        f"  Received:   {email.utils.formatdate(entry.received_at)}\n"
-        f"  Attempts:   {entry.attempts + 1}\n  Reason:     {reason}\n\n"
-        f"Original headers:\n{quoted or '  (none)'}\n\n"
-        f"The message is kept in the spool's failed/ directory.\n"
-        f"  relay365 queue show {failed_id}     shows it\n"
-        f"  relay365 queue retry {failed_id}    sends it again\n"
-        f"  relay365 queue delete {failed_id}   removes it\n")
-    return msg.as_bytes()
-
-
-# -- the real thing: Office 365 through UpstreamSMTP ------------------------------------------------
-
-def make_token_hold(tokens) -> Callable[[str], bool]:
+def make_token_hold(tokens: TokenManager) -> Callable[[str], bool]:
     """`held(mailbox)` for the worker: True while the account's token state is needs-auth."""
-    def held(mailbox: str) -> bool:
-        status = tokens.status.get(mailbox.lower())
-        return status is not None and status.state == "needs-auth"
-
-    return held
+    return tokens.needs_auth
 
 
-def make_upstream_deliverer(config, tokens, *, tls=None) -> Deliver:
-    """A `deliver(entry)` that sends over one UpstreamSMTP session (TLS, XOAUTH2 as the mailbox).
-
-    Every recipient is tried; refused ones come back as `Refusal`s and the message goes to the
-    accepted ones. Session failures and a refused MAIL or DATA raise the relay's errors.
-    """
-    from ..smtp.upstream import UpstreamSMTP
-    from ..tlsutil import client_context
-
-    up_cfg = config.upstream
-    tls = tls or client_context(up_cfg.ca_file)
-    hostname = config.smtp.hostname if config.smtp else "relay365"
-
+def spool_deliver(deliverer: Deliverer) -> Deliver:
+    """The worker's `deliver(entry)`: the message read from the spool, handed to `deliverer`."""
     async def deliver(entry: Entry) -> tuple[Refusal, ...]:
-        if config.account(entry.mailbox) is None:
-            raise TokenError(account=entry.mailbox, error="unknown_account", code=None,
-                             transient=False, action="add the mailbox under accounts: or delete "
-                                                     "its queued messages")
-        message = await asyncio.to_thread(entry.message_path.read_bytes)
-        up = UpstreamSMTP(up_cfg.smtp, tls, local_hostname=hostname,
-                          connect_timeout=up_cfg.connect_timeout, timeout=up_cfg.timeout)
-        await up.open(entry.mailbox, tokens)
-        try:
-            await up.mail(entry.mail_from, list(entry.mail_options))
-            refusals = []
-            for rcpt in entry.rcpts:
-                try:
-                    await up.rcpt(rcpt)
-                except UpstreamError as exc:
-                    if exc.code is None or exc.code == 421:  # the session is gone, not the recipient
-                        raise
-                    refusals.append(Refusal(rcpt, exc.code, exc.text, exc.transient))
-            if len(refusals) < len(entry.rcpts):
-                await up.data(message)
-                metrics.MESSAGES.inc()
-                metrics.BYTES.labels("smtp", "up").inc(len(message))
-            return tuple(refusals)
-        finally:
-            await up.close()
+        data = await asyncio.to_thread(entry.message_path.read_bytes)
+        return await deliverer.deliver(Outgoing(entry.mailbox, entry.mail_from, entry.rcpts, data,
+                                                entry.mail_options))
 
     return deliver

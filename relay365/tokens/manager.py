@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
 import structlog
 
@@ -32,6 +32,7 @@ from .. import metrics
 from ..config import AccountConfig, AppConfig, Config
 from ..errors import TokenError
 from ..secret import Secret
+from ..states import AccountState
 from .http import TokenHTTPSession
 from .msalapp import call_msal
 from ..fsutil import write_atomic
@@ -53,11 +54,32 @@ class AccessToken:
     from_cache: bool = False
 
 
+@dataclass(frozen=True)
+class AccountView:
+    """What the rest of the relay may know about an account's tokens: no secrets, a copy."""
+
+    mailbox: str
+    flow: str
+    state: AccountState
+    code: str | None  # AADSTSnnnnn (or a word such as `network`) of the last failure
+    error: str | None
+    action: str | None  # what the operator should do about it
+    expires_at: float | None
+    last_refresh: float | None
+    last_use: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mailbox": self.mailbox, "flow": self.flow, "state": str(self.state),
+                "code": self.code, "error": self.error, "action": self.action,
+                "expires_at": self.expires_at, "last_refresh": self.last_refresh,
+                "last_use": self.last_use}
+
+
 @dataclass
 class AccountStatus:
     mailbox: str
     flow: str
-    state: str = "unknown"  # unknown | ok | refreshing | needs-auth | error
+    state: AccountState = AccountState.UNKNOWN
     error: TokenError | None = None
     expires_at: float | None = None
     last_refresh: float | None = None
@@ -65,6 +87,15 @@ class AccountStatus:
     failures: int = 0
     hold_until: float = 0.0
     rt_seen: str | None = field(default=None, repr=False)  # fingerprint of the RT that failed
+
+
+def _view(st: AccountStatus) -> AccountView:
+    err = st.error
+    return AccountView(
+        st.mailbox, st.flow, st.state,
+        code=(f"AADSTS{err.code}" if isinstance(err.code, int) else err.code) if err else None,
+        error=err.error if err else None, action=err.action if err else None,
+        expires_at=st.expires_at, last_refresh=st.last_refresh, last_use=st.last_use)
 
 
 def fingerprint(secret: Secret | None) -> str | None:
@@ -81,7 +112,7 @@ class TokenManager:
         self._flights: dict[str, asyncio.Future] = {}
         self._sessions: dict[str, TokenHTTPSession] = {}
         self._http_caches: dict[str, dict] = {}
-        self.status: dict[str, AccountStatus] = {}
+        self._status: dict[str, AccountStatus] = {}
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -90,10 +121,10 @@ class TokenManager:
         self._sessions.clear()
         for a in config.accounts:
             key = a.mailbox.lower()
-            old = self.status.get(key)
-            self.status[key] = replace(old, flow=a.flow) if old else AccountStatus(a.mailbox, a.flow)
-        for key in set(self.status) - {a.mailbox.lower() for a in config.accounts}:
-            self.status.pop(key)
+            old = self._status.get(key)
+            self._status[key] = replace(old, flow=a.flow) if old else AccountStatus(a.mailbox, a.flow)
+        for key in set(self._status) - {a.mailbox.lower() for a in config.accounts}:
+            self._status.pop(key)
             self._cache.pop(key, None)
 
     # -- the public interface ----------------------------------------------------------------
@@ -101,8 +132,8 @@ class TokenManager:
     async def get(self, mailbox: str, *, rejected: Secret | None = None) -> AccessToken:
         """A token with at least `margin` left. `rejected`: the upstream refused this one, get another."""
         key = mailbox.lower()
-        if key in self.status:
-            self.status[key].last_use = self._clock()
+        if key in self._status:
+            self._status[key].last_use = self._clock()
         return await self._get(key, rejected=rejected)
 
     async def _get(self, key: str, *, rejected: Secret | None = None,
@@ -111,7 +142,7 @@ class TokenManager:
         account = self.config.account(key)
         if account is None:
             raise KeyError(key)
-        status = self.status[key]
+        status = self._status[key]
         cached = self._cache.get(key)
         if cached and cached.token != rejected and not force and self._fresh(cached):
             return replace(cached, from_cache=True)
@@ -140,7 +171,7 @@ class TokenManager:
             if not status.error.needs_auth or await self._stored_fp(account) == status.rt_seen:
                 raise status.error
         previous = status.state
-        status.state = "refreshing"
+        status.state = AccountState.REFRESHING
         for attempt, delay in enumerate((*self._retry_delays, None)):
             try:
                 token = await asyncio.to_thread(self._redeem, account)
@@ -155,7 +186,7 @@ class TokenManager:
                 await self.save_status()
                 raise
             metrics.TOKEN_REFRESHES.labels("ok", "").inc()
-            status.state, status.error, status.failures = "ok", None, 0
+            status.state, status.error, status.failures = AccountState.OK, None, 0
             status.expires_at, status.last_refresh = token.expires_at, self._clock()
             self._cache[account.mailbox.lower()] = token
             log.info("token_refreshed", account=account.mailbox, flow=account.flow,
@@ -169,10 +200,10 @@ class TokenManager:
         repeated = status.error is not None and status.error.code == exc.code
         status.error = exc
         if exc.transient:
-            status.state = "error"
+            status.state = AccountState.ERROR
             status.hold_until = self._clock() + min(2.0 ** (status.failures - 1), HOLD_MAX)
         else:
-            status.state = "needs-auth" if exc.needs_auth else "error"
+            status.state = AccountState.NEEDS_AUTH if exc.needs_auth else AccountState.ERROR
             status.hold_until = self._clock() + NEEDS_AUTH_RECHECK
         event = log.warning if (exc.transient or repeated) else log.error
         event("token_failed", account=exc.account, error=exc.error,
@@ -202,7 +233,7 @@ class TokenManager:
                     action="no refresh token yet: run relay365 auth MAILBOX -c CONFIG, or seed "
                            "accounts[].refresh_token")
             # remembered so a needs-auth account is retried as soon as a different token is stored
-            self.status[account.mailbox.lower()].rt_seen = fingerprint(rt)
+            self._status[account.mailbox.lower()].rt_seen = fingerprint(rt)
             result = self._call_msal(
                 account, app_cfg, lambda app: app.acquire_token_by_refresh_token(rt.reveal(), scopes))
             token = self._token(account, result)
@@ -233,20 +264,24 @@ class TokenManager:
         lifetime = float(result.get("expires_in") or 3600)
         return AccessToken(Secret(result["access_token"]), self._clock() + lifetime)
 
-    # -- status for `relay365 accounts`, /readyz and metrics ----------------------------------
+    # -- status for `relay365 accounts`, /readyz, metrics and the spool ------------------------
 
-    def snapshot(self) -> list[dict]:
-        """What is known about each account; no secrets."""
-        out = []
-        for st in self.status.values():
-            err = st.error
-            out.append({
-                "mailbox": st.mailbox, "flow": st.flow, "state": st.state,
-                "code": (f"AADSTS{err.code}" if isinstance(err.code, int) else err.code) if err else None,
-                "error": err.error if err else None, "action": err.action if err else None,
-                "expires_at": st.expires_at, "last_refresh": st.last_refresh, "last_use": st.last_use,
-            })
-        return out
+    def views(self) -> list[AccountView]:
+        """Every configured account's state, in config order; no secrets."""
+        return [_view(st) for st in self._status.values()]
+
+    def view(self, mailbox: str) -> AccountView | None:
+        st = self._status.get(mailbox.lower())
+        return _view(st) if st is not None else None
+
+    def needs_auth(self, mailbox: str) -> bool:
+        """True while the account waits for the operator (`relay365 auth`): don't burn retries."""
+        st = self._status.get(mailbox.lower())
+        return st is not None and st.state is AccountState.NEEDS_AUTH
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The views as JSON-ready rows (`accounts.json`)."""
+        return [v.as_dict() for v in self.views()]
 
     async def save_status(self) -> None:
         """Write the snapshot to state_dir/accounts.json for `relay365 accounts` (best effort).
@@ -266,7 +301,8 @@ class TokenManager:
             kept = {r["mailbox"].lower(): r for r in before if isinstance(r, dict) and "mailbox" in r}
         except (OSError, ValueError, AttributeError, TypeError):
             kept = {}
-        rows = [kept.get(r["mailbox"].lower(), r) if r["state"] == "unknown" else r for r in rows]
+        rows = [kept.get(r["mailbox"].lower(), r) if r["state"] == AccountState.UNKNOWN else r
+                for r in rows]
         data = json.dumps({"written_at": self._clock(), "accounts": rows}, indent=1)
         write_atomic(path, data.encode(), 0o600)
 
@@ -277,7 +313,7 @@ class TokenManager:
         `token_keepalive` so the 90-day inactivity limit never bites. Runs until cancelled.
         The keeper's own refreshes do not count as use (`last_use` is a client's login)."""
         while True:
-            for key, status in list(self.status.items()):
+            for key, status in list(self._status.items()):
                 if self._due(key, status, interval):
                     try:
                         await self._get(key, force=True)

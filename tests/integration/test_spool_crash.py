@@ -9,7 +9,7 @@ or by the test while the sink stalls in DATA), started again, and at the end eve
 message has arrived exactly once - twice only when the kill fell between the upstream's 250 and
 the removal of the queue entry.
 
-The last test sends through the real `make_upstream_deliverer` (STARTTLS + XOAUTH2) into Postfix.
+The last test sends through the real `SmtpDeliverer` (STARTTLS + XOAUTH2) into Postfix.
 """
 
 from __future__ import annotations
@@ -107,11 +107,11 @@ class Sink:
 # -- the child ---------------------------------------------------------------------------------
 
 def sink_deliverer(port: int):
-    """Plain SMTP into the sink; errors translated as relay.smtp.upstream does."""
+    """Plain SMTP into the sink; errors translated as relay365.delivery.smtp does."""
     import aiosmtplib
 
     from relay365.errors import UpstreamError
-    from relay365.spool.worker import Refusal
+    from relay365.delivery import Refusal
 
     async def deliver(entry):
         data = await asyncio.to_thread(entry.message_path.read_bytes)
@@ -298,7 +298,8 @@ def test_the_upstream_deliverer_into_postfix(tmp_path, pki, idp, upstream):
     from relay365.config import load_config
     from relay365.config import SpoolConfig
     from relay365.spool.queue import SpoolQueue
-    from relay365.spool.worker import SpoolWorker, make_token_hold, make_upstream_deliverer
+    from relay365.delivery import SmtpDeliverer
+    from relay365.spool.worker import SpoolWorker, make_token_hold, spool_deliver
     from relay365.tokens.manager import TokenManager
     from relay365.tokens.store import TokenStore
     from tests.integration.conftest import DOMAIN, MAILBOX as ACCOUNT, relay_config
@@ -313,7 +314,7 @@ def test_the_upstream_deliverer_into_postfix(tmp_path, pki, idp, upstream):
 
     async def main():
         q = SpoolQueue(config.state_dir)
-        worker = SpoolWorker(q, make_upstream_deliverer(config, tokens),
+        worker = SpoolWorker(q, spool_deliver(SmtpDeliverer(config, tokens)),
                              SpoolConfig(retry_base=600, retry_cap=600, min_free_space=0),
                              held=make_token_hold(tokens))
         await worker.start()

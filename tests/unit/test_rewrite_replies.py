@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from relay365.errors import RelayError, TokenError, UpstreamAuthError, UpstreamError
-from relay365.smtp import replies
-from relay365.smtp.replies import for_exception, one_line, upstream_reply
+from relay365 import replies
+from relay365.replies import for_exception, one_line, upstream_reply
 from relay365.smtp.rewrite import rewrite_from, split_headers
 
 MB = "scanner@contoso.com"

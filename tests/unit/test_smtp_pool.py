@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from relay365.smtp.pool import UpstreamPool
+from relay365.delivery.pool import UpstreamPool
 
 
 class Session:

@@ -100,7 +100,7 @@ def test_refreshes_ahead_of_expiry_so_a_login_never_waits(tmp_path, idp, certs, 
             assert idp.grants["refresh_token"] == 1
             clock.now += 190  # 610 s left: a login would still be served from memory ...
             await keeper.until(lambda: idp.grants["refresh_token"] == 2)  # ... but it's renewed
-            assert manager.status[MAILBOX].expires_at - clock.now > 3500
+            assert manager.view(MAILBOX).expires_at - clock.now > 3500
             # the identity platform goes away; a login is answered from memory, with a token
             # that has well over the margin left
             idp.down = True
@@ -190,7 +190,7 @@ def test_needs_auth_account_picks_up_relay365_auth_without_a_login(tmp_path, idp
 
     async def scenario() -> None:
         async with Keeper(manager) as keeper:
-            await keeper.until(lambda: manager.status[MAILBOX].state == "needs-auth")
+            await keeper.until(lambda: manager.view(MAILBOX).state == "needs-auth")
             await keeper.rounds(10)
             assert idp.token_requests == 1  # the dead token is not tried again and again
             assert manager.snapshot()[0]["code"] == "AADSTS70008"
@@ -201,7 +201,7 @@ def test_needs_auth_account_picks_up_relay365_auth_without_a_login(tmp_path, idp
                                         {"refresh_token": idp.issue_refresh_token(MAILBOX)})
             finally:
                 onboarding.close()
-            await keeper.until(lambda: manager.status[MAILBOX].state == "ok")
+            await keeper.until(lambda: manager.view(MAILBOX).state == "ok")
             assert idp.token_requests == 2
 
     run(scenario())

@@ -107,3 +107,35 @@ def test_two_processes_rotating_at_once_never_lose_the_newest_token(tmp_path, id
     manager = TokenManager(cfg, TokenStore(cfg.state_dir), clock=clock)
     asyncio.run(manager.get(MAILBOX))
     assert idp.grants["refresh_token"] == 25
+
+
+def test_public_view_and_the_spools_hold_follow_the_token_state(tmp_path, idp, certs, clock):
+    """What app, spool and CLI read: `views()`, `view()`, `needs_auth()` - never the internals."""
+    from relay365.errors import TokenError
+    from relay365.spool.worker import make_token_hold
+    from relay365.states import AccountState
+
+    cfg = config(tmp_path, idp, certs, idp.issue_refresh_token(MAILBOX))
+    manager = TokenManager(cfg, TokenStore(cfg.state_dir), clock=clock, retry_delays=())
+    held = make_token_hold(manager)
+    assert [v.state for v in manager.views()] == [AccountState.UNKNOWN]
+    assert manager.view("nobody@example.test") is None and not held("nobody@example.test")
+
+    asyncio.run(manager.get(MAILBOX))
+    view = manager.view(MAILBOX.upper())
+    assert view is not None and view.state is AccountState.OK and view.code is None
+    assert not held(MAILBOX)
+
+    idp.fail_next(1, "invalid_grant", (70008,))
+    clock.now += 3600  # the cached token has expired: the next get() redeems and fails
+
+    async def fail() -> None:
+        with pytest.raises(TokenError):
+            await manager.get(MAILBOX)
+
+    asyncio.run(fail())
+    view = manager.view(MAILBOX)
+    assert view is not None and view.state is AccountState.NEEDS_AUTH
+    assert view.code == "AADSTS70008" and "relay365 auth" in (view.action or "")
+    assert held(MAILBOX) and manager.needs_auth(MAILBOX)
+    assert manager.snapshot()[0]["state"] == "needs-auth"  # the word accounts.json keeps

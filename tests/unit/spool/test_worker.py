@@ -21,7 +21,9 @@ from relay365.config import SpoolConfig
 from relay365.spool import worker as worker_mod
 from relay365.spool.cli import queue_retry
 from relay365.spool.queue import Entry, SpoolError, SpoolQueue
-from relay365.spool.worker import Refusal, SpoolWorker, describe, render_notice
+from relay365.delivery import Refusal
+from relay365.spool.notice import render_notice
+from relay365.spool.worker import SpoolWorker, describe
 
 FAST = SpoolConfig(retry_base=0.05, retry_cap=0.2, throttle_pause=0.3, rate_per_minute=60_000,
                    rescan_interval=0.1, min_free_space=0)
@@ -634,18 +636,3 @@ def test_describe():
     assert describe(UpstreamError("x", code=451, text="4.3.0 a\r\n b")) == "451 4.3.0 a b"
     assert describe(UpstreamError("cannot reach upstream: OSError")) == "cannot reach upstream: OSError"
     assert describe(KeyError("secret")) == "internal error: KeyError"
-
-
-def test_token_hold_reads_the_token_managers_state():
-    from types import SimpleNamespace
-
-    from relay365.spool.worker import make_token_hold
-
-    tokens = SimpleNamespace(status={"scanner@example.test": SimpleNamespace(state="needs-auth"),
-                                     "copier@example.test": SimpleNamespace(state="error")})
-    held = make_token_hold(tokens)
-    assert held("Scanner@Example.test") is True
-    assert held("copier@example.test") is False  # transient trouble: retried with backoff
-    assert held("unknown@example.test") is False
-    tokens.status["scanner@example.test"].state = "ok"
-    assert held("scanner@example.test") is False

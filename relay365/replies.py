@@ -7,7 +7,7 @@ the most useful diagnostics a printer's log can show), flattened to one line.
 
 from __future__ import annotations
 
-from ..errors import TokenError, UpstreamAuthError, UpstreamError
+from .errors import TokenError, UpstreamAuthError, UpstreamError
 
 INTERNAL_ERROR = "451 4.3.0 Internal error in the relay; try again later"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
@@ -17,6 +17,9 @@ TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections; try again later"
 SESSION_TIME_LIMIT = "421 4.4.2 Session time limit reached; closing"
 AUTH_TLS_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
 UNEXPECTED_REPLY = "451 4.4.0 Unexpected reply from Office 365; try again later"
+# the spool could not take the message; RFC 3463 s.3.4: 4.3.1 "mail system full"
+SPOOL_FULL = "452 4.3.1 Insufficient system storage"
+SPOOL_ERROR = "451 4.3.0 The relay cannot queue the message right now; try again later"
 
 
 def one_line(text: str, limit: int = 400) -> str:

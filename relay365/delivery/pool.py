@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from .upstream import UpstreamSMTP
+from .smtp import UpstreamSMTP
 
-log = structlog.get_logger("relay365.smtp")
+log = structlog.get_logger("relay365.delivery.pool")
 
 
 @dataclass

@@ -14,12 +14,12 @@ import time
 import aiosmtplib
 import structlog
 
-from ..config import Endpoint
+from ..config import Endpoint, UpstreamConfig
 from ..errors import UpstreamAuthError, UpstreamError
 from ..tlsutil import nodelay
 from ..tokens.manager import TokenManager
 
-log = structlog.get_logger("relay365.smtp.upstream")
+log = structlog.get_logger("relay365.delivery.smtp")
 
 _NETWORK = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError,
             aiosmtplib.SMTPTimeoutError, OSError, ssl.SSLError, TimeoutError)
@@ -133,3 +133,12 @@ async def _close(smtp: aiosmtplib.SMTP) -> None:
         await smtp.quit(timeout=5)
     except (aiosmtplib.SMTPException, *_NETWORK):
         smtp.close()
+
+
+async def open_session(upstream: UpstreamConfig, tls: ssl.SSLContext, tokens: TokenManager,
+                       mailbox: str, *, local_hostname: str) -> UpstreamSMTP:
+    """A new logged-in session as `mailbox`. Raises TokenError or UpstreamError."""
+    up = UpstreamSMTP(upstream.smtp, tls, local_hostname=local_hostname,
+                      connect_timeout=upstream.connect_timeout, timeout=upstream.timeout)
+    await up.open(mailbox, tokens)
+    return up

@@ -1,0 +1,87 @@
+"""Deliver one whole message to Office 365: the interface, and its SMTP implementation.
+
+A `Deliverer` takes an `Outgoing` message (the mailbox it is sent as, the envelope, the bytes)
+and either returns the recipients Office 365 refused while it accepted the others (`Refusal`s;
+empty when all were accepted), or raises the relay's errors (`TokenError`, `UpstreamError`) when
+the message was not accepted for anyone. The spool worker decides what each outcome means for the
+message (`relay365.spool.schedule`); this module only carries the message.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Protocol
+
+from .. import metrics
+from ..config import Config
+from ..errors import TokenError, UpstreamError
+from ..replies import one_line
+from ..tlsutil import client_context
+from ..tokens.manager import TokenManager
+from .smtp import open_session
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    mailbox: str  # the Office 365 mailbox the message is sent as (whose token logs in)
+    mail_from: str
+    rcpts: tuple[str, ...]
+    data: bytes
+    mail_options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A recipient the upstream refused while others were (or may have been) accepted."""
+
+    rcpt: str
+    code: int
+    text: str
+    transient: bool
+
+    @property
+    def reply(self) -> str:
+        return f"{self.code} {one_line(self.text, 300)}"
+
+
+class Deliverer(Protocol):
+    async def deliver(self, message: Outgoing) -> tuple[Refusal, ...]: ...
+
+
+class SmtpDeliverer:
+    """One UpstreamSMTP session per message: every recipient is tried; refused ones come back as
+    `Refusal`s and the message goes to the accepted ones. Session failures and a refused MAIL or
+    DATA raise the relay's errors."""
+
+    def __init__(self, config: Config, tokens: TokenManager, *,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.config = config
+        self.tokens = tokens
+        self.tls = tls or client_context(config.upstream.ca_file)
+        self.hostname = config.smtp.hostname if config.smtp else "relay365"
+
+    async def deliver(self, message: Outgoing) -> tuple[Refusal, ...]:
+        if self.config.account(message.mailbox) is None:
+            raise TokenError(account=message.mailbox, error="unknown_account", code=None,
+                             transient=False, action="add the mailbox under accounts: or delete "
+                                                     "its queued messages")
+        up = await open_session(self.config.upstream, self.tls, self.tokens, message.mailbox,
+                                local_hostname=self.hostname)
+        try:
+            await up.mail(message.mail_from, list(message.mail_options))
+            refusals = []
+            for rcpt in message.rcpts:
+                try:
+                    await up.rcpt(rcpt)
+                except UpstreamError as exc:
+                    if exc.code is None or exc.code == 421:  # the session is gone, not the recipient
+                        raise
+                    refusals.append(Refusal(rcpt, exc.code, exc.text, exc.transient))
+            if len(refusals) < len(message.rcpts):
+                await up.data(message.data)
+                metrics.MESSAGES.inc()
+                metrics.BYTES.labels("smtp", "up").inc(len(message.data))
+            return tuple(refusals)
+        finally:
+            await up.close()

@@ -1,0 +1,51 @@
+"""The notice about a dead letter: plain text, from the mailbox to `spool.admin_bounce_to`.
+
+Never to the original sender (a relay that bounces to a forged sender is a backscatter source);
+it goes through the queue like any message, flagged as a notice so a notice that fails itself
+does not beget another.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from pathlib import Path
+
+from ..replies import one_line
+from .queue import MESSAGE, Entry
+
+NOTICE_HEADER_BYTES = 16384  # how much of a dead letter is read to quote its headers
+
+
+def read_head(path: Path) -> bytes:
+    with open(path / MESSAGE, "rb") as f:
+        return f.read(NOTICE_HEADER_BYTES)
+
+
+def render_notice(entry: Entry, reason: str, failed_id: str, admin: str, head: bytes,
+                  now: float) -> bytes:
+    """The plain-text notice about a dead letter, sent from the mailbox to the admin."""
+    original = BytesHeaderParser(policy=email.policy.default).parsebytes(head)
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = f"relay365 <{entry.mailbox}>"
+    msg["To"] = admin
+    msg["Subject"] = f"relay365: undeliverable message from {entry.mailbox} ({failed_id})"
+    msg["Date"] = email.utils.formatdate(now)
+    msg["Message-ID"] = email.utils.make_msgid("relay365")
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
+    quoted = "\n".join(f"  {h}: {one_line(str(original[h]), 200)}"
+                       for h in ("Subject", "From", "To", "Date", "Message-ID") if original[h])
+    msg.set_content(
+        f"relay365 could not deliver a message and gave up.\n\n"
+        f"  Queue id:   {failed_id}\n  Mailbox:    {entry.mailbox}\n"
+        f"  Sender:     {entry.mail_from}\n  Recipients: {', '.join(entry.rcpts)}\n"
+        f"  Received:   {email.utils.formatdate(entry.received_at)}\n"
+        f"  Attempts:   {entry.attempts + 1}\n  Reason:     {reason}\n\n"
+        f"Original headers:\n{quoted or '  (none)'}\n\n"
+        f"The message is kept in the spool's failed/ directory.\n"
+        f"  relay365 queue show {failed_id}     shows it\n"
+        f"  relay365 queue retry {failed_id}    sends it again\n"
+        f"  relay365 queue delete {failed_id}   removes it\n")
+    return msg.as_bytes()
