@@ -37,7 +37,6 @@ from collections import Counter
 from pathlib import Path
 
 import requests
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -373,7 +372,7 @@ def held_sessions(world, target, *, n: int, idle_seconds: float = 10.0) -> tuple
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", port, limit=2**20), CLIENT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return
         try:
             async def login() -> None:
@@ -395,7 +394,7 @@ def held_sessions(world, target, *, n: int, idle_seconds: float = 10.0) -> tuple
 
             await asyncio.wait_for(login(), CLIENT_TIMEOUT)
             held.append((reader, writer))
-        except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, ConnectionError) as exc:
             key = (f"{n} idle IMAP sessions", target)
             FAILURES[key] = FAILURES.get(key, 0) + 1
             if FAILURES[key] <= 3:  # the first few say why; the count is in the table's footer
@@ -441,7 +440,7 @@ def token_counts(world, proxies, scale) -> tuple[str, str, dict[str, float]]:
             except (OSError, imaplib.IMAP4.error):
                 FAILURES[("token requests", t)] = FAILURES.get(("token requests", t), 0) + 1
         counts[t] = world.issued[key[t]] * 1000 / max(1, done)
-    return (f"Token requests per 1,000 logins of one account, first incl.",
+    return ("Token requests per 1,000 logins of one account, first incl.",
             "requests", counts)
 
 

@@ -22,14 +22,14 @@ import structlog
 
 from . import metrics, sdnotify
 from .config import Config, load_config
+from .delivery import SmtpDeliverer
 from .errors import ConfigError
 from .httpapi import serve_http
 from .localauth import LocalAuth
 from .smtp.server import RelayHandler, start_smtp
-from .states import AccountState
 from .spool.queue import SpoolQueue
-from .delivery import SmtpDeliverer
 from .spool.worker import SpoolWorker, make_token_hold, spool_deliver
+from .states import AccountState
 from .tokens.manager import TokenManager
 from .tokens.store import TokenStore
 

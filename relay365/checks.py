@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from .config import Config
-from .errors import RelayError, TokenError
 from .delivery import open_session
+from .errors import RelayError, TokenError
 from .replies import for_exception
 from .tlsutil import client_context
 from .tokens.manager import TokenManager

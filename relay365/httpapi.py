@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from . import metrics
 
@@ -52,8 +52,7 @@ async def serve_http(host: str, port: int, readiness: Callable[[], dict]) -> asy
             else:
                 writer.write(route(parts[0], parts[1], readiness))
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
             writer.close()

@@ -7,10 +7,9 @@ computed when Prometheus scrapes, from callbacks the daemon registers, so they c
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from prometheus_client import (CollectorRegistry, Counter, Histogram, disable_created_metrics,
-                               generate_latest)
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 disable_created_metrics()  # *_created series double the output and nobody alerts on them

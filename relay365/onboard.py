@@ -205,7 +205,7 @@ class _RedirectCatcher:
         catcher = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 if url.path != path or not url.query or catcher._done.is_set():
                     self.send_error(404)

@@ -9,10 +9,26 @@ Everything else imports from here: `from relay365.config import Config, load_con
 """
 
 from .load import load_config
-from .model import (CLOUD_MAIL_HOSTS, CLOUDS, DELEGATED_SCOPES, AccountConfig, AppConfig, Config,
-                    Endpoint, LogConfig, UpstreamConfig)
-from .services import (HttpConfig, ImapConfig, LimitsConfig, SmtpConfig, SpoolConfig,
-                       UnauthenticatedNet, UserConfig)
+from .model import (
+                    CLOUD_MAIL_HOSTS,
+                    CLOUDS,
+                    DELEGATED_SCOPES,
+                    AccountConfig,
+                    AppConfig,
+                    Config,
+                    Endpoint,
+                    LogConfig,
+                    UpstreamConfig,
+)
+from .services import (
+                    HttpConfig,
+                    ImapConfig,
+                    LimitsConfig,
+                    SmtpConfig,
+                    SpoolConfig,
+                    UnauthenticatedNet,
+                    UserConfig,
+)
 from .units import ListenAddr, parse_duration, parse_listen, parse_network, parse_size
 
 __all__ = [

@@ -17,8 +17,8 @@ import os
 import re
 import types
 import typing
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml

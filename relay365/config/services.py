@@ -15,6 +15,7 @@ from ..secret import Secret
 from .loader import field_parser
 from .units import ListenAddr, check_ranges, duration, parse_listen, parse_network, size
 
+
 @dataclass(frozen=True)
 class UserConfig:
     username: str

@@ -130,7 +130,7 @@ class ImapHandler:
             return None
         try:
             data = await asyncio.wait_for(get_proxy(reader), PROXY_TIMEOUT)
-        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             data = None
         if data is None or not data.valid:
             log.warning("proxy_header_invalid", proto="imap", peer=peer)
@@ -183,7 +183,7 @@ class ImapHandler:
                 if remaining <= 0:
                     raise TimeoutError
                 data = await asyncio.wait_for(reader.read(READ_SIZE), remaining)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 session.outcome = "login_timeout"
                 pending.extend(core.timeout())
                 continue

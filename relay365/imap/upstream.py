@@ -111,7 +111,7 @@ async def open_upstream(config: Config, tokens: TokenManager, mailbox: str,
     tls = tls or client_context(cfg.ca_file)
     try:
         reader, writer, greeting = await _connect(cfg.imap, tls, cfg.connect_timeout)
-    except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
         raise UpstreamError(f"cannot reach upstream IMAP: {type(exc).__name__}: {exc}") from None
     try:
         caps = _caps_from([greeting]) if greeting else None
@@ -137,7 +137,7 @@ async def open_upstream(config: Config, tokens: TokenManager, mailbox: str,
         if after is None:
             _, untagged = await _command(reader, writer, b"c2", b"c2 CAPABILITY\r\n", cfg.timeout)
             after = _caps_from(untagged) or "IMAP4rev1"
-    except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
         writer.close()
         raise UpstreamError(f"upstream IMAP failed during login: {type(exc).__name__}") from None
     except BaseException:

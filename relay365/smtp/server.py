@@ -28,22 +28,21 @@ from dataclasses import dataclass, field
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from .. import metrics, replies
 from ..config import Config, SmtpConfig, UnauthenticatedNet
+from ..delivery.pool import UpstreamPool
+from ..delivery.smtp import UpstreamSMTP, open_session
 from ..errors import RelayError, TokenError, UpstreamError
 from ..localauth import LocalAuth
+from ..proxyproto import PROXY_TIMEOUT, is_trusted, real_client
 from ..sasl import SaslError, b64decode_strict, decode_plain, decode_text
 from ..secret import Secret
-from ..proxyproto import PROXY_TIMEOUT, is_trusted, real_client
-from ..throttle import ConnectionLimits
-from ..tlsutil import client_context, nodelay, server_context
 from ..spool.queue import SpoolError, SpoolFullError
 from ..spool.worker import SpoolWorker
+from ..throttle import ConnectionLimits
+from ..tlsutil import client_context, nodelay, server_context
 from ..tokens.manager import TokenManager
-from .. import metrics
-from .. import replies
-from ..delivery.pool import UpstreamPool
 from .rewrite import rewrite_from
-from ..delivery.smtp import UpstreamSMTP, open_session
 
 log = structlog.get_logger("relay365.smtp")
 _conn_ids = itertools.count(1)

@@ -14,8 +14,8 @@ import argparse
 import os
 import sys
 import time
-from email.parser import BytesHeaderParser
 from email import policy
+from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import TextIO
 

@@ -30,9 +30,10 @@ import re
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from ..errors import RelayError
 from ..fsutil import fsync_dir, locked, try_lock, write_atomic

@@ -37,8 +37,17 @@ from ..replies import one_line
 from ..tokens.manager import TokenManager
 from .notice import read_head, render_notice
 from .queue import Entry, SpoolQueue, crash_point
-from .schedule import (HOLD_RECHECK, TokenBucket, Verdict, age_text, expired, next_attempt,
-                       retry_delay, throttled, verdict)
+from .schedule import (
+    HOLD_RECHECK,
+    TokenBucket,
+    Verdict,
+    age_text,
+    expired,
+    next_attempt,
+    retry_delay,
+    throttled,
+    verdict,
+)
 
 log = structlog.get_logger("relay365.spool")
 

@@ -50,7 +50,7 @@ def make_test_certs(directory: Path, names: tuple[str, ...] = LOOPBACK_NAMES,
                     organization: str = "relay365 test CA") -> TestCerts:
     """A fresh CA and a server certificate for `names`, written as PEM into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name(organization, organization)
     ca_cert = (

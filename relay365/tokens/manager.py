@@ -23,19 +23,20 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 
 from .. import metrics
 from ..config import AccountConfig, AppConfig, Config
 from ..errors import TokenError
+from ..fsutil import write_atomic
 from ..secret import Secret
 from ..states import AccountState
 from .http import TokenHTTPSession
 from .msalapp import call_msal
-from ..fsutil import write_atomic
 from .store import StoredToken, TokenStore
 
 log = structlog.get_logger("relay365.tokens")

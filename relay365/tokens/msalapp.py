@@ -8,7 +8,7 @@ identical failed request from it for 60 s and would hide a recovery.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import msal
 import requests

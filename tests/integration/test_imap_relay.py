@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
-import os
 import shutil
 import smtplib
 import socket

@@ -110,8 +110,8 @@ def sink_deliverer(port: int):
     """Plain SMTP into the sink; errors translated as relay365.delivery.smtp does."""
     import aiosmtplib
 
-    from relay365.errors import UpstreamError
     from relay365.delivery import Refusal
+    from relay365.errors import UpstreamError
 
     async def deliver(entry):
         data = await asyncio.to_thread(entry.message_path.read_bytes)
@@ -295,14 +295,14 @@ def test_tempfail_permfail_and_refused_recipients_through_the_real_worker(run, s
 def test_the_upstream_deliverer_into_postfix(tmp_path, pki, idp, upstream):
     import yaml
 
-    from relay365.config import load_config
-    from relay365.config import SpoolConfig
-    from relay365.spool.queue import SpoolQueue
+    from relay365.config import SpoolConfig, load_config
     from relay365.delivery import SmtpDeliverer
+    from relay365.spool.queue import SpoolQueue
     from relay365.spool.worker import SpoolWorker, make_token_hold, spool_deliver
     from relay365.tokens.manager import TokenManager
     from relay365.tokens.store import TokenStore
-    from tests.integration.conftest import DOMAIN, MAILBOX as ACCOUNT, relay_config
+    from tests.integration.conftest import DOMAIN, relay_config
+    from tests.integration.conftest import MAILBOX as ACCOUNT
 
     path = tmp_path / "relay.yaml"
     path.write_text(yaml.safe_dump(relay_config(tmp_path, pki, idp, upstream, smtp={})))

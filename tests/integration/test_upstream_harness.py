@@ -46,7 +46,7 @@ class Introspection(BaseHTTPRequestHandler):
 
     seen: list[dict[str, str]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"])).decode()
         form = {k: v[0] for k, v in parse_qs(body).items()}
         if self.path == "/grant":

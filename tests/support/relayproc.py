@@ -34,7 +34,7 @@ class RelayProcess:
             self.config = config
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
-    def start(self, timeout: float = 20.0) -> "RelayProcess":
+    def start(self, timeout: float = 20.0) -> RelayProcess:
         self.write_config()
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")

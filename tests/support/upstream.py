@@ -75,8 +75,9 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Literal, Protocol
+from typing import Literal, Protocol
 
 BINARIES = ("dovecot", "doveadm", "postfix", "postconf", "postsuper")
 SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"

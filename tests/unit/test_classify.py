@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay365.errors import RelayError, TokenError
-from relay365.tokens.classify import (ACTIONS, REAUTH, TRANSIENT_CODES, TRANSIENT_ERRORS, classify, first_code,
-                                   network_error, service_error)
+from relay365.tokens.classify import (
+    ACTIONS,
+    REAUTH,
+    TRANSIENT_CODES,
+    TRANSIENT_ERRORS,
+    classify,
+    first_code,
+    network_error,
+    service_error,
+)
 
 RETRY = "the identity platform is unavailable or throttling; relay365 retries with backoff"
 GENERIC = "check the app registration and the account settings; the description names the cause"

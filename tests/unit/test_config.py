@@ -10,11 +10,26 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from relay365.config import (AccountConfig, AppConfig, Config, Endpoint, ImapConfig, LimitsConfig, ListenAddr,
-                          SmtpConfig, UnauthenticatedNet, UpstreamConfig, UserConfig, load_config,
-                          parse_listen, parse_network, parse_size)
+from relay365.config import (
+    AccountConfig,
+    AppConfig,
+    Config,
+    Endpoint,
+    ImapConfig,
+    LimitsConfig,
+    ListenAddr,
+    SmtpConfig,
+    UnauthenticatedNet,
+    UpstreamConfig,
+    UserConfig,
+    load_config,
+    parse_listen,
+    parse_network,
+    parse_size,
+)
 from relay365.errors import ConfigError
 from relay365.passwords import hash_password
 from relay365.secret import Secret

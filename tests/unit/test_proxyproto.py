@@ -13,7 +13,8 @@ import struct
 
 import pytest
 from aiosmtpd.proxy_protocol import V2_SIGNATURE, get_proxy
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay365.config import parse_network
 from relay365.proxyproto import is_trusted, real_client

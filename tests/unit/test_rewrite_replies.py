@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from relay365.errors import RelayError, TokenError, UpstreamAuthError, UpstreamError
 from relay365 import replies
+from relay365.errors import RelayError, TokenError, UpstreamAuthError, UpstreamError
 from relay365.replies import for_exception, one_line, upstream_reply
 from relay365.smtp.rewrite import rewrite_from, split_headers
 

@@ -6,10 +6,18 @@ import base64
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from relay365.sasl import (Credentials, SaslError, b64decode_strict, decode_plain, decode_text,
-                        decode_xoauth2_error, xoauth2_initial_response)
+from relay365.sasl import (
+    Credentials,
+    SaslError,
+    b64decode_strict,
+    decode_plain,
+    decode_text,
+    decode_xoauth2_error,
+    xoauth2_initial_response,
+)
 from relay365.secret import Secret
 
 # -- base64 --------------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ def test_many_first_users_agree_on_one_key(tmp_path):
         def first_use() -> None:
             try:
                 results.append(TokenStore(d)._load_key())
-            except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+            except Exception as exc:
                 results.append(exc)
 
         threads = [threading.Thread(target=first_use) for _ in range(4)]

@@ -6,7 +6,8 @@ Time is a parameter, so nothing here sleeps.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay365 import throttle
 from relay365.throttle import AuthThrottle, ConnectionLimits, ThrottlePolicy, Verdict

@@ -93,7 +93,7 @@ def test_two_processes_rotating_at_once_never_lose_the_newest_token(tmp_path, id
             manager = TokenManager(cfg, TokenStore(cfg.state_dir), clock=clock)
             try:
                 asyncio.run(manager.get(MAILBOX))
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
     threads = [threading.Thread(target=process, args=(8,)) for _ in range(3)]

@@ -8,8 +8,15 @@ import os
 
 import pytest
 
-from relay365.spool.cli import add_queue_parser, cmd_queue, queue_delete, queue_failed, queue_list, \
-    queue_retry, queue_show
+from relay365.spool.cli import (
+    add_queue_parser,
+    cmd_queue,
+    queue_delete,
+    queue_failed,
+    queue_list,
+    queue_retry,
+    queue_show,
+)
 from relay365.spool.queue import SpoolQueue
 
 NOW = 1_700_000_000.0

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
+from relay365.config import SpoolConfig, parse_duration
 from relay365.config.loader import Loader
 from relay365.errors import ConfigError, TokenError, UpstreamAuthError, UpstreamError
-from relay365.config import SpoolConfig, parse_duration
-from relay365.spool.schedule import (TokenBucket, Verdict, age_text, expired, next_attempt, retry_delay,
-                                  throttled, verdict)
+from relay365.spool.schedule import (
+    TokenBucket,
+    Verdict,
+    age_text,
+    expired,
+    next_attempt,
+    retry_delay,
+    throttled,
+    verdict,
+)
 
 rand = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
 
