@@ -4,43 +4,67 @@
 waits for SIGTERM/SIGINT and handles SIGHUP (reload); `stop()` closes the listeners, gives sessions
 in progress `drain_timeout` seconds, then cancels what is left. Every task has an owner.
 
-Reload reads the config file again. A config with problems is rejected with one `reload_rejected`
-event and the old one stays in force. A good one is applied in place: users, networks, accounts,
-apps, limits and the log level change for new sessions and logins; sessions in progress keep what
-they have; a listener whose address or TLS settings changed is rebound (old sessions on the old
-socket carry on).
+Stopping: the listeners close at once; SMTP sessions between transactions hear `421 4.3.2` and
+IMAP sessions that have not logged in `* BYE` at once; spliced IMAP sessions are closed (as
+Dovecot does); only SMTP transactions in progress are waited for, up to `drain_timeout`.
+
+Reload reads the config file again. A config with problems - or a certificate or key that does
+not load - is rejected with one `reload_rejected` event and the old one stays in force. A good one
+is applied in place: users, networks, accounts, apps, limits and the log level change for new
+sessions and logins; every new connection on every TLS listener presents the certificate now on
+disk; sessions in progress keep what they have. There is one handler per protocol for the
+daemon's lifetime: a listener whose address changed is rebound to the same handler, so limits,
+drain and the upstream pool keep counting every session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
+import ssl
 
 import structlog
 
-from . import metrics, sdnotify
-from .config import Config, load_config
+from . import logs, metrics, sdnotify
+from .config import Config, ImapConfig, SmtpConfig, load_config
 from .delivery import SmtpDeliverer
 from .errors import ConfigError
 from .httpapi import serve_http
 from .localauth import LocalAuth
-from .smtp.server import RelayHandler, start_smtp
+from .imap.server import ImapHandler, bind_imap
+from .smtp.listen import bind_smtp
+from .smtp.server import RelayHandler
 from .spool.queue import SpoolQueue
 from .spool.worker import SpoolWorker, make_token_hold, spool_deliver
 from .states import AccountState
 from .tokens.manager import TokenManager
+from .tlsutil import server_context
 from .tokens.store import TokenStore
 
 log = structlog.get_logger("relay365.app")
 SPOOL_STUCK_AFTER = 3600.0  # /readyz reports degraded while the oldest queued message is older
 
 
-def _listener_key(section) -> tuple | None:
+def _listener_key(section: SmtpConfig | ImapConfig | None) -> tuple[object, ...] | None:
+    """What a bound socket depends on; anything else changes in place."""
     if section is None:
         return None
-    return (tuple(map(str, section.listen)), section.tls, str(section.cert_file), str(section.key_file))
+    return (tuple(map(str, section.listen)), section.tls, section.backlog)
+
+
+def _tls_problems(config: Config) -> list[str]:
+    """Each TLS listener's certificate and key must load before a config is applied."""
+    problems = []
+    for proto, section in (("smtp", config.smtp), ("imap", config.imap)):
+        if section is None or section.tls == "none" or not section.cert_file or not section.key_file:
+            continue
+        try:
+            server_context(section.cert_file, section.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"{proto}.cert_file/key_file: {section.cert_file}, {section.key_file} "
+                            f"do not load: {getattr(exc, 'strerror', None) or exc}")
+    return problems
 
 
 class Relay:
@@ -56,8 +80,8 @@ class Relay:
                 SpoolQueue(config.state_dir, min_free_space=config.spool.min_free_space),
                 spool_deliver(SmtpDeliverer(config, self.tokens)), config.spool,
                 held=make_token_hold(self.tokens))
-        self.smtp: RelayHandler | None = None
-        self.imap = None  # relay.imap.server.ImapHandler when imap: is configured
+        self.smtp: RelayHandler | None = None  # made once, at the first bind; reloads reuse it
+        self.imap: ImapHandler | None = None
         self._servers: dict[str, list[asyncio.Server]] = {}
         self._keeper: asyncio.Task | None = None
         self._stop = asyncio.Event()
@@ -75,12 +99,13 @@ class Relay:
 
     async def _bind(self, proto: str) -> None:
         if proto == "smtp" and self.config.smtp is not None:
-            self.smtp, self._servers["smtp"] = await start_smtp(self.config, self.tokens, self.auth,
-                                                                self.spool)
+            if self.smtp is None:
+                self.smtp = RelayHandler(self.config, self.tokens, self.auth, self.spool)
+            self._servers["smtp"] = await bind_smtp(self.smtp)
         elif proto == "imap" and self.config.imap is not None:
-            from .imap.server import start_imap  # the IMAP side is optional
-
-            self.imap, self._servers["imap"] = await start_imap(self.config, self.tokens, self.auth)
+            if self.imap is None:
+                self.imap = ImapHandler(self.config, self.tokens, self.auth)
+            self._servers["imap"] = await bind_imap(self.imap)
         elif proto == "http" and self.config.http is not None:
             addr = self.config.http.listen
             self._servers["http"] = [await serve_http(addr.host, addr.port, self.readiness)]
@@ -130,6 +155,10 @@ class Relay:
         for proto in list(self._servers):
             if proto != "http":
                 self._unbind(proto)
+        if self.smtp is not None:
+            self.smtp.shutdown()
+        if self.imap is not None:
+            self.imap.shutdown()
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -172,26 +201,32 @@ class Relay:
             log.error("reload_rejected", config=exc.source, problems=exc.problems)
             self.notify.ready("reload rejected; old config in force")
             return False
+        problems = await asyncio.to_thread(_tls_problems, new)
+        if problems:
+            log.error("reload_rejected", config=new.source, problems=problems)
+            self.notify.ready("reload rejected; old config in force")
+            return False
         old = self.config
         self.config = new
         self.tokens.configure(new)
         self.auth.configure(new)
         if self.spool is not None:
             self.spool.configure(new.spool, spool_deliver(SmtpDeliverer(new, self.tokens)))
-        logging.getLogger().setLevel(new.log.level.upper())
+        logs.set_level(new.log.level)
+        if self.smtp is not None and new.smtp is not None:
+            self.smtp.configure(new)
+        if self.imap is not None and new.imap is not None:
+            self.imap.configure(new)
         for proto in ("smtp", "imap", "http"):
             old_s, new_s = getattr(old, proto), getattr(new, proto)
             changed = (_listener_key(old_s) != _listener_key(new_s)) if proto != "http" else (
                 old_s != new_s)
-            handler = self.smtp if proto == "smtp" else self.imap if proto == "imap" else None
             if changed:
                 self._unbind(proto)
                 try:
                     await self._bind(proto)
                 except OSError as exc:
                     log.error("rebind_failed", proto=proto, error=exc.strerror)
-            elif handler is not None and new_s is not None:
-                handler.configure(new)
         log.info("reloaded", listeners={p: [f"{h}:{port}" for h, port in a]
                                         for p, a in self.addresses.items()},
                  accounts=len(new.accounts), users=len(new.users))

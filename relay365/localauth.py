@@ -17,6 +17,7 @@ from . import metrics
 from .config import Config, UserConfig
 from .passwords import Verifier
 from .secret import Secret
+from .states import LoginResult
 from .throttle import AuthThrottle, ThrottlePolicy
 
 log = structlog.get_logger("relay365.auth")
@@ -24,7 +25,7 @@ log = structlog.get_logger("relay365.auth")
 
 @dataclass(frozen=True)
 class LoginOutcome:
-    result: str  # ok | failed | blocked
+    result: LoginResult
     user: UserConfig | None = None
 
 
@@ -49,13 +50,13 @@ class LocalAuth:
             metrics.AUTH_FAILURES.labels(proto, f"blocked_{verdict.reason}").inc()
             log.warning("auth_failed", proto=proto, conn=conn, peer=peer, user=username[:64],
                         mechanism=mechanism, reason=f"blocked_{verdict.reason}")
-            return LoginOutcome("blocked")
+            return LoginOutcome(LoginResult.BLOCKED)
         user = self.config.user(username)
         ok = await self.verifier.verify(username, password)  # unknown users cost the same
         if user is not None and ok:
             self.throttle.succeeded(peer, username)
             log.info("auth_ok", proto=proto, conn=conn, peer=peer, user=username, mechanism=mechanism)
-            return LoginOutcome("ok", user)
+            return LoginOutcome(LoginResult.OK, user)
         reason = "unknown_user" if user is None else "bad_password"
         metrics.AUTH_FAILURES.labels(proto, reason).inc()
         verdict = self.throttle.failed(peer, username, time.monotonic())
@@ -65,4 +66,4 @@ class LocalAuth:
             log.warning("auth_blocked", proto=proto, peer=peer, user=username[:64],
                         by=verdict.reason, seconds=self.throttle.policy.block_seconds)
         await asyncio.sleep(verdict.delay)
-        return LoginOutcome("failed")
+        return LoginOutcome(LoginResult.FAILED)

@@ -51,9 +51,13 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
                     structlog.processors.format_exc_info if json_out else (lambda _, __, e: e),
                     renderer],
     ))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
+    logging.getLogger().handlers[:] = [handler]
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """The log level (at start and on reload); the noisy libraries stay at their floors."""
     numeric = getattr(logging, level.upper())
-    root.setLevel(numeric)
+    logging.getLogger().setLevel(numeric)
     for name, floor in _QUIET.items():
         logging.getLogger(name).setLevel(max(numeric, floor))

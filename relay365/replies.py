@@ -17,6 +17,22 @@ TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections; try again later"
 SESSION_TIME_LIMIT = "421 4.4.2 Session time limit reached; closing"
 AUTH_TLS_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
 UNEXPECTED_REPLY = "451 4.4.0 Unexpected reply from Office 365; try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down"
+# the transaction, answered here (direct mode passes on Office 365's own replies instead)
+SENDER_OK = "250 2.1.0 Sender OK"
+RECIPIENT_OK = "250 2.1.5 Recipient OK"
+QUEUED_AS = "250 2.0.0 OK queued as"  # + the spool id
+RESET_OK = "250 OK"
+NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
+NEED_MAIL = "503 5.5.1 Error: need MAIL command"
+NEED_RCPT = "503 5.5.1 Error: need RCPT command"
+CONNECTION_LOST_RCPT = "451 4.4.1 Office 365 connection was lost; start the transaction again"
+CONNECTION_LOST_DATA = "451 4.4.1 Office 365 connection was lost; try again"
+BAD_BASE64 = "501 5.5.2 Cannot decode base64"
+SYNTAX_PREFIX = "501 5.5.2 "  # + a SASL decoder's reason (never the credentials)
+# DATA that cannot be taken; RFC 5321 s.4.5.3.1.6 (line length) and s.4.5.3.1.10 (size)
+LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
+TOO_MUCH_DATA = "552 5.3.4 Error: Too much mail data"
 # the spool could not take the message; RFC 3463 s.3.4: 4.3.1 "mail system full"
 SPOOL_FULL = "452 4.3.1 Insufficient system storage"
 SPOOL_ERROR = "451 4.3.0 The relay cannot queue the message right now; try again later"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 from pathlib import Path
+from typing import Protocol
 
 import certifi
 
@@ -23,6 +24,7 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     """For our local listeners. TLS 1.0 and 1.1 stay off even for old devices: Python's OpenSSL
     refuses them anyway, and a device that old is what `tls: none` on a trusted LAN is for."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # said, not left to OpenSSL's defaults
     ctx.load_cert_chain(str(cert_file), str(key_file))
     return ctx
 
@@ -36,3 +38,46 @@ def nodelay(transport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+
+class ServerTLS:
+    """A listener's TLS that follows the certificate on disk across reloads.
+
+    `context` is the one context a listener is bound with; its SNI callback (run for every
+    handshake, with or without SNI) hands the connection the newest loaded context. So after
+    `load()` every new connection - implicit TLS and STARTTLS alike - presents the certificate
+    now on disk, and sessions already open keep theirs. `load()` raises (ssl.SSLError, OSError)
+    without changing anything when the new files do not load: the reload is refused, the old
+    certificate stays."""
+
+    def __init__(self, cert_file: Path, key_file: Path) -> None:
+        self.current = server_context(cert_file, key_file)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.sni_callback = self._pick
+        # the front context needs a certificate of its own for the handshake to start
+        self.context.load_cert_chain(str(cert_file), str(key_file))
+
+    def load(self, cert_file: Path, key_file: Path) -> None:
+        self.current = server_context(cert_file, key_file)
+
+    def _pick(self, conn: ssl.SSLObject | ssl.SSLSocket, name: str | None,
+              ctx: ssl.SSLContext) -> None:
+        conn.context = self.current
+
+
+class _HasTLS(Protocol):
+    tls: str
+    cert_file: Path | None
+    key_file: Path | None
+
+
+def reload_tls(current: ServerTLS | None, section: _HasTLS) -> ServerTLS | None:
+    """A listener section's TLS after a (re)load: the same holder with the files loaded again
+    (so listeners bound with it serve the new certificate), a new one, or None for `tls: none`."""
+    if section.tls == "none" or section.cert_file is None or section.key_file is None:
+        return None
+    if current is None:
+        return ServerTLS(section.cert_file, section.key_file)
+    current.load(section.cert_file, section.key_file)
+    return current

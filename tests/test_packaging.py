@@ -99,8 +99,8 @@ def test_dockerfile_shape():
                                       "/etc/relay365/config.yaml"]
     build = text.split("\nFROM ", 2)[1]
     # dependencies are a layer of their own, before the source is copied in
-    assert build.index("pip install -r") < build.index("COPY relay ")
-    assert "--no-deps" in build.split("COPY relay ")[1]
+    assert build.index("pip install -r") < build.index("COPY relay365 ")
+    assert "--no-deps" in build.split("COPY relay365 ")[1]
 
 
 def _healthcheck_command() -> list[str]:

@@ -52,9 +52,11 @@ class SmtpConfig:
     hostname: str = "relay365"
     timeout: float = duration(300.0)  # RFC 5321 s.4.5.3.2.7: a server SHOULD wait at least 5 minutes
     max_session_time: float = duration(3600.0)  # a whole session, however busy; then 421 and close
+    backlog: int = 1024  # the listen queue; the kernel caps it at net.core.somaxconn
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive=("max_message_size", "timeout", "max_session_time"))
+        check_ranges(self, positive=("max_message_size", "timeout", "max_session_time"),
+                     at_least_one=("backlog",))
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,12 @@ class ImapConfig:
     login_timeout: float = duration(60.0)
     idle_timeout: float = duration(1900.0)  # RFC 9051 s.5.4: at least 30 minutes; IDLE clients re-issue at 29
     max_session_time: float | None = duration(None)  # None: IDLE clients may stay for days
+    backlog: int = 1024  # the listen queue; the kernel caps it at net.core.somaxconn
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("login_timeout", "idle_timeout", "max_session_time"),
-                      at_least_one=() if self.max_sessions_per_mailbox is None
-                      else ("max_sessions_per_mailbox",))
+                     at_least_one=("backlog",) if self.max_sessions_per_mailbox is None
+                     else ("backlog", "max_sessions_per_mailbox"))
 
 
 @dataclass(frozen=True)

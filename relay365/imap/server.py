@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -26,9 +27,11 @@ from ..errors import TokenError, UpstreamError
 from ..localauth import LocalAuth
 from ..proxyproto import PROXY_TIMEOUT, is_trusted, real_client
 from ..throttle import ConnectionLimits
-from ..tlsutil import client_context, nodelay, server_context
+from ..states import ClosedBy, ImapOutcome, LoginResult
+from ..tlsutil import ServerTLS, client_context, nodelay, reload_tls
 from ..tokens.manager import TokenManager
-from .core import Authenticate, Close, ImapPreauth, SendToClient, StartSplice, StartTLS
+from .core import (Authenticate, Close, ImapPreauth, LoginFailure, SendToClient, StartSplice,
+                   StartTLS)
 from .splice import splice
 from .upstream import UpstreamIMAP, open_upstream
 
@@ -45,8 +48,8 @@ class ImapSession:
     user: str | None = None
     mailbox: str | None = None
     auth_failures: int = 0
-    outcome: str = "no_login"
-    closed_by: str | None = None
+    outcome: ImapOutcome = ImapOutcome.NO_LOGIN
+    closed_by: ClosedBy | None = None
     bytes_up: int = 0
     bytes_down: int = 0
     counted: str | None = None  # the mailbox whose session cap this session holds a place in
@@ -59,8 +62,14 @@ class ImapHandler:
         self.limits = ConnectionLimits(config.limits.max_connections,
                                        config.limits.max_connections_per_ip)
         self.active: collections.Counter[str] = collections.Counter()  # sessions per mailbox
-        self.connections = 0
+        self.writers: dict[asyncio.StreamWriter, ImapSession] = {}  # open connections
+        self.stopping = False
+        self.tls: ServerTLS | None = None
         self.configure(config)
+
+    @property
+    def connections(self) -> int:
+        return len(self.writers)
 
     def configure(self, config: Config) -> None:
         assert config.imap is not None
@@ -69,8 +78,19 @@ class ImapHandler:
         self.limits.max_total = config.limits.max_connections
         self.limits.max_per_ip = config.limits.max_connections_per_ip
         self.upstream_tls = client_context(config.upstream.ca_file)
-        self.server_tls = (server_context(self.imap.cert_file, self.imap.key_file)
-                           if self.imap.tls != "none" else None)
+        self.tls = reload_tls(self.tls, self.imap)
+
+    def shutdown(self) -> None:
+        """SIGTERM. Before login: `* BYE` now. Spliced: closed now, as Dovecot does at shutdown
+        (shutdown_clients=yes): an IDLE client would never finish on its own, and after the
+        splice the relay cannot know where one IMAP response ends, so it adds no BYE of its own
+        into the stream; the client sees the connection close and logs in again."""
+        self.stopping = True
+        for writer, session in list(self.writers.items()):
+            if session.outcome != ImapOutcome.SPLICED:
+                with contextlib.suppress(Exception):
+                    writer.write(b"* BYE Server shutting down\r\n")
+            writer.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = str((writer.get_extra_info("peername") or ("?", 0))[0])
@@ -88,7 +108,10 @@ class ImapHandler:
             return
         nodelay(writer.transport)
         session = ImapSession(next(_conn_ids), peer)
-        self.connections += 1
+        structlog.contextvars.bind_contextvars(conn=session.conn_id, proto="imap", peer=peer)
+        self.writers[writer] = session
+        if self.stopping:
+            writer.close()
         upstream: UpstreamIMAP | None = None
         try:
             upstream = await self._preauth(session, reader, writer)
@@ -99,10 +122,10 @@ class ImapHandler:
                 session.closed_by = result.closed_by
                 session.bytes_up, session.bytes_down = result.bytes_up, result.bytes_down
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
-            session.closed_by = session.closed_by or "client_error"
+            session.closed_by = session.closed_by or ClosedBy.CLIENT_ERROR
         except Exception as exc:  # never a traceback to the client; one event for us
-            session.outcome = "internal_error"
-            log.error("imap_internal_error", conn=session.conn_id, error=type(exc).__name__,
+            session.outcome = ImapOutcome.INTERNAL_ERROR
+            log.error("imap_internal_error", error=type(exc).__name__,
                       exc_info=exc)
         finally:
             if session.counted:
@@ -112,7 +135,7 @@ class ImapHandler:
             writer.close()
             if upstream is not None:
                 upstream.writer.close()
-            self.connections -= 1
+            self.writers.pop(writer, None)
             self.limits.release(session.peer)
             metrics.SESSIONS.labels("imap", session.outcome).inc()
             metrics.BYTES.labels("imap", "up").inc(session.bytes_up)
@@ -161,7 +184,8 @@ class ImapHandler:
                     if early:
                         pending.extend(core.receive_data(early))
                         continue
-                    await writer.start_tls(self.server_tls)
+                    assert self.tls is not None
+                    await writer.start_tls(self.tls.current)
                     pending.extend(core.tls_started())
                 elif isinstance(effect, Authenticate):
                     await writer.drain()
@@ -184,11 +208,11 @@ class ImapHandler:
                     raise TimeoutError
                 data = await asyncio.wait_for(reader.read(READ_SIZE), remaining)
             except TimeoutError:
-                session.outcome = "login_timeout"
+                session.outcome = ImapOutcome.LOGIN_TIMEOUT
                 pending.extend(core.timeout())
                 continue
             if not data:
-                session.closed_by = "client"
+                session.closed_by = ClosedBy.CLIENT
                 return None
             pending.extend(core.receive_data(data))
 
@@ -198,15 +222,18 @@ class ImapHandler:
         user = outcome.user
         if user is None:
             session.auth_failures += 1
-            session.outcome = "auth_" + outcome.result
-            return None, core.login_failed("auth_failed" if outcome.result == "failed" else "unavailable")
+            session.outcome = (ImapOutcome.AUTH_BLOCKED if outcome.result is LoginResult.BLOCKED
+                               else ImapOutcome.AUTH_FAILED)
+            return None, core.login_failed(
+                LoginFailure.AUTH_FAILED if outcome.result is LoginResult.FAILED
+                else LoginFailure.UNAVAILABLE)
         session.user, session.mailbox = user.username, user.mailbox
         key = user.mailbox.lower()
         cap = self.imap.max_sessions_per_mailbox
         if cap is not None and self.active[key] >= cap:
-            log.warning("imap_session_limit", conn=session.conn_id, mailbox=user.mailbox, limit=cap)
-            session.outcome = "limit"
-            return None, core.login_failed("limit")
+            log.warning("imap_session_limit", mailbox=user.mailbox, limit=cap)
+            session.outcome = ImapOutcome.LIMIT
+            return None, core.login_failed(LoginFailure.LIMIT)
         self.active[key] += 1
         session.counted = key
         try:
@@ -214,31 +241,33 @@ class ImapHandler:
         except (TokenError, UpstreamError) as exc:
             self.active[key] -= 1
             session.counted = None
-            session.outcome = "unavailable"
-            fields = dict(conn=session.conn_id, peer=session.peer, user=user.username,
+            session.outcome = ImapOutcome.UNAVAILABLE
+            fields = dict(user=user.username,
                           mailbox=user.mailbox, error=str(exc))
             if isinstance(exc, TokenError):
                 log.warning("imap_token_unavailable", code=exc.code, **fields)
             else:
                 log.warning("imap_upstream_failed", **fields)
-            return None, core.login_failed("unavailable")
-        session.outcome = "spliced"
+            return None, core.login_failed(LoginFailure.UNAVAILABLE)
+        session.outcome = ImapOutcome.SPLICED
         metrics.UPSTREAM_LATENCY.labels("imap", "login").observe(upstream.seconds)
-        log.info("imap_login", conn=session.conn_id, peer=session.peer, user=user.username,
+        log.info("imap_login", user=user.username,
                  mailbox=user.mailbox, upstream_seconds=round(upstream.seconds, 3))
         return upstream, core.login_succeeded(upstream.capabilities)
 
 
-async def start_imap(config: Config, tokens: TokenManager,
-                     auth: LocalAuth) -> tuple[ImapHandler, list[asyncio.Server]]:
-    imap = config.imap
-    assert imap is not None
-    handler = ImapHandler(config, tokens, auth)
-    loop = asyncio.get_running_loop()
-    servers = []
-    for addr in imap.listen:
-        servers.append(await asyncio.start_server(
-            handler.handle, addr.host, addr.port, reuse_address=True, backlog=1024,
-            ssl=handler.server_tls if imap.tls == "implicit" else None, limit=64 * 1024))
-    del loop
-    return handler, servers
+async def bind_imap(handler: ImapHandler) -> list[asyncio.Server]:
+    """Bind every `imap.listen` address of the handler's current config."""
+    imap = handler.imap
+    ssl = handler.tls.context if handler.tls is not None and imap.tls == "implicit" else None
+    servers: list[asyncio.Server] = []
+    try:
+        for addr in imap.listen:
+            servers.append(await asyncio.start_server(
+                handler.handle, addr.host, addr.port, reuse_address=True, backlog=imap.backlog,
+                ssl=ssl, limit=64 * 1024))
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    return servers

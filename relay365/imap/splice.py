@@ -16,12 +16,14 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from ..states import ClosedBy
+
 CHUNK = 256 * 1024
 
 
 @dataclass
 class SpliceResult:
-    closed_by: str  # client | upstream | idle_timeout | session_time | client_error | upstream_error | shutdown
+    closed_by: ClosedBy
     bytes_up: int  # client -> upstream
     bytes_down: int  # upstream -> client
 
@@ -35,22 +37,22 @@ class _Pump:
         self.source, self.sink = source, sink
         self.count = 0
 
-    async def run(self) -> str:
+    async def run(self) -> ClosedBy:
         read, write, drain = self.reader.read, self.writer.write, self.writer.drain
         while True:
             try:
                 data = await read(CHUNK)
             except (ConnectionError, OSError):
-                return f"{self.source}_error"
+                return ClosedBy(f"{self.source}_error")
             if not data:
-                return self.source
+                return ClosedBy(self.source)
             self.count += len(data)
             self.touch()
             try:
                 write(data)
                 await drain()
             except (ConnectionError, OSError):
-                return f"{self.sink}_error"
+                return ClosedBy(f"{self.sink}_error")
 
 
 async def splice(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
@@ -62,7 +64,7 @@ async def splice(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     start = time.monotonic()
     last = [start]
     idle = asyncio.Event()
-    why = ["idle_timeout"]
+    why = [ClosedBy.IDLE_TIMEOUT]
 
     def touch() -> None:
         last[0] = time.monotonic()
@@ -70,7 +72,7 @@ async def splice(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     def check() -> None:
         now = time.monotonic()
         if max_time is not None and now - start >= max_time:
-            why[0] = "session_time"
+            why[0] = ClosedBy.SESSION_TIME
             idle.set()
             return
         remaining = last[0] + idle_timeout - now
@@ -87,7 +89,7 @@ async def splice(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     idle_task = asyncio.create_task(idle.wait(), name="splice-idle")
     tasks = [asyncio.create_task(up.run(), name="splice-up"),
              asyncio.create_task(down.run(), name="splice-down"), idle_task]
-    closed_by = "shutdown"
+    closed_by = ClosedBy.SHUTDOWN
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         first = next(iter(done))

@@ -124,20 +124,52 @@ def test_reload_keeps_session_in_progress_and_rebinds_changed_listener(make_rela
         socket.create_connection(("127.0.0.1", old_port), timeout=2).close()
 
 
-def test_sigterm_drains_sessions_in_progress(make_relay, upstream):
+def test_sigterm_drains_transactions_and_says_421_to_idle_sessions(make_relay, upstream):
+    """Postfix's behaviour: an idle session hears 421 4.3.2 at once, a transaction in progress
+    is finished (within drain_timeout), and the relay exits when that one is done."""
     relay = make_relay(smtp={}, drain_timeout=20)
-    s = smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30)
-    s.login(USER, PASSWORD)
+    idle = smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30)
+    idle.login(USER, PASSWORD)
+    busy = smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30)
+    busy.login(USER, PASSWORD)
+    assert busy.mail("a@lan.local")[0] == 250  # inside a transaction now
     relay.proc.send_signal(signal.SIGTERM)
     relay.wait_log("relay_stopping")
     with pytest.raises(OSError):  # no new connections
         socket.create_connection(("127.0.0.1", relay.smtp_port), timeout=2).close()
+    assert idle.noop() == (421, b"4.3.2 Service shutting down")
     subject = f"during drain {uuid.uuid4()}"
-    s.sendmail("a@lan.local", [f"bob@{DOMAIN}"], message(subject))
-    s.quit()
+    assert busy.rcpt(f"bob@{DOMAIN}")[0] == 250
+    assert busy.data(message(subject))[0] == 250
+    assert busy.noop()[0] == 421  # and then it is told too
+    idle.close()
+    busy.close()
     assert relay.proc.wait(20) == 0
     delivered(upstream, f"bob@{DOMAIN}", subject)
     assert not relay.find("drain_timeout")
+    assert relay.wait_log("smtp_session", outcome="shutdown")
+
+
+def test_sigterm_with_only_idle_sessions_exits_at_once(make_relay, upstream):
+    relay = make_relay(smtp={}, imap={}, drain_timeout=30)
+    clients = []
+    for _ in range(5):
+        s = smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30)
+        s.login(USER, PASSWORD)
+        clients.append(s)
+    preauth = socket.create_connection(("127.0.0.1", relay.imap_port), timeout=10)
+    assert preauth.recv(200).startswith(b"* OK")
+    started = time.monotonic()
+    relay.proc.send_signal(signal.SIGTERM)
+    assert relay.proc.wait(10) == 0
+    took = time.monotonic() - started
+    assert took < 5, f"exit took {took:.1f} s with nothing in flight"  # not drain_timeout (30 s)
+    for s in clients:
+        assert s.noop()[0] == 421
+        s.close()
+    assert preauth.recv(200).startswith(b"* BYE")
+    preauth.close()
+    print(f"exit after SIGTERM with 5 idle SMTP sessions and 1 IMAP: {took:.2f} s")
 
 
 def _try_login(port: int, user: str, password: str, source: str = "127.0.0.1") -> int:

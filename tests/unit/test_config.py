@@ -172,7 +172,7 @@ def replaced(old: str, new: str) -> str:
 @pytest.mark.parametrize("text, path, message, at", [
     (GOOD + "smpt: {}\n", "smpt", "unknown key (did you mean 'smtp'?)", "smpt:"),
     (replaced("  max_message_size: 10MB\n", "  max_message_size: 10MB\n  zzz: 1\n"), "smtp.zzz",
-     "unknown key (allowed: allow_plaintext_auth, cert_file, hostname, key_file, listen, "
+     "unknown key (allowed: allow_plaintext_auth, backlog, cert_file, hostname, key_file, listen, "
      "max_message_size, max_session_time, proxy_protocol, sender, timeout, tls, trusted_proxies, "
      "unauthenticated)", "zzz:"),
     (GOOD + "source: elsewhere.yaml\n", "source",

@@ -1,0 +1,337 @@
+"""The SMTP session's rules, with no I/O: who may send, as which mailbox, by which way, and what
+the client hears.
+
+Theory of operation. The asyncio adapter (`relay365.smtp.server`) owns sockets, TLS, timers and
+the upstream session; for each client command it asks the core what to do, carries out the one
+effect the core returns, and reports the outcome back:
+
+    MAIL  -> mail(address, options)  -> Reply | UpstreamMail   -> mail_done(outcome)  -> Reply
+    RCPT  -> rcpt(address)           -> Reply | UpstreamRcpt   -> rcpt_done(outcome)  -> Reply
+    DATA  -> end_of_data()           -> Reply | UpstreamData | SpoolIt
+             data_done(outcome)      -> Reply | SpoolIt          (the recipients Office 365 4xx'd)
+             spool_done(outcome)     -> Reply
+
+States (one transaction at a time):
+
+    IDLE --mail ok--> IN_TRANSACTION --end_of_data--> (upstream / spool) --reply--> IDLE
+      ^                    |  rset, a MAIL refused, a 4xx/5xx at DATA                   |
+      +--------------------+-----------------------------------------------------------+
+
+The rules it owns:
+- Who is sending: a local user after AUTH (its mailbox, delivery, fallback), else the
+  `smtp.unauthenticated` network the peer is in, else 530 - never an open relay.
+- The envelope sender: the mailbox with `sender: rewrite` (the From header too, by the adapter
+  with `rewrite.rewrite_from`), the client's own with `keep`.
+- The way: `delivery: spool` answers MAIL/RCPT here and DATA 250 only once the spool fsynced the
+  message; `direct` passes each command on and the client hears Office 365's own reply;
+  `fallback: spool` turns a reply that would be a 4xx into the spool - the whole transaction
+  when the session failed, one recipient when only that recipient was 4xx'd. 5xx stays 5xx.
+- A 2xx to DATA only when Office 365 accepted (and every deferred recipient is spooled) or the
+  spool holds the message: `Accepted` and `Spooled` are the only outcomes that produce one.
+- Shutdown: `in_transaction` tells the adapter whether the session may be told 421 at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .. import replies
+from ..config import UnauthenticatedNet
+from ..states import SmtpOutcome
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Whom a session sends as, and how its messages travel."""
+
+    mailbox: str
+    delivery: str = "direct"  # direct | spool
+    fallback: str = "none"  # none | spool
+    user: str | None = None  # the local user; None for an unauthenticated network
+
+
+@dataclass(frozen=True)
+class Rules:
+    sender_mode: str = "rewrite"  # rewrite | keep
+    networks: tuple[UnauthenticatedNet, ...] = ()
+    spool: bool = True  # a spool worker runs (it always does when SMTP is configured)
+
+
+# -- effects: what the adapter must do next ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+
+
+@dataclass(frozen=True)
+class UpstreamMail:
+    mailbox: str
+    sender: str
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UpstreamRcpt:
+    rcpt: str
+
+
+@dataclass(frozen=True)
+class UpstreamData:
+    rewrite_to: str | None  # the mailbox to write into From, or None to leave the message as is
+    reset_first: bool = False
+
+
+@dataclass(frozen=True)
+class SpoolIt:
+    mailbox: str
+    sender: str
+    rcpts: tuple[str, ...]
+    options: tuple[str, ...]
+    rewrite_to: str | None
+    reason: str | None  # why a direct transaction went to the spool (the 4xx it would have been)
+    reset_first: bool = False  # end the upstream's half-open transaction first
+
+
+Effect = Reply | UpstreamMail | UpstreamRcpt | UpstreamData | SpoolIt
+
+
+# -- outcomes: what the adapter reports ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Accepted:
+    """The upstream's 2xx (or 3xx) reply to the command."""
+
+    code: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The command failed: `reply` is what the client would hear (`replies.for_exception`);
+    `lost` says the upstream session is gone (no reply at all, or a 421)."""
+
+    reply: str
+    lost: bool = False
+
+
+@dataclass(frozen=True)
+class Spooled:
+    entry_id: str
+
+
+@dataclass(frozen=True)
+class SpoolFailed:
+    reply: str  # replies.SPOOL_FULL or replies.SPOOL_ERROR
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    MAIL_SENT = "mail_sent"  # waiting for the upstream's answer to MAIL
+    IN_TRANSACTION = "in_transaction"
+    DATA = "data"  # after end of data, waiting for the upstream or the spool
+
+
+@dataclass
+class _Txn:
+    sender: str
+    options: tuple[str, ...]
+    spooled: bool
+    rcpts: list[str] = field(default_factory=list)  # every recipient the client was told 250
+    deferred: list[str] = field(default_factory=list)  # fallback: those the upstream 4xx'd
+    accepted: int = 0  # recipients the upstream accepted
+    reason: str | None = None  # why a direct transaction fell back to the spool
+    upstream_reply: str | None = None  # the upstream's DATA reply, while deferred ones spool
+
+
+class SmtpPolicy:
+    """One client session's policy. `peer` is the client's address (after PROXY)."""
+
+    def __init__(self, rules: Rules, peer: str) -> None:
+        self.rules = rules
+        self.peer = peer
+        self.sender: Sender | None = None  # set by authenticated(), or by MAIL from a network
+        self.phase = Phase.IDLE
+        self._txn: _Txn | None = None
+        self.messages = self.recipients = 0
+        self.last_reply: str | None = None
+        self.outcome = SmtpOutcome.NO_MAIL
+        self.fell_back: str | None = None  # the reason of the last fallback, for the log
+
+    @property
+    def rcpts(self) -> list[str]:
+        """The recipients of the transaction in progress that the client was told 250."""
+        return list(self._txn.rcpts) if self._txn is not None else []
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL and the reply to DATA: a shutdown must let this one finish."""
+        return self.phase is not Phase.IDLE
+
+    def authenticated(self, user: str, mailbox: str, delivery: str, fallback: str) -> None:
+        self.sender = Sender(mailbox, delivery, fallback, user)
+
+    def reset(self) -> None:
+        """RSET, a new EHLO/HELO, or a transaction that ended."""
+        self._txn = None
+        self.phase = Phase.IDLE
+
+    # -- MAIL ----------------------------------------------------------------------------------
+
+    def mail(self, address: str, options: Sequence[str]) -> Reply | UpstreamMail:
+        if self.phase is not Phase.IDLE:
+            return Reply(replies.NESTED_MAIL)
+        sender = self.sender if self.sender is not None and self.sender.user else self._network()
+        if sender is None:
+            return Reply(replies.AUTH_REQUIRED)
+        self.sender = sender
+        envelope_from = sender.mailbox if self.rules.sender_mode == "rewrite" else address
+        spooled = sender.delivery == "spool" and self.rules.spool
+        self._txn = _Txn(envelope_from, tuple(options), spooled)
+        if spooled:
+            self.phase = Phase.IN_TRANSACTION
+            return Reply(replies.SENDER_OK)
+        self.phase = Phase.MAIL_SENT
+        return UpstreamMail(sender.mailbox, envelope_from, tuple(options))
+
+    def _network(self) -> Sender | None:
+        try:
+            ip: IPAddress = ipaddress.ip_address(self.peer.split("%")[0])
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        for net in self.rules.networks:
+            if ip.version == net.network.version and ip in net.network:
+                return Sender(net.mailbox, net.delivery, net.fallback, None)
+        return None
+
+    def mail_done(self, outcome: Accepted | Failed) -> Reply:
+        txn = self._expect(Phase.MAIL_SENT)
+        self.phase = Phase.IN_TRANSACTION
+        if isinstance(outcome, Accepted):
+            return Reply(f"{outcome.code} {outcome.text}")
+        self._refused(outcome.reply)
+        if self._fall_back(outcome.reply):
+            return Reply(replies.SENDER_OK)
+        del txn
+        self.reset()
+        return Reply(outcome.reply)
+
+    # -- RCPT ----------------------------------------------------------------------------------
+
+    def rcpt(self, address: str) -> Reply | UpstreamRcpt:
+        if self.phase is not Phase.IN_TRANSACTION or self._txn is None:
+            return Reply(replies.NEED_MAIL)
+        if self._txn.spooled:
+            self._txn.rcpts.append(address)
+            return Reply(replies.RECIPIENT_OK)
+        return UpstreamRcpt(address)
+
+    def rcpt_done(self, address: str, outcome: Accepted | Failed) -> Reply:
+        txn = self._expect(Phase.IN_TRANSACTION)
+        if isinstance(outcome, Accepted):
+            txn.accepted += 1
+            txn.rcpts.append(address)
+            return Reply(f"{outcome.code} {outcome.text}")
+        self._refused(outcome.reply)
+        if outcome.lost and self._fall_back(outcome.reply):  # the session is gone: spool all of it
+            txn.rcpts.append(address)
+            return Reply(replies.RECIPIENT_OK)
+        if not outcome.lost and self._may_fall_back(outcome.reply):
+            txn.deferred.append(address)  # this one recipient goes by the spool
+            txn.rcpts.append(address)
+            self.fell_back = outcome.reply
+            return Reply(replies.RECIPIENT_OK)
+        return Reply(outcome.reply)
+
+    # -- DATA ----------------------------------------------------------------------------------
+
+    def end_of_data(self, upstream_alive: bool) -> Reply | UpstreamData | SpoolIt:
+        """The client sent the whole message. `upstream_alive`: the upstream session is still up."""
+        txn = self._expect(Phase.IN_TRANSACTION)
+        if not txn.rcpts:
+            self.reset()
+            return Reply(replies.NEED_RCPT)
+        self.phase = Phase.DATA
+        if txn.spooled or txn.accepted == 0:  # all by the spool (also: every recipient deferred)
+            return self._spool(txn.rcpts, reset_first=not txn.spooled)
+        if not upstream_alive:
+            reply = replies.CONNECTION_LOST_DATA
+            if self._fall_back(reply):
+                return self._spool(txn.rcpts)
+            return self._end(reply, SmtpOutcome.DEFERRED)
+        return UpstreamData(self._rewrite_to())
+
+    def data_done(self, outcome: Accepted | Failed) -> Reply | SpoolIt:
+        txn = self._expect(Phase.DATA)
+        if isinstance(outcome, Failed):
+            self._refused(outcome.reply)
+            if self._fall_back(outcome.reply):
+                return self._spool(txn.rcpts)
+            return self._end(outcome.reply, self.outcome)
+        txn.upstream_reply = replies.upstream_reply(outcome.code, outcome.text)
+        if txn.deferred:
+            # Office 365 has it for the others; the 4xx'd recipients go by the spool. If that
+            # fails the client must hear it, even though a resend duplicates for the others.
+            return self._spool(txn.deferred)
+        return self._relayed(txn)
+
+    def spool_done(self, outcome: Spooled | SpoolFailed) -> Reply:
+        txn = self._expect(Phase.DATA)
+        if isinstance(outcome, SpoolFailed):
+            return self._end(outcome.reply, SmtpOutcome.DEFERRED)
+        if txn.upstream_reply is not None:  # the deferred recipients of a relayed message
+            return self._relayed(txn)
+        self.messages += 1
+        self.recipients += len(txn.rcpts)
+        return self._end(f"{replies.QUEUED_AS} {outcome.entry_id}", SmtpOutcome.QUEUED)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _expect(self, phase: Phase) -> _Txn:
+        if self.phase is not phase or self._txn is None:
+            raise RuntimeError(f"SMTP policy: {phase.value} expected, in {self.phase.value}")
+        return self._txn
+
+    def _rewrite_to(self) -> str | None:
+        assert self.sender is not None
+        return self.sender.mailbox if self.rules.sender_mode == "rewrite" else None
+
+    def _spool(self, rcpts: Sequence[str], *, reset_first: bool = False) -> SpoolIt:
+        assert self._txn is not None and self.sender is not None
+        return SpoolIt(self.sender.mailbox, self._txn.sender, tuple(rcpts), self._txn.options,
+                       self._rewrite_to(), self._txn.reason, reset_first)
+
+    def _relayed(self, txn: _Txn) -> Reply:
+        assert txn.upstream_reply is not None
+        self.messages += 1
+        self.recipients += len(txn.rcpts)
+        return self._end(txn.upstream_reply, SmtpOutcome.RELAYED)
+
+    def _end(self, reply: str, outcome: SmtpOutcome) -> Reply:
+        self.last_reply, self.outcome = replies.one_line(reply, 120), outcome
+        self.reset()
+        return Reply(reply)
+
+    def _refused(self, reply: str) -> None:
+        self.last_reply = replies.one_line(reply, 120)
+        self.outcome = SmtpOutcome.REJECTED if reply.startswith("5") else SmtpOutcome.DEFERRED
+
+    def _may_fall_back(self, reply: str) -> bool:
+        return (self.sender is not None and self.sender.fallback == "spool" and self.rules.spool
+                and reply.startswith("4"))
+
+    def _fall_back(self, reply: str) -> bool:
+        """Continue this transaction into the spool instead of answering `reply` (a 4xx)?"""
+        if self._txn is None or not self._may_fall_back(reply):
+            return False
+        if not self._txn.spooled:
+            self._txn.spooled, self._txn.reason = True, reply
+            self.fell_back = reply
+        return True

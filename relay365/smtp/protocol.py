@@ -1,0 +1,179 @@
+"""aiosmtpd's SMTP protocol, with the parts that are wrong for a relay replaced.
+
+aiosmtpd stays the SMTP engine (command parsing, ESMTP, AUTH dispatch, STARTTLS, PROXY); this
+subclass changes only what a LAN full of printers showed to be wrong, each in one place:
+- bookkeeping: a connection is counted once (the limits, the drain) and released once, however it
+  ends. A client that connects and closes before the greeting (load-balancer probes, `nc -z`,
+  port scanners) used to stay counted forever under uvloop: aiosmtpd cancels its session on EOF
+  but leaves the half-closed transport open, so `connection_lost` never came. `eof_received`
+  now closes it.
+- AUTH after HELO: many scanners say HELO, never EHLO, then AUTH LOGIN/PLAIN; Postfix and Exchange
+  accept it, aiosmtpd answered 500. The capability list is still only shown after EHLO.
+- DATA is read by `relay365.smtp.data.DataReader` (bare LF as a line end, end of DATA only at
+  CRLF.CRLF) instead of aiosmtpd's CRLF-only reader, and handed to the handler's `handle_DATA`.
+  This reads `self._reader`, aiosmtpd's stream, for lack of a public hook for the DATA bytes,
+  and puts bytes read past the end of DATA back into its buffer (StreamReader has no unread).
+- shutdown: a session between transactions hears `421 4.3.2` at once; one inside a transaction
+  finishes it first, then hears it.
+- logs: `conn`, `proto` and `peer` are bound once per connection (structlog contextvars) in a
+  context of its own, which aiosmtpd's session task inherits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope
+
+from .. import replies
+from ..states import ConnRefused, SmtpOutcome
+from ..tlsutil import nodelay
+from .data import DataError, DataReader
+from .policy import SmtpPolicy
+
+if TYPE_CHECKING:
+    from ..delivery import UpstreamSMTP
+    from .server import RelayHandler
+
+log = structlog.get_logger("relay365.smtp")
+_conn_ids = itertools.count(1)
+READ_SIZE = 64 * 1024  # DATA is read in chunks this size
+
+
+class Session:
+    """Ours, per connection (aiosmtpd's own `session` object is its business)."""
+
+    __slots__ = ("auth_failures", "bytes", "conn_id", "peer", "policy", "reused", "started",
+                 "upstream")
+
+    def __init__(self, conn_id: int, peer: str, policy: SmtpPolicy) -> None:
+        self.conn_id, self.peer, self.policy = conn_id, peer, policy
+        self.started = time.monotonic()
+        self.upstream: UpstreamSMTP | None = None
+        self.reused = False  # the upstream session came from the pool
+        self.auth_failures = 0
+        self.bytes = 0
+
+
+class RelaySMTP(SMTP):  # type: ignore[misc]  # aiosmtpd ships no type information
+    def __init__(self, handler: RelayHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.relay = handler
+        self.state: Session | None = None
+        self.refused: ConnRefused | None = None
+        self.closing = False  # shutting down: 421 once the transaction in progress is done
+        self._started = False  # connection_made runs again for STARTTLS
+        self._ctx = contextvars.copy_context()
+        self._expiry: asyncio.TimerHandle | None = None
+
+    # -- a connection's life ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._started:  # the TLS transport after STARTTLS: aiosmtpd's business
+            super().connection_made(transport)
+            return
+        self._started = True
+        self._ctx.run(self._first_made, transport)
+
+    def _first_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = str((transport.get_extra_info("peername") or ("?", 0))[0])
+        structlog.contextvars.bind_contextvars(proto="smtp", peer=peer)
+        self.refused = self.relay.admit(peer)
+        if self.refused is not None:
+            if self.refused is not ConnRefused.UNTRUSTED_PROXY:  # that one speaks PROXY, not SMTP
+                transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")  # type: ignore[attr-defined]
+            transport.close()
+            return
+        conn_id = next(_conn_ids)
+        structlog.contextvars.bind_contextvars(conn=conn_id)
+        self.state = Session(conn_id, peer, self.relay.new_policy(peer))
+        super().connection_made(transport)  # starts aiosmtpd's session task in this context
+        nodelay(transport)
+        self.relay.opened(self)
+        self._expiry = self.loop.call_later(self.relay.smtp.max_session_time, self._expired)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.state is None:  # refused before it began
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+        super().connection_lost(error)
+        state, self.state = self.state, None
+        self._ctx.run(self.relay.closed, self, state)
+
+    def eof_received(self) -> bool | None:
+        super().eof_received()  # cancels aiosmtpd's session task
+        if self.transport is not None:
+            self.transport.close()  # nobody reads or writes any more: let connection_lost come
+        return False
+
+    def _expired(self) -> None:
+        """Older than smtp.max_session_time: RFC 5321 allows a 421 at any time."""
+        if self.state is not None:
+            self.state.policy.outcome = SmtpOutcome.SESSION_TIME
+            self._ctx.run(log.warning, "smtp_session_time_limit",
+                          seconds=self.relay.smtp.max_session_time)
+        self.say_goodbye(replies.SESSION_TIME_LIMIT)
+
+    def say_goodbye(self, reply: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(reply.encode() + b"\r\n")
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """SIGTERM: 421 now when idle, or after the transaction in progress."""
+        self.closing = True
+        if self.state is not None and not self.state.policy.in_transaction:
+            self.state.policy.outcome = SmtpOutcome.SHUTDOWN
+            self.say_goodbye(replies.SHUTTING_DOWN)
+
+    # -- commands aiosmtpd gets wrong for us -----------------------------------------------------
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        """AUTH after HELO too: old devices never say EHLO (the capability is not advertised)."""
+        if self.session is not None and self.session.host_name and not self.session.extended_smtp:
+            self.session.extended_smtp = True
+            try:
+                await super().smtp_AUTH(arg)
+            finally:
+                self.session.extended_smtp = False
+            return
+        await super().smtp_AUTH(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push(replies.NEED_RCPT)
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = DataReader(self.data_size_limit)
+        content = bytearray()
+        while not reader.done:
+            chunk = await self._reader.read(READ_SIZE)
+            if not chunk:
+                return  # the client went away; connection_lost follows
+            content += reader.feed(chunk)
+        if reader.rest:  # commands pipelined after the end of DATA go back in front of the
+            # stream's buffer for aiosmtpd to read next; StreamReader has no public unread
+            self._reader._buffer[:0] = reader.rest
+        if reader.error is not None:
+            self.envelope = Envelope()
+            if self.state is not None:
+                self.state.policy.reset()
+            await self.push(replies.TOO_MUCH_DATA if reader.error is DataError.TOO_BIG
+                            else replies.LINE_TOO_LONG)
+            return
+        status = await self.relay.data(self, bytes(content))
+        self.envelope = Envelope()
+        await self.push(status)
+        if self.closing:
+            self.shutdown()
