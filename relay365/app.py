@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
+from typing import Any
 
 import structlog
 
@@ -31,15 +32,15 @@ from .config import Config, ImapConfig, SmtpConfig, load_config
 from .delivery import SmtpDeliverer
 from .errors import ConfigError
 from .httpapi import serve_http
-from .localauth import LocalAuth
 from .imap.server import ImapHandler, bind_imap
+from .localauth import LocalAuth
 from .smtp.listen import bind_smtp
 from .smtp.server import RelayHandler
 from .spool.queue import SpoolQueue
 from .spool.worker import SpoolWorker, make_token_hold, spool_deliver
 from .states import AccountState
-from .tokens.manager import TokenManager
 from .tlsutil import server_context
+from .tokens.manager import TokenManager
 from .tokens.store import TokenStore
 
 log = structlog.get_logger("relay365.app")
@@ -83,9 +84,9 @@ class Relay:
         self.smtp: RelayHandler | None = None  # made once, at the first bind; reloads reuse it
         self.imap: ImapHandler | None = None
         self._servers: dict[str, list[asyncio.Server]] = {}
-        self._keeper: asyncio.Task | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
-        self._reloads: set[asyncio.Task] = set()
+        self._reloads: set[asyncio.Task[bool]] = set()
         self.phase = "starting"  # starting | ready | stopping
         self.notify = sdnotify.from_env()  # a no-op outside systemd
 
@@ -235,7 +236,7 @@ class Relay:
 
     # -- health and metrics --------------------------------------------------------------------
 
-    def readiness(self) -> dict:
+    def readiness(self) -> dict[str, Any]:
         if self.phase != "ready":
             return {"status": self.phase, "reasons": [f"relay is {self.phase}"]}
         # the bare number, as /readyz and `relay365 health` have always shown it

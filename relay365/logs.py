@@ -2,15 +2,19 @@
 
 aiosmtpd and msal log through the standard library; they are routed into the same processors so a
 JSON log stays JSON. aiosmtpd logs raw client lines at DEBUG (AUTH data among them), so its level
-never goes below ERROR (its INFO lines echo client commands, its WARNINGs are deprecation notes); msal's HTTP-level chatter stays at WARNING.
+never goes below ERROR (its INFO lines echo client commands, its WARNINGs are deprecation
+notes); msal's HTTP-level chatter stays at WARNING.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
+from structlog.typing import Processor
 
 from .secret import Secret
 
@@ -18,7 +22,7 @@ _QUIET = {"mail.log": logging.ERROR, "msal": logging.WARNING, "urllib3": logging
           "asyncio": logging.WARNING}
 
 
-def _redact(_, __, event_dict: dict) -> dict:
+def _redact(_: object, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Last line of defence: a Secret that reaches a log call prints as ***."""
     for k, v in event_dict.items():
         if isinstance(v, Secret):
@@ -26,10 +30,10 @@ def _redact(_, __, event_dict: dict) -> dict:
     return event_dict
 
 
-def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     json_out = fmt == "json" or (fmt == "auto" and not stream.isatty())
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .states import ConnRefused
+
 
 @dataclass(frozen=True)
 class ThrottlePolicy:
@@ -87,12 +89,12 @@ class ConnectionLimits:
         self.total = 0
         self.per_ip: dict[str, int] = {}
 
-    def admit(self, ip: str) -> str | None:
+    def admit(self, ip: str) -> ConnRefused | None:
         """None when admitted (and counted), else the reason for refusing."""
         if self.total >= self.max_total:
-            return "listener_full"
+            return ConnRefused.LISTENER_FULL
         if self.per_ip.get(ip, 0) >= self.max_per_ip:
-            return "too_many_from_ip"
+            return ConnRefused.TOO_MANY_FROM_IP
         self.total += 1
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         return None

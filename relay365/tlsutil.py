@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from pathlib import Path
@@ -29,7 +30,7 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     return ctx
 
 
-def nodelay(transport) -> None:
+def nodelay(transport: asyncio.BaseTransport | None) -> None:
     """Turn Nagle off, as asyncio's own loop does for every TCP transport and uvloop does not:
     SMTP and IMAP are request/reply protocols of small writes, where Nagle only adds latency."""
     sock = transport.get_extra_info("socket") if transport is not None else None
@@ -67,9 +68,12 @@ class ServerTLS:
 
 
 class _HasTLS(Protocol):
-    tls: str
-    cert_file: Path | None
-    key_file: Path | None
+    @property
+    def tls(self) -> str: ...
+    @property
+    def cert_file(self) -> Path | None: ...
+    @property
+    def key_file(self) -> Path | None: ...
 
 
 def reload_tls(current: ServerTLS | None, section: _HasTLS) -> ServerTLS | None:

@@ -26,12 +26,11 @@ from ..config import Config, ImapConfig
 from ..errors import TokenError, UpstreamError
 from ..localauth import LocalAuth
 from ..proxyproto import PROXY_TIMEOUT, is_trusted, real_client
-from ..throttle import ConnectionLimits
 from ..states import ClosedBy, ImapOutcome, LoginResult
+from ..throttle import ConnectionLimits
 from ..tlsutil import ServerTLS, client_context, nodelay, reload_tls
 from ..tokens.manager import TokenManager
-from .core import (Authenticate, Close, ImapPreauth, LoginFailure, SendToClient, StartSplice,
-                   StartTLS)
+from .core import Authenticate, Close, Effect, ImapPreauth, LoginFailure, SendToClient, StartSplice, StartTLS
 from .splice import splice
 from .upstream import UpstreamIMAP, open_upstream
 
@@ -95,10 +94,11 @@ class ImapHandler:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = str((writer.get_extra_info("peername") or ("?", 0))[0])
         if self.imap.proxy_protocol:
-            peer = await self._proxied(peer, reader)
-            if peer is None:
+            real = await self._proxied(peer, reader)
+            if real is None:
                 writer.close()
                 return
+            peer = real
         refused = self.limits.admit(peer)
         if refused:
             log.warning("connection_refused", proto="imap", peer=peer, reason=refused)
@@ -216,7 +216,8 @@ class ImapHandler:
                 return None
             pending.extend(core.receive_data(data))
 
-    async def _login(self, core: ImapPreauth, session: ImapSession, auth: Authenticate):
+    async def _login(self, core: ImapPreauth, session: ImapSession,
+                     auth: Authenticate) -> tuple[UpstreamIMAP | None, list[Effect]]:
         outcome = await self.auth.login("imap", session.peer, auth.username, auth.password,
                                         auth.mechanism, session.conn_id)
         user = outcome.user

@@ -60,7 +60,7 @@ class Session:
         self.bytes = 0
 
 
-class RelaySMTP(SMTP):  # type: ignore[misc]  # aiosmtpd ships no type information
+class RelaySMTP(SMTP):
     def __init__(self, handler: RelayHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.relay = handler
@@ -86,7 +86,8 @@ class RelaySMTP(SMTP):  # type: ignore[misc]  # aiosmtpd ships no type informati
         self.refused = self.relay.admit(peer)
         if self.refused is not None:
             if self.refused is not ConnRefused.UNTRUSTED_PROXY:  # that one speaks PROXY, not SMTP
-                transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")  # type: ignore[attr-defined]
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
             transport.close()
             return
         conn_id = next(_conn_ids)
@@ -121,9 +122,10 @@ class RelaySMTP(SMTP):  # type: ignore[misc]  # aiosmtpd ships no type informati
         self.say_goodbye(replies.SESSION_TIME_LIMIT)
 
     def say_goodbye(self, reply: str) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(reply.encode() + b"\r\n")
-            self.transport.close()
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(reply.encode() + b"\r\n")
+            transport.close()
 
     def shutdown(self) -> None:
         """SIGTERM: 421 now when idle, or after the transaction in progress."""
@@ -148,7 +150,7 @@ class RelaySMTP(SMTP):  # type: ignore[misc]  # aiosmtpd ships no type informati
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
-        if not self.envelope.rcpt_tos:
+        if self.envelope is None or not self.envelope.rcpt_tos:
             await self.push(replies.NEED_RCPT)
             return
         if arg:
@@ -164,7 +166,7 @@ class RelaySMTP(SMTP):  # type: ignore[misc]  # aiosmtpd ships no type informati
             content += reader.feed(chunk)
         if reader.rest:  # commands pipelined after the end of DATA go back in front of the
             # stream's buffer for aiosmtpd to read next; StreamReader has no public unread
-            self._reader._buffer[:0] = reader.rest
+            self._reader._buffer[:0] = reader.rest  # type: ignore[attr-defined]
         if reader.error is not None:
             self.envelope = Envelope()
             if self.state is not None:

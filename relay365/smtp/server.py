@@ -22,7 +22,7 @@ from aiosmtpd.smtp import AuthResult, Envelope
 from aiosmtpd.smtp import Session as AiosmtpdSession
 
 from .. import metrics, replies
-from ..config import Config, SmtpConfig
+from ..config import Config
 from ..delivery import UpstreamSMTP, open_session
 from ..delivery.pool import UpstreamPool
 from ..errors import RelayError, TokenError, UpstreamError
@@ -33,7 +33,7 @@ from ..spool.queue import SpoolError, SpoolFullError
 from ..spool.worker import SpoolWorker
 from ..states import ConnRefused, LoginResult
 from ..throttle import ConnectionLimits
-from ..tlsutil import ServerTLS, client_context, reload_tls
+from ..tlsutil import client_context, reload_tls
 from ..tokens.manager import TokenManager
 from . import policy as core
 from .auth import decode_login, decode_plain_args
@@ -75,10 +75,8 @@ class RelayHandler:
     # -- connections (called by RelaySMTP) ---------------------------------------------------
 
     def admit(self, peer: str) -> ConnRefused | None:
-        refused: ConnRefused | None = None
-        if self.smtp.proxy_protocol and not is_trusted(peer, self.smtp.trusted_proxies):
-            refused = ConnRefused.UNTRUSTED_PROXY
-        else:
+        refused: ConnRefused | None = ConnRefused.UNTRUSTED_PROXY
+        if not self.smtp.proxy_protocol or is_trusted(peer, self.smtp.trusted_proxies):
             refused = self.limits.admit(peer)
         if refused is not None:
             log.warning("connection_refused", reason=refused)
