@@ -12,8 +12,10 @@ import structlog
 from aiosmtpd.smtp import AuthResult
 
 from .. import replies
+from ..localauth import LocalAuth
 from ..sasl import Credentials, SaslError, b64decode_strict, decode_plain, decode_text
 from ..secret import Secret
+from ..states import LoginResult
 
 if TYPE_CHECKING:
     from .protocol import RelaySMTP
@@ -56,3 +58,34 @@ async def decode_login(server: RelaySMTP, args: list[str]) -> tuple[str, Secret]
         return decode_text(user_raw, "user name"), Secret(decode_text(pw_raw, "password"))
     except SaslError as exc:
         return AuthResult(success=False, handled=False, message=replies.SYNTAX_PREFIX + str(exc))
+
+
+class AuthHooks:
+    """aiosmtpd's `auth_<MECHANISM>` hooks: the check itself is `relay365.localauth`."""
+
+    auth: LocalAuth
+
+    async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        creds = await decode_plain_args(server, args)
+        if isinstance(creds, AuthResult):
+            return creds
+        return await self._check(server, "PLAIN", creds.username, creds.password)
+
+    async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
+        creds = await decode_login(server, args)
+        if isinstance(creds, AuthResult):
+            return creds
+        return await self._check(server, "LOGIN", *creds)
+
+    async def _check(self, server: RelaySMTP, mech: str, username: str,
+                     password: Secret) -> AuthResult:
+        state = server.state
+        assert state is not None
+        outcome = await self.auth.login("smtp", state.peer, username, password, mech, state.conn_id)
+        if outcome.user is not None:
+            u = outcome.user
+            state.policy.authenticated(u.username, u.mailbox, u.delivery, u.fallback)
+            return AuthResult(success=True, auth_data=username)
+        state.auth_failures += 1
+        return AuthResult(success=False, handled=False, message=(
+            replies.AUTH_BLOCKED if outcome.result is LoginResult.BLOCKED else replies.AUTH_FAILED))

@@ -25,7 +25,7 @@ import asyncio
 import contextvars
 import itertools
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope
@@ -86,8 +86,8 @@ class RelaySMTP(SMTP):
         self.refused = self.relay.admit(peer)
         if self.refused is not None:
             if self.refused is not ConnRefused.UNTRUSTED_PROXY:  # that one speaks PROXY, not SMTP
-                assert isinstance(transport, asyncio.WriteTransport)
-                transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
+                cast("asyncio.WriteTransport", transport).write(
+                    replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
             transport.close()
             return
         conn_id = next(_conn_ids)
@@ -122,8 +122,9 @@ class RelaySMTP(SMTP):
         self.say_goodbye(replies.SESSION_TIME_LIMIT)
 
     def say_goodbye(self, reply: str) -> None:
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+        # uvloop's transports do not subclass asyncio's, hence a cast and not isinstance
+        transport = cast("asyncio.WriteTransport | None", self.transport)
+        if transport is not None and not transport.is_closing():
             transport.write(reply.encode() + b"\r\n")
             transport.close()
 

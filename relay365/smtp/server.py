@@ -18,32 +18,30 @@ from collections.abc import Coroutine
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import AuthResult, Envelope
+from aiosmtpd.smtp import Envelope
 from aiosmtpd.smtp import Session as AiosmtpdSession
 
 from .. import metrics, replies
 from ..config import Config
-from ..delivery import UpstreamSMTP, open_session
 from ..delivery.pool import UpstreamPool
-from ..errors import RelayError, TokenError, UpstreamError
+from ..errors import RelayError
 from ..localauth import LocalAuth
 from ..proxyproto import is_trusted, real_client
-from ..secret import Secret
-from ..spool.queue import SpoolError, SpoolFullError
 from ..spool.worker import SpoolWorker
-from ..states import ConnRefused, LoginResult
+from ..states import ConnRefused
 from ..throttle import ConnectionLimits
 from ..tlsutil import client_context, reload_tls
 from ..tokens.manager import TokenManager
 from . import policy as core
-from .auth import decode_login, decode_plain_args
+from .auth import AuthHooks
+from .outbound import Outbound, accepted
 from .protocol import RelaySMTP, Session
 from .rewrite import rewrite_from
 
 log = structlog.get_logger("relay365.smtp")
 
 
-class RelayHandler:
+class RelayHandler(AuthHooks, Outbound):
     def __init__(self, config: Config, tokens: TokenManager, auth: LocalAuth,
                  spool: SpoolWorker | None = None) -> None:
         self.tokens, self.auth, self.spool = tokens, auth, spool
@@ -113,32 +111,6 @@ class RelayHandler:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.pool.close_all()
 
-    # -- AUTH ------------------------------------------------------------------------------------
-
-    async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
-        creds = await decode_plain_args(server, args)
-        if isinstance(creds, AuthResult):
-            return creds
-        return await self._check(server, "PLAIN", creds.username, creds.password)
-
-    async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:
-        creds = await decode_login(server, args)
-        if isinstance(creds, AuthResult):
-            return creds
-        return await self._check(server, "LOGIN", *creds)
-
-    async def _check(self, server: RelaySMTP, mech: str, username: str,
-                     password: Secret) -> AuthResult:
-        state = _state(server)
-        outcome = await self.auth.login("smtp", state.peer, username, password, mech, state.conn_id)
-        if outcome.user is not None:
-            u = outcome.user
-            state.policy.authenticated(u.username, u.mailbox, u.delivery, u.fallback)
-            return AuthResult(success=True, auth_data=username)
-        state.auth_failures += 1
-        return AuthResult(success=False, handled=False, message=(
-            replies.AUTH_BLOCKED if outcome.result is LoginResult.BLOCKED else replies.AUTH_FAILED))
-
     # -- the transaction, passed on as it comes ---------------------------------------------
 
     async def handle_EHLO(self, server: RelaySMTP, session: AiosmtpdSession, envelope: Envelope,
@@ -177,21 +149,6 @@ class RelayHandler:
             envelope.mail_options.extend(mail_options)
         return effect.text
 
-    async def _upstream_mail(self, state: Session, mail: core.UpstreamMail) -> core.Accepted | core.Failed:
-        try:
-            upstream = await self._upstream(state, mail.mailbox)
-            try:
-                return _accepted(await upstream.mail(mail.sender, list(mail.options)))
-            except UpstreamError as exc:
-                if exc.code is not None or not state.reused:
-                    raise
-                # a parked session the server had closed meanwhile: once more, on a new one
-                log.info("upstream_reuse_failed", mailbox=mail.mailbox)
-                upstream = await self._upstream(state, mail.mailbox)
-                return _accepted(await upstream.mail(mail.sender, list(mail.options)))
-        except RelayError as exc:
-            return self._failed(state, exc, "mail")
-
     async def handle_RCPT(self, server: RelaySMTP, session: AiosmtpdSession, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         state = _state(server)
@@ -203,7 +160,7 @@ class RelayHandler:
                 outcome = core.Failed(replies.CONNECTION_LOST_RCPT, lost=True)
             else:
                 try:
-                    outcome = _accepted(await up.rcpt(address))
+                    outcome = accepted(await up.rcpt(address))
                 except RelayError as exc:
                     outcome = self._failed(state, exc, "rcpt", recipient=address)
             effect = state.policy.rcpt_done(address, outcome)
@@ -231,85 +188,6 @@ class RelayHandler:
             state.policy.reset()
             return replies.INTERNAL_ERROR
         return effect.text
-
-    async def _upstream_data(self, state: Session, up: UpstreamSMTP,
-                             data: bytes) -> core.Accepted | core.Failed:
-        started = time.monotonic()
-        try:
-            reply = await up.data(data)
-        except RelayError as exc:
-            return self._failed(state, exc, "data", size=len(data))
-        seconds = time.monotonic() - started
-        metrics.UPSTREAM_LATENCY.labels("smtp", "data").observe(seconds)
-        metrics.MESSAGES.inc()
-        metrics.BYTES.labels("smtp", "up").inc(len(data))
-        state.bytes += len(data)
-        p = state.policy
-        log.info("message_relayed", user=p.sender.user if p.sender else None,
-                 mailbox=p.sender.mailbox if p.sender else None,
-                 recipients=len(server_rcpts(state)), size=len(data),
-                 upstream_reply=replies.one_line(reply, 120), seconds=round(seconds, 3))
-        return _accepted(reply)
-
-    async def _spool(self, state: Session, it: core.SpoolIt,
-                     message: bytes) -> core.Spooled | core.SpoolFailed:
-        assert self.spool is not None
-        if it.reset_first and state.upstream is not None:
-            await state.upstream.rset()  # end the upstream's half-open transaction
-        if it.reason is not None and it.rcpts == tuple(server_rcpts(state)):
-            log.info("smtp_fallback_spool", user=state.policy.sender and state.policy.sender.user,
-                     mailbox=it.mailbox, reason=it.reason)
-        data = rewrite_from(message, it.rewrite_to) if it.rewrite_to else message
-        started = time.monotonic()
-        try:
-            entry_id = await self.spool.submit(it.mailbox, it.sender, it.rcpts, data,
-                                               mail_options=it.options)
-        except SpoolError as exc:
-            reply = replies.SPOOL_FULL if isinstance(exc, SpoolFullError) else replies.SPOOL_ERROR
-            log.error("spool_refused", mailbox=it.mailbox, error=str(exc), reply=reply)
-            return core.SpoolFailed(reply)
-        metrics.SPOOLED.inc()
-        state.bytes += len(data)
-        log.info("message_queued", user=state.policy.sender and state.policy.sender.user,
-                 mailbox=it.mailbox, id=entry_id, recipients=len(it.rcpts), size=len(data),
-                 fallback=it.reason, seconds=round(time.monotonic() - started, 3))
-        return core.Spooled(entry_id)
-
-    # -- the upstream session ----------------------------------------------------------------
-
-    async def _upstream(self, state: Session, mailbox: str) -> UpstreamSMTP:
-        up = state.upstream
-        if up is not None and up.connected and up.mailbox == mailbox:
-            return up
-        state.upstream = None
-        if up is not None:
-            await self.pool.give(up)  # another mailbox now; this one may serve someone else
-        up = self.pool.take(mailbox)
-        state.reused = up is not None
-        if up is not None:
-            state.upstream = up
-            log.info("upstream_reused", mailbox=mailbox,
-                     age=round(time.monotonic() - (up.opened_at or 0), 1))
-            return up
-        up = await open_session(self.config.upstream, self.upstream_tls, self.tokens, mailbox,
-                                local_hostname=self.smtp.hostname)
-        state.upstream = up
-        metrics.UPSTREAM_LATENCY.labels("smtp", "login").observe(up.connect_seconds or 0)
-        log.info("upstream_connected", mailbox=mailbox, host=self.config.upstream.smtp.host,
-                 seconds=round(up.connect_seconds or 0, 3))
-        return up
-
-    def _failed(self, state: Session, exc: RelayError, stage: str, **extra: Any) -> core.Failed:
-        reply = replies.for_exception(exc)
-        sender = state.policy.sender
-        fields = dict(user=sender.user if sender else None, mailbox=sender.mailbox if sender else None,
-                      stage=stage, reply=reply, **extra)
-        if isinstance(exc, TokenError):
-            log.warning("smtp_token_unavailable", code=exc.code, error=exc.error, **fields)
-        elif isinstance(exc, UpstreamError):
-            log.warning("smtp_upstream_failed", error=str(exc), **fields)
-        lost = isinstance(exc, UpstreamError) and (exc.code is None or exc.code == 421)
-        return core.Failed(reply, lost=lost)
 
     # -- the rest of aiosmtpd's hooks ----------------------------------------------------------
 
@@ -348,13 +226,5 @@ def _state(server: RelaySMTP) -> Session:
     return server.state
 
 
-def _accepted(reply: str) -> core.Accepted:
-    return core.Accepted(int(reply[:3]), reply[4:])
-
-
 def outcome_reply(outcome: core.Accepted | core.Failed) -> str | None:
     return outcome.reply if isinstance(outcome, core.Failed) else None
-
-
-def server_rcpts(state: Session) -> list[str]:
-    return state.policy.rcpts
