@@ -128,23 +128,27 @@ class ImapHandler:
             log.error("imap_internal_error", error=type(exc).__name__,
                       exc_info=exc)
         finally:
-            if session.counted:
-                self.active[session.counted] -= 1
-                if self.active[session.counted] <= 0:
-                    del self.active[session.counted]
             writer.close()
             if upstream is not None:
                 upstream.writer.close()
-            self.writers.pop(writer, None)
-            self.limits.release(session.peer)
-            metrics.SESSIONS.labels("imap", session.outcome).inc()
-            metrics.BYTES.labels("imap", "up").inc(session.bytes_up)
-            metrics.BYTES.labels("imap", "down").inc(session.bytes_down)
-            log.info("imap_session", conn=session.conn_id, peer=session.peer, user=session.user,
-                     mailbox=session.mailbox, outcome=session.outcome, closed_by=session.closed_by,
-                     bytes_up=session.bytes_up, bytes_down=session.bytes_down,
-                     auth_failures=session.auth_failures,
-                     seconds=round(time.monotonic() - session.started, 3))
+            self._ended(session, writer)
+
+    def _ended(self, session: ImapSession, writer: asyncio.StreamWriter) -> None:
+        """Release what the session held; its summary line and metrics."""
+        if session.counted:
+            self.active[session.counted] -= 1
+            if self.active[session.counted] <= 0:
+                del self.active[session.counted]
+        self.writers.pop(writer, None)
+        self.limits.release(session.peer)
+        metrics.SESSIONS.labels("imap", session.outcome).inc()
+        metrics.BYTES.labels("imap", "up").inc(session.bytes_up)
+        metrics.BYTES.labels("imap", "down").inc(session.bytes_down)
+        log.info("imap_session", conn=session.conn_id, peer=session.peer, user=session.user,
+                 mailbox=session.mailbox, outcome=session.outcome, closed_by=session.closed_by,
+                 bytes_up=session.bytes_up, bytes_down=session.bytes_down,
+                 auth_failures=session.auth_failures,
+                 seconds=round(time.monotonic() - session.started, 3))
 
     async def _proxied(self, peer: str, reader: asyncio.StreamReader) -> str | None:
         """The real client address from a trusted proxy's PROXY header; None to close."""
@@ -176,17 +180,7 @@ class ImapHandler:
                 if isinstance(effect, SendToClient):
                     writer.write(effect.data)
                 elif isinstance(effect, StartTLS):
-                    await writer.drain()
-                    # Plaintext sent behind STARTTLS sits in the reader's buffer, and start_tls()
-                    # would hand it back as if it came over TLS (RFC 3207/9051 injection). The
-                    # core refuses it; the buffer is only reachable through a private attribute.
-                    early = bytes(getattr(reader, "_buffer", b""))
-                    if early:
-                        pending.extend(core.receive_data(early))
-                        continue
-                    assert self.tls is not None
-                    await writer.start_tls(self.tls.current)
-                    pending.extend(core.tls_started())
+                    pending.extend(await self._start_tls(core, reader, writer))
                 elif isinstance(effect, Authenticate):
                     await writer.drain()
                     upstream, effects = await self._login(core, session, effect)
@@ -215,6 +209,19 @@ class ImapHandler:
                 session.closed_by = ClosedBy.CLIENT
                 return None
             pending.extend(core.receive_data(data))
+
+    async def _start_tls(self, core: ImapPreauth, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> list[Effect]:
+        await writer.drain()
+        # Plaintext sent behind STARTTLS sits in the reader's buffer, and start_tls() would hand
+        # it back as if it came over TLS (RFC 3207/9051 injection). The core refuses it; the
+        # buffer is only reachable through a private attribute.
+        early = bytes(getattr(reader, "_buffer", b""))
+        if early:
+            return core.receive_data(early)
+        assert self.tls is not None
+        await writer.start_tls(self.tls.current)
+        return core.tls_started()
 
     async def _login(self, core: ImapPreauth, session: ImapSession,
                      auth: Authenticate) -> tuple[UpstreamIMAP | None, list[Effect]]:

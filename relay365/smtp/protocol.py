@@ -25,7 +25,7 @@ import asyncio
 import contextvars
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope
@@ -37,8 +37,20 @@ from .data import DataError, DataReader
 from .policy import SmtpPolicy
 
 if TYPE_CHECKING:
+    from ..config import SmtpConfig
     from ..delivery import UpstreamSMTP
-    from .server import RelayHandler
+
+
+class Host(Protocol):
+    """What the protocol needs from the handler that serves it (`server.RelayHandler`)."""
+
+    @property
+    def smtp(self) -> SmtpConfig: ...
+    def admit(self, peer: str) -> ConnRefused | None: ...
+    def new_policy(self, peer: str) -> SmtpPolicy: ...
+    def opened(self, server: RelaySMTP) -> None: ...
+    def closed(self, server: RelaySMTP, state: Session) -> None: ...
+    async def data(self, server: RelaySMTP, message: bytes) -> str: ...
 
 log = structlog.get_logger("relay365.smtp")
 _conn_ids = itertools.count(1)
@@ -61,7 +73,7 @@ class Session:
 
 
 class RelaySMTP(SMTP):
-    def __init__(self, handler: RelayHandler, **kwargs: Any) -> None:
+    def __init__(self, handler: Host, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.relay = handler
         self.state: Session | None = None
