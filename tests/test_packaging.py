@@ -202,6 +202,55 @@ def test_fail2ban_filter_matches_the_auth_failed_line():
             '"timestamp": "2026-11-28T23:41:06.675871Z"}')
     assert pattern.search(line).group("host") == "192.0.2.7"
     assert not pattern.search(line.replace("auth_failed", "auth_ok"))
+    reordered = json.dumps({"event": "auth_failed", **json.loads(line)})  # key order is not ours
+    assert pattern.search(reordered).group("host") == "192.0.2.7"
+    assert not pattern.search(reordered.replace("auth_failed", "auth_ok"))
+
+
+def test_readme_auth_failed_line_is_what_the_relay_prints():
+    """The README's sample has the keys, in the order, that a real failed login logs."""
+    import io
+    import logging
+
+    import structlog
+
+    from relay365 import logs
+
+    readme = (ROOT / "README.md").read_text()
+    sample = json.loads(re.search(r'^(\{"proto": "smtp".*"event": "auth_failed".*\})$', readme,
+                                  re.M).group(1))
+    buf = io.StringIO()
+    logs.configure("info", "json", stream=buf)
+    try:  # bound per connection as the adapters do, then the fields localauth passes
+        with structlog.contextvars.bound_contextvars(conn=7, proto="smtp", peer="192.0.2.7"):
+            structlog.get_logger("relay365.auth").warning(
+                "auth_failed", proto="smtp", conn=7, peer="192.0.2.7", user="scanner",
+                mechanism="PLAIN", reason="bad_password")
+    finally:
+        logging.getLogger().handlers.clear()
+        structlog.reset_defaults()
+    real = json.loads(buf.getvalue().splitlines()[-1])
+    assert list(real) == list(sample)
+    assert {k: v for k, v in real.items() if k != "timestamp"} == {
+        k: v for k, v in sample.items() if k != "timestamp"}
+
+
+def test_readme_reference_table_names_every_key():
+    import dataclasses
+
+    from relay365 import config as cfg
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration reference"):]
+    table = table[:table.index("\n\n", table.index("| section"))]
+    missing = []
+    for model in (cfg.Config, cfg.AppConfig, cfg.UpstreamConfig, cfg.AccountConfig, cfg.UserConfig,
+                  cfg.SmtpConfig, cfg.ImapConfig, cfg.SpoolConfig, cfg.LimitsConfig, cfg.HttpConfig,
+                  cfg.UnauthenticatedNet, cfg.LogConfig, cfg.Endpoint):
+        for f in dataclasses.fields(model):
+            if not f.metadata.get("internal") and f"`{f.name}" not in table:
+                missing.append(f"{model.__name__}.{f.name}")
+    assert missing == []
 
 
 # -- the unit's sandbox, applied to a real `relay365 serve` -------------------------------------

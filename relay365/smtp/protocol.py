@@ -94,7 +94,8 @@ class RelaySMTP(SMTP):
 
     def _first_made(self, transport: asyncio.BaseTransport) -> None:
         peer = str((transport.get_extra_info("peername") or ("?", 0))[0])
-        structlog.contextvars.bind_contextvars(proto="smtp", peer=peer)
+        conn_id = next(_conn_ids)
+        structlog.contextvars.bind_contextvars(conn=conn_id, proto="smtp", peer=peer)
         self.refused = self.relay.admit(peer)
         if self.refused is not None:
             if self.refused is not ConnRefused.UNTRUSTED_PROXY:  # that one speaks PROXY, not SMTP
@@ -102,8 +103,6 @@ class RelaySMTP(SMTP):
                     replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
             transport.close()
             return
-        conn_id = next(_conn_ids)
-        structlog.contextvars.bind_contextvars(conn=conn_id)
         self.state = Session(conn_id, peer, self.relay.new_policy(peer))
         super().connection_made(transport)  # starts aiosmtpd's session task in this context
         nodelay(transport)
