@@ -81,7 +81,8 @@ service imap {
 
 def count_issued_tokens(idp: FakeIdP) -> Counter:
     """Count the access tokens the identity platform issues, by (mailbox, client id) for delegated
-    tokens and by client id for app-only tokens (which name no mailbox). The platform runs in this process; this
+    tokens and by client id for app-only tokens (which name no mailbox). The platform runs in this process;
+this
     wraps its one place where a token is made, so every successful grant of every flow counts."""
     issued: Counter = Counter()
     make = idp._new_access_token
@@ -95,7 +96,7 @@ def count_issued_tokens(idp: FakeIdP) -> Counter:
 
 
 def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
 
@@ -156,7 +157,8 @@ delete_account_token_on_password_error = False
                     break
                 except OSError:
                     if time.monotonic() > deadline or self.proc.poll() is not None:
-                        raise SystemExit(f"emailproxy did not start; see {workdir / 'emailproxy.log'}")
+                        raise SystemExit(
+                            f"emailproxy did not start; see {workdir / 'emailproxy.log'}") from None
                     time.sleep(0.1)
 
     @property
@@ -197,7 +199,8 @@ class World:
                          "imap": {"host": "127.0.0.1", "port": self.upstream.imap_port, "tls": "implicit"},
                          "ca_file": str(self.pki.ca_file)},
             "accounts": [{"mailbox": MAILBOX, "refresh_token": self.idp.issue_refresh_token(MAILBOX)},
-                         {"mailbox": TOK_MAILBOX, "refresh_token": self.idp.issue_refresh_token(TOK_MAILBOX)}],
+                         {"mailbox": TOK_MAILBOX,
+                          "refresh_token": self.idp.issue_refresh_token(TOK_MAILBOX)}],
             "users": [{"username": USER, "password_hash": hash_password(PASSWORD), "mailbox": MAILBOX},
                       {"username": TOK_USER, "password_hash": hash_password(PASSWORD),
                        "mailbox": TOK_MAILBOX}],
@@ -254,7 +257,8 @@ def smtp_session(world: World, target: str) -> smtplib.SMTP:
 
 def imap_session(world: World, target: str) -> imaplib.IMAP4:
     if target == "direct":
-        imap = imaplib.IMAP4_SSL("127.0.0.1", world.upstream.imap_port, ssl_context=world.tls, timeout=CLIENT_TIMEOUT)
+        imap = imaplib.IMAP4_SSL("127.0.0.1", world.upstream.imap_port, ssl_context=world.tls,
+                                 timeout=CLIENT_TIMEOUT)
         imap.authenticate("XOAUTH2", lambda _: xoauth2_string(MAILBOX, world.direct_token()).encode())
         return imap
     if target == "emailproxy":
@@ -341,7 +345,7 @@ def imap_fetch_mbps(world, target, *, count: int) -> float:
     started = time.perf_counter()
     total = 0
     for i in range(1, count + 1):
-        typ, data = imap.fetch(str(i), "(BODY.PEEK[])")
+        _typ, data = imap.fetch(str(i), "(BODY.PEEK[])")
         total += len(data[0][1])
     elapsed = time.perf_counter() - started
     imap.logout()
@@ -411,7 +415,7 @@ def held_sessions(world, target, *, n: int, idle_seconds: float = 10.0) -> tuple
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         await asyncio.sleep(idle_seconds)
         cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) * 100
-        for reader, writer in held:
+        for _reader, writer in held:
             writer.write(b"DONE\r\nd LOGOUT\r\n")
             writer.close()
         await asyncio.sleep(1)
@@ -478,7 +482,8 @@ def burst(world, target, *, n: int) -> tuple[int, float]:
 
 NOTES = {
     "proxy": "no proxy process in a direct connection: nothing to measure",
-    "tokens": "a direct client has no token cache of its own; emailproxy does a fifth as many logins (~4/s), scaled to 1,000",
+    "tokens": "a direct client has no token cache of its own; emailproxy does a fifth as many "
+              "logins (~4/s), scaled to 1,000",
 }
 
 
@@ -576,7 +581,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="every workload, small: a smoke run of ~3 min")
     ap.add_argument("--no-emailproxy", action="store_true", help="relay365 and direct only")
     ap.add_argument("--profile", metavar="DIR", type=Path,
-                    help="profile relay365 with py-spy during FETCH, SMTP and IMAP logins, instead of the table")
+                    help="profile relay365 with py-spy during FETCH, SMTP and IMAP logins, "
+                         "instead of the table")
     args = ap.parse_args()
     reps = args.reps or (1 if args.quick else 3)
     raise_fd_limit()
@@ -600,13 +606,14 @@ def main() -> int:
             rows.append((*token_counts(world, proxies, scale), "tokens"))
             rows.append(("Token requests in the whole run, main account", "requests",
                          {"direct": world.issued[(MAILBOX, DIRECT_CLIENT_ID)],
-                          "relay": world.issued[(MAILBOX, CLIENT_ID)], "emailproxy": world.issued[CLIENT_ID]}))
+                          "relay": world.issued[(MAILBOX, CLIENT_ID)],
+                          "emailproxy": world.issued[CLIENT_ID]}))
         finally:
             world.close()
     print_table(rows, targets, reps)
     print(f"\n(run took {(time.monotonic() - started) / 60:.1f} min)")
     if FAILURES:
-        print("\nFailed sessions (timed out after %d s or refused), all repetitions:" % CLIENT_TIMEOUT)
+        print(f"\nFailed sessions (timed out after {CLIENT_TIMEOUT} s or refused), all repetitions:")
         for (name, target), n in sorted(FAILURES.items()):
             print(f"  {target:10} {n:5}  {name}")
     return 0
@@ -624,8 +631,8 @@ def merge(rows):
 
 
 def print_table(rows, targets, reps) -> None:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), "?")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "?")
     print(f"\nrelay365 benchmark  {time.strftime('%Y-%m-%d')}  {os.cpu_count()} cores ({cpu})  "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB  "
           f"Python {sys.version.split()[0]}  relay loop: {os.environ.get('RELAY365_LOOP', 'uvloop')}  "
@@ -654,7 +661,7 @@ def spread(name: str) -> str:
     raw = RAW.get(name, {})
     if len(raw.get("relay", [])) < 2 or not all(raw.get("direct", [])):
         return ""
-    return " ".join(f"{r / d:.2f}" for r, d in zip(raw["relay"], raw["direct"]))
+    return " ".join(f"{r / d:.2f}" for r, d in zip(raw["relay"], raw["direct"], strict=False))
 
 
 # -- profile -------------------------------------------------------------------------------------
@@ -682,7 +689,8 @@ def profile(world, outdir: Path, scale: float) -> int:
                                        size=10_000, long=True),
         "smtp-per-session": lambda: smtp_rate(world, "relay", concurrency=16,
                                               per_worker=max(2, int(30 * scale)), size=10_000, long=False),
-        "imap-logins-32": lambda: imap_logins(world, "relay", concurrency=32, per_worker=max(2, int(10 * scale))),
+        "imap-logins-32": lambda: imap_logins(world, "relay", concurrency=32,
+                                              per_worker=max(2, int(10 * scale))),
         "smtp-5mb": lambda: smtp_rate(world, "relay", concurrency=4, per_worker=max(1, int(4 * scale)),
                                       size=5_000_000, long=False),
     }

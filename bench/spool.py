@@ -114,7 +114,8 @@ def main() -> int:
             upstream.stop()
             idp.stop()
     print(f"\n10 KB messages, one session per message, {args.messages} per run, median of {args.reps}")
-    print(f"{'senders':>8} {'direct msg/s':>13} {'spool msg/s':>12} {'spool/direct':>13} {'drained in s':>13}")
+    print(f"{'senders':>8} {'direct msg/s':>13} {'spool msg/s':>12} {'spool/direct':>13} "
+          f"{'drained in s':>13}")
     for conc, d, s, drain in rows:
         print(f"{conc:>8} {d:>13.1f} {s:>12.1f} {s / d:>13.2f} {drain:>13.2f}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import smtplib
 import subprocess
 import sys
 import time
@@ -51,14 +52,14 @@ def running(tmp_path, pki, idp, upstream):
 
 def test_import_refresh_token_verifies_and_daemon_picks_it_up(tmp_path, running, idp, upstream):
     proc = running
-    with pytest.raises(Exception):  # no refresh token yet: the relay says so with a 4xx
+    with pytest.raises(smtplib.SMTPException):  # no refresh token yet: the relay says so with a 4xx
         send(proc.smtp_port, "before auth")
     assert proc.wait_log("token_failed")["error"] == "no_refresh_token"
     rt = idp.issue_refresh_token(MAILBOX)
     result = auth(proc.config_path, "--refresh-token-stdin", stdin=rt + "\n")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Stored a refresh token" in result.stdout
-    line = [l for l in result.stdout.splitlines() if l.startswith(MAILBOX)][0]
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith(MAILBOX))
     assert "smtp: ok" in line and "imap: ok" in line
     store = (tmp_path / "state" / "tokens.enc").read_bytes()
     assert rt.encode() not in store
@@ -187,7 +188,7 @@ def test_auth_code_flow_with_local_listener_while_the_daemon_runs(running, pki, 
     code, out, err = run.finish()
     assert code == 0, out + err
     assert "Stored a refresh token" in out
-    line = next(l for l in out.splitlines() if l.startswith(MAILBOX))
+    line = next(ln for ln in out.splitlines() if ln.startswith(MAILBOX))
     assert "smtp: ok" in line and "imap: ok" in line
     assert "code=" not in out + err  # the code never reaches the terminal
     # the daemon uses it without a restart, and relay365 accounts shows the account ok
@@ -195,7 +196,7 @@ def test_auth_code_flow_with_local_listener_while_the_daemon_runs(running, pki, 
     send_once_the_token_is_there(running, upstream, subject)
     accounts = subprocess.run([sys.executable, "-m", "relay365", "accounts", "-c", str(running.config_path)],
                               capture_output=True, text=True, timeout=30)
-    row = next(l for l in accounts.stdout.splitlines() if l.startswith(MAILBOX))
+    row = next(ln for ln in accounts.stdout.splitlines() if ln.startswith(MAILBOX))
     assert " ok " in f" {row} ", accounts.stdout
 
 
@@ -217,7 +218,7 @@ def test_a_tampered_state_is_refused_and_nothing_stored(tmp_path, pki, idp, upst
     run = AuthRun(proc.config_path, "--no-verify")
     location = browser(pki, run.wait_line(AUTHORIZE).group(1))
     run.answer(re.sub(r"state=[^&]+", "state=forged", location))
-    code, out, err = run.finish()
+    code, _out, err = run.finish()
     assert code == 1 and "state does not match" in err and "Traceback" not in err
     assert not (tmp_path / "state" / "tokens.enc").exists()
 
@@ -259,7 +260,7 @@ def test_device_code_flow(tmp_path, pki, idp, upstream):
     idp.approve_device(user_code, MAILBOX)
     code, out, err = run.finish()
     assert code == 0, out + err
-    line = next(l for l in out.splitlines() if l.startswith(MAILBOX))
+    line = next(ln for ln in out.splitlines() if ln.startswith(MAILBOX))
     assert "smtp: ok" in line and "imap: ok" in line
     assert idp.grants["urn:ietf:params:oauth:grant-type:device_code"] >= 1
 
@@ -276,7 +277,7 @@ def test_device_code_declined_is_a_clear_failure(tmp_path, pki, idp, upstream):
 
 def test_device_code_flow_with_a_confidential_app_is_refused_up_front(tmp_path, pki, idp, upstream):
     proc = no_seed_config(tmp_path, pki, idp, upstream)
-    code, out, err = AuthRun(proc.config_path, "--device").finish()
+    code, _out, err = AuthRun(proc.config_path, "--device").finish()
     assert code == 1 and "needs a public client app" in err and "Traceback" not in err
 
 
@@ -384,6 +385,6 @@ def test_auth_code_for_a_national_cloud(tmp_path, pki, idp, upstream):
 def test_device_code_nobody_enters_is_a_clear_failure(tmp_path, pki, idp, upstream):
     proc = public_client_config(tmp_path, pki, idp, upstream)
     idp.device_code_lifetime = 0
-    code, out, err = AuthRun(proc.config_path, "--device", "--no-verify").finish()
+    code, _out, err = AuthRun(proc.config_path, "--device", "--no-verify").finish()
     assert code == 1 and "expired before anyone signed in" in err and "--device" in err
     assert "Traceback" not in err and not (tmp_path / "state" / "tokens.enc").exists()

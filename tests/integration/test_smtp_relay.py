@@ -277,7 +277,7 @@ def test_check_upstream_reports_each_account(tmp_path, pki, idp, upstream):
     result = subprocess.run([sys.executable, "-m", "relay365", "check", "-c", str(proc.config_path),
                              "--upstream"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    line = [l for l in result.stdout.splitlines() if l.startswith(MAILBOX)][0]
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith(MAILBOX))
     assert "token: ok" in line and "smtp: ok" in line
 
 
@@ -288,7 +288,7 @@ def test_accounts_command_shows_needs_auth_with_code(make_relay, idp):
     ok = subprocess.run([sys.executable, "-m", "relay365", "accounts", "-c", str(relay.config_path)],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
-    row = [line.split() for line in ok.stdout.splitlines() if line.startswith(MAILBOX)][0]
+    row = next(line.split() for line in ok.stdout.splitlines() if line.startswith(MAILBOX))
     assert row[1:3] == ["refresh_token", "ok"]
     idp.revoke_access_tokens()
     idp.fail_next(1, "invalid_grant", [70008], retry_after=0)

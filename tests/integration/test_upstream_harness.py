@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import parse_qs
 
 import pytest
@@ -30,7 +31,8 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
         bool(MISSING),
-        reason=f"Postfix/Dovecot not installed (missing: {', '.join(MISSING)}); run scripts/install-test-deps.sh",
+        reason=f"Postfix/Dovecot not installed (missing: {', '.join(MISSING)}); "
+               f"run scripts/install-test-deps.sh",
     ),
 ]
 
@@ -44,7 +46,7 @@ class Introspection(BaseHTTPRequestHandler):
     """/introspect (RFC 7662): `good-token-*` is alice's, anything else is inactive.
     /grant (Dovecot's password grant): `app-token-*` may open shared@example.test only."""
 
-    seen: list[dict[str, str]] = []
+    seen: ClassVar[list[dict[str, str]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"])).decode()

@@ -439,10 +439,7 @@ def _delivery_order(p: Path) -> tuple[int, int, str]:
 
 def _world_searchable(path: Path) -> bool:
     """True if an unprivileged user can traverse every directory down to `path`."""
-    for d in [path, *path.parents]:
-        if not d.stat().st_mode & stat.S_IXOTH:
-            return False
-    return True
+    return all(d.stat().st_mode & stat.S_IXOTH for d in [path, *path.parents])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -577,7 +574,7 @@ def _oauth2_conf(up: MailUpstream) -> str:
         # for every login: the only request that tells the endpoint which mailbox an app-only token
         # is being used for. The answer must carry `username` and `active` (else the returned
         # access_token is introspected).
-        lines = [l for l in lines if not l.startswith("force_introspection")]
+        lines = [ln for ln in lines if not ln.startswith("force_introspection")]
         lines += [
             f"grant_url = {up.grant_url}",
             "use_grant_password = yes",

@@ -116,12 +116,14 @@ def test_first_code(res, code):
 
 def test_missing_fields():
     e = classify("a@b", {})
-    assert (e.error, e.code, e.transient, e.action, e.description) == ("unknown_error", None, False, GENERIC, "")
+    assert (e.error, e.code, e.transient, e.action, e.description) == (
+        "unknown_error", None, False, GENERIC, "")
     assert str(e) == f"a@b: unknown_error (?): {GENERIC}"
 
 
 def test_the_description_is_one_short_line():
-    e = classify("a@b", {"error": "invalid_grant", "error_description": "AADSTS70000: " + "x" * 1000 + "\nmore"})
+    e = classify("a@b", {"error": "invalid_grant",
+                         "error_description": "AADSTS70000: " + "x" * 1000 + "\nmore"})
     assert e.description == ("AADSTS70000: " + "x" * 1000)[:300]
 
 
@@ -139,7 +141,8 @@ def test_network_and_service_errors_are_transient():
     assert s.action == "the identity platform answered with a server error; relay365 retries with backoff"
 
 
-_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                     | st.text(max_size=20),
                      lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
                      max_leaves=8)
 

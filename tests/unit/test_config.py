@@ -545,7 +545,8 @@ def test_any_tree_gives_a_config_or_config_errors(tmp_path_factory, edits):
     ("limits:\n  max_connections: 0\n", "limits.max_connections: must be at least 1 (got 0) (line 17)"),
     ("limits:\n  auth_window: -5\n", "limits.auth_window: must be more than 0 (got -5.0) (line 17)"),
     ("imap:\n  idle_timeout: 0\n", "imap.idle_timeout: must be more than 0 (got 0.0) (line 17)"),
-    ("upstream:\n  smtp_pool_idle: -1\n", "upstream.smtp_pool_idle: must not be negative (got -1.0) (line 17)"),
+    ("upstream:\n  smtp_pool_idle: -1\n",
+     "upstream.smtp_pool_idle: must not be negative (got -1.0) (line 17)"),
 ])
 def test_ranges_name_the_key_and_its_line(tmp_path, extra, expected):
     assert GOOD.count("\n") == 15  # so the added section starts on line 16

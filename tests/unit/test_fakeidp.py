@@ -605,7 +605,7 @@ def test_auth_code_expires(certs, http):
 
 
 def claims_of(id_token: str) -> dict:
-    header, payload, signature = id_token.split(".")
+    _header, payload, _signature = id_token.split(".")
     pad = "=" * (-len(payload) % 4)
     return json.loads(base64.urlsafe_b64decode(payload + pad))
 

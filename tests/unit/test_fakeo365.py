@@ -117,7 +117,7 @@ def test_bad_token_gets_the_office365_challenge_then_535(certs, client_tls):
             mail = s.docmd("MAIL FROM:<bob@contoso.com>")
             return challenge, final, mail
 
-    (challenge, final, mail), fake = serve(certs, client)
+    (challenge, final, mail), _fake = serve(certs, client)
     assert challenge[0] == 334
     assert json.loads(base64.b64decode(challenge[1])) == XOAUTH2_ERROR
     assert final == (535, b"5.7.3 Authentication unsuccessful")

@@ -20,7 +20,8 @@ MB = "scanner@contoso.com"
 
 @pytest.mark.parametrize("message, fields, rest", [
     (b"A: 1\r\nB: 2\r\n\r\nbody", [b"A: 1\r\n", b"B: 2\r\n"], b"\r\nbody"),
-    (b"A: 1\r\n folded\r\n\tagain\r\nB: 2\r\n\r\n", [b"A: 1\r\n folded\r\n\tagain\r\n", b"B: 2\r\n"], b"\r\n"),
+    (b"A: 1\r\n folded\r\n\tagain\r\nB: 2\r\n\r\n",
+     [b"A: 1\r\n folded\r\n\tagain\r\n", b"B: 2\r\n"], b"\r\n"),
     (b"A: 1\nB: 2\n\nbody\n\nmore", [b"A: 1\n", b"B: 2\n"], b"\nbody\n\nmore"),
     (b"A: 1\r\nB: 2", [b"A: 1\r\n", b"B: 2\r\n"], b""),  # all headers, no end: a line ending is added
     (b"\r\nbody", [], b"\r\nbody"),
@@ -50,7 +51,8 @@ def test_split_headers(message, fields, rest):
     (b"To: a@b\r\n\r\nx", b"From: scanner@contoso.com\r\nTo: a@b\r\n\r\nx"),
     (b"From: \r\nTo: a@b\r\n\r\nx", b"From: scanner@contoso.com\r\nTo: a@b\r\n\r\nx"),
     (b"From: Scanner@Contoso.com\r\n\r\nx", b"From: scanner@contoso.com\r\n\r\nx"),  # itself: no Reply-To
-    (b"From: m@lan\nSubject: x\n\nbody\n", b"From: scanner@contoso.com\nReply-To: m@lan\nSubject: x\n\nbody\n"),
+    (b"From: m@lan\nSubject: x\n\nbody\n",
+     b"From: scanner@contoso.com\nReply-To: m@lan\nSubject: x\n\nbody\n"),
     (b"To: a@b", b"From: scanner@contoso.com\r\nTo: a@b\r\n\r\n"),  # headers only: the blank line added
     (b"", b"From: scanner@contoso.com\r\n\r\n"),
     (b"\r\nbody", b"From: scanner@contoso.com\r\n\r\nbody"),
@@ -128,7 +130,8 @@ def test_one_line_is_bounded():
 
 
 @pytest.mark.parametrize("code, text, reply", [
-    (550, "5.7.60 SMTP; Client does not have\r\n permissions", "550 5.7.60 SMTP; Client does not have permissions"),
+    (550, "5.7.60 SMTP; Client does not have\r\n permissions",
+     "550 5.7.60 SMTP; Client does not have permissions"),
     (452, "4.5.3 Too many recipients", "452 4.5.3 Too many recipients"),
     (250, "2.0.0 OK queued", "250 2.0.0 OK queued"),
     (554, "", "554 No text"),

@@ -24,8 +24,8 @@ def s() -> Secret:
 
 
 @pytest.mark.parametrize("render", [
-    str, repr, ascii, "{}".format, "{!r}".format, "{!s}".format, lambda v: f"{v}", lambda v: "%s" % v,
-    lambda v: "%r" % v, lambda v: str([v]), lambda v: str({"password": v}), lambda v: str((v,)),
+    str, repr, ascii, "{}".format, "{!r}".format, "{!s}".format, lambda v: f"{v}", lambda v: f"{v}",
+    lambda v: f"{v!r}", lambda v: str([v]), lambda v: str({"password": v}), lambda v: str((v,)),
     lambda v: format(v, ""), lambda v: repr(Credentials("u", v)), lambda v: str(ValueError(v)),
 ])
 def test_every_rendering_is_redacted(s, render):

@@ -189,7 +189,8 @@ def test_an_unreadable_key_file_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     with pytest.raises(StoreError) as err:
         TokenStore(tmp_path).get("a@x.test")
-    assert str(err.value) == (f"cannot read the store key {tmp_path / 'store.key'}: Permission denied; it must "
+    assert str(err.value) == (f"cannot read the store key {tmp_path / 'store.key'}: "
+                              f"Permission denied; it must "
                               f"be readable by the user relay365 runs as")
 
 

@@ -34,7 +34,8 @@ def make_config(tmp_path, idp, certs, extra: str = "", seed: bool = True):
     path.write_text(f"""
 state_dir: state
 apps:
-  default: {{client_id: app, client_secret: secret, tenant: t, authority: "{idp.url}", ca_file: "{certs.ca_file}"}}
+  default: {{client_id: app, client_secret: secret, tenant: t, authority: "{idp.url}",
+            ca_file: "{certs.ca_file}"}}
 accounts: [{{mailbox: {MAILBOX}{rt}}}]
 smtp: {{unauthenticated: [{{network: 10.0.0.0/8, mailbox: {MAILBOX}}}]}}
 {extra}
@@ -216,7 +217,8 @@ def test_a_second_process_does_not_wipe_the_daemons_status(tmp_path, idp, certs,
     other = "other@example.test"
     cfg = make_config(tmp_path, idp, certs)
     text = (tmp_path / "relay.yaml").read_text().replace(
-        "accounts: [", f'accounts: [{{mailbox: {other}, refresh_token: "{idp.issue_refresh_token(other)}"}}, ')
+        "accounts: [",
+        f'accounts: [{{mailbox: {other}, refresh_token: "{idp.issue_refresh_token(other)}"}}, ')
     cfg = load_config(tmp_path / "relay.yaml", text=text)
     daemon = TokenManager(cfg, TokenStore(cfg.state_dir), clock=clock, retry_delays=())
     idp.fail_next(1, "invalid_grant", (70008,), retry_after=0)

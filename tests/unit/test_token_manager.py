@@ -28,7 +28,8 @@ def config(tmp_path, idp, certs, seed: str):
     path.write_text(f"""
 state_dir: state
 apps:
-  default: {{client_id: app, client_secret: secret, tenant: t, authority: "{idp.url}", ca_file: "{certs.ca_file}"}}
+  default: {{client_id: app, client_secret: secret, tenant: t, authority: "{idp.url}",
+            ca_file: "{certs.ca_file}"}}
 accounts: [{{mailbox: {MAILBOX}, refresh_token: "{seed}"}}]
 smtp: {{unauthenticated: [{{network: 10.0.0.0/8, mailbox: {MAILBOX}}}]}}
 """)

@@ -249,7 +249,7 @@ def test_delete_from_either_place(q):
 
 def test_find_by_unique_prefix(q):
     a, b = put(q, 0), put(q, 1)
-    common = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    common = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
     assert q.find(a) == ("queue", q.read(q.queue / a))
     assert q.find(b[:common + 1])[1].id == b
     with pytest.raises(NotFound, match="ambiguous"):

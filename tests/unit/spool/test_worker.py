@@ -233,7 +233,7 @@ def test_a_5xx_is_a_dead_letter_with_the_reason(q):
     (dead,) = q.entries("failed")
     assert dead.id == entry_id and dead.last_error.startswith("550 5.7.60 SMTP; Client does not")
     assert dead.attempts == 0 and dead.failed_at is not None
-    assert [e for e in logs if e["event"] == "spool_failed"][0]["id"] == entry_id
+    assert next(e for e in logs if e["event"] == "spool_failed")["id"] == entry_id
 
 
 def test_the_lifetime_ends_in_a_dead_letter(q):
@@ -437,7 +437,7 @@ def test_rate_limit_paces_a_backlog(q):
         await w.stop()
 
     run(main())
-    gaps = [b[0] - a[0] for a, b in zip(d.calls, d.calls[1:])]
+    gaps = [b[0] - a[0] for a, b in zip(d.calls, d.calls[1:], strict=False)]
     assert len(gaps) == 3 and min(gaps) >= 0.09
 
 
@@ -513,7 +513,7 @@ def test_a_needs_auth_error_from_delivery_holds_too(q, monkeypatch):
         return logs
 
     logs = run(main())
-    (t0, e0), (t1, e1) = d.calls
+    (t0, _e0), (t1, e1) = d.calls
     assert e1.attempts == 0 and t1 - t0 >= 0.2
     events = [e["event"] for e in logs]
     assert "spool_hold" in events and "spool_deferred" not in events
