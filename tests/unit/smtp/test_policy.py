@@ -228,7 +228,7 @@ def drive(p: core.SmtpPolicy, steps) -> list[tuple[str, str, bool]]:
                     upstream_has = isinstance(outcome, core.Accepted)
                     e = p.data_done(outcome)
                 else:  # the spool takes all of it, or the recipients Office 365 deferred
-                    held = spool_ok and upstream_has is not False
+                    held = spool_ok  # all of it, or the rest after Office 365 took the others
                     e = p.spool_done(core.Spooled("1") if spool_ok else core.SpoolFailed("452 x"))
             held = held or (upstream_has is True and e.text.startswith("2"))
             said.append((cmd, e.text, held))

@@ -34,7 +34,7 @@ from relay365.errors import ConfigError
 from relay365.passwords import hash_password
 from relay365.secret import Secret
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HASH = hash_password("pw", ln=10)
 
 GOOD = f"""\
