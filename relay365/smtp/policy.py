@@ -331,7 +331,7 @@ class SmtpPolicy:
         """Continue this transaction into the spool instead of answering `reply` (a 4xx)?"""
         if self._txn is None or not self._may_fall_back(reply):
             return False
-        if not self._txn.spooled:
-            self._txn.spooled, self._txn.reason = True, reply
-            self.fell_back = reply
+        # only a direct transaction gets here: a spooled one never waits on Office 365
+        self._txn.spooled, self._txn.reason = True, reply
+        self.fell_back = reply
         return True

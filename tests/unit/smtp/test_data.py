@@ -75,3 +75,8 @@ def test_content_lines_always_end_in_crlf_and_the_marker_never_leaks(data):
     if reader.error is None and reader.content:
         assert reader.content.endswith(b"\r\n")
         assert b"\n" not in reader.content.replace(b"\r\n", b"")
+
+
+def test_a_complete_line_over_the_limit_is_refused():
+    reader = read(b"y" * 1500 + b"\r\n.\r\n")  # one feed: the line is complete, then the end
+    assert reader.done and reader.error is DataError.LINE_TOO_LONG

@@ -250,3 +250,25 @@ def test_outside_the_networks_without_auth_mail_is_never_accepted(steps, peer):
         if cmd == "mail":
             assert reply == replies.AUTH_REQUIRED
         assert not reply.startswith("2") or cmd not in ("rcpt", "data")
+
+
+def test_out_of_order_outcomes_are_a_programming_error_not_a_reply():
+    import pytest
+
+    p = session()
+    with pytest.raises(RuntimeError, match="mail_sent expected"):
+        p.mail_done(OK)
+    assert p.rcpts == []
+    p.mail("a@lan", [])
+    p.mail_done(OK)
+    p.rcpt_done("a@x", OK)
+    assert p.rcpts == ["a@x"]
+
+
+def test_a_second_failure_in_a_spooled_transaction_keeps_the_first_reason():
+    p = session(fallback="spool")
+    p.mail("a@lan", [])
+    p.mail_done(TEMP)  # falls back: reason = TEMP
+    p.rcpt("b@x")
+    it = p.end_of_data(upstream_alive=False)  # spooled already: the loss does not matter
+    assert isinstance(it, core.SpoolIt) and it.reason == TEMP.reply
