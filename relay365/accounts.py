@@ -67,7 +67,7 @@ def render(report: dict, now: float | None = None) -> str:
         if r.get("action") and r["state"] != "ok":
             notes.append(f"  {r['mailbox']}: {r['action']}")
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
-    out = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines]
     when = report.get("written_at")
     out.append(f"(daemon status written {_ago(when, now)})" if when else
                "(no daemon status yet: is relay365 serve running with this state_dir?)")

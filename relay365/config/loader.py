@@ -1,7 +1,8 @@
 """Typed loading of YAML into frozen dataclasses, with the line of every problem.
 
 Theory of operation: the YAML text is composed into nodes (which carry their line numbers) and the
-nodes are converted field by field into the dataclasses of `relay365.config.model`, driven by their type hints.
+nodes are converted field by field into the dataclasses of `relay365.config.model`, driven by their
+type hints.
 Every problem is collected as `path: message (line N)` - `accounts[0].app: ... (line 23)` - so one
 run of `relay365 check` shows them all. Unknown keys are errors (a typo must not silently fall back to a
 default), and so are duplicate keys, which YAML itself would quietly let the last one win.
@@ -207,7 +208,8 @@ class Loader:
 
     def scalar(self, tp: type, node: yaml.Node, path: str, expects: str | None = None) -> Any:
         if not isinstance(node, yaml.ScalarNode):
-            self.error(path, f"expected a {expects or _name(tp)}, not a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}", node)
+            kind = "list" if isinstance(node, yaml.SequenceNode) else "mapping"
+            self.error(path, f"expected a {expects or _name(tp)}, not a {kind}", node)
             return _FAIL
         actual = _SCALAR_TAGS.get(node.tag, str)
         if tp is str:

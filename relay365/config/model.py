@@ -104,9 +104,10 @@ class Config:
     smtp: SmtpConfig | None = None
     imap: ImapConfig | None = None
     http: HttpConfig | None = None  # /metrics, /healthz, /readyz
-    limits: LimitsConfig = LimitsConfig()
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     drain_timeout: float = duration(30.0)  # seconds sessions may take to finish on SIGTERM
-    spool: SpoolConfig = SpoolConfig()  # state_dir/spool: delivery: spool and fallback: spool
+    # state_dir/spool: delivery: spool and fallback: spool
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
     token_refresh_margin: float = duration(600.0)  # Exchange HVE refuses tokens with under ~10 min left
     # redeem quiet refresh tokens this often (90-day inactivity limit)
     token_keepalive: float = duration(3 * 86400.0)

@@ -29,8 +29,10 @@ every entry point is a harmless no-op, so racing a close is safe.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import ClassVar
 
 from ..secret import Secret
 from .parse import (
@@ -350,7 +352,7 @@ class ImapPreauth:
     def _capability(self, tag: str, args: Args) -> list[Effect]:
         args.end()
         untagged = SendToClient(f"* CAPABILITY {self.capabilities}\r\n".encode("ascii"))
-        return [untagged] + self._complete(tag, _ok("CAPABILITY completed"))
+        return [untagged, *self._complete(tag, _ok("CAPABILITY completed"))]
 
     def _noop(self, tag: str, args: Args) -> list[Effect]:
         args.end()
@@ -368,7 +370,7 @@ class ImapPreauth:
         read_id_params(args)  # RFC 2971: we only check them; nothing we do depends on them
         args.end()
         untagged = SendToClient(f'* ID ("name" "{SERVER_NAME}")\r\n'.encode("ascii"))
-        return [untagged] + self._complete(tag, _ok("ID completed"))
+        return [untagged, *self._complete(tag, _ok("ID completed"))]
 
     def _starttls_command(self, tag: str, args: Args) -> list[Effect]:
         args.end()
@@ -381,7 +383,7 @@ class ImapPreauth:
             # the clear and may be an attacker's, and a handshake can't start on top of them
             raise FatalError("STARTTLS must not be pipelined", "CLIENTBUG")
         self._state = State.TLS_HANDSHAKE
-        return self._complete(tag, _ok("Begin TLS negotiation now")) + [StartTLS()]
+        return [*self._complete(tag, _ok("Begin TLS negotiation now")), StartTLS()]
 
     def _login(self, tag: str, args: Args) -> list[Effect]:
         self._require_auth_allowed()
@@ -422,7 +424,7 @@ class ImapPreauth:
         self._state = State.AWAITING_LOGIN
         return [Authenticate(tag, username, secret, mechanism)]
 
-    _COMMANDS = {
+    _COMMANDS: ClassVar[Mapping[bytes, Callable[[ImapPreauth, str, Args], list[Effect]]]] = {
         b"CAPABILITY": _capability,
         b"NOOP": _noop,
         b"LOGOUT": _logout,

@@ -80,13 +80,13 @@ def describe(exc: BaseException) -> str:
 
 
 class SpoolWorker:
-    def __init__(self, queue: SpoolQueue, deliver: Deliver, config: SpoolConfig = SpoolConfig(), *,
+    def __init__(self, queue: SpoolQueue, deliver: Deliver, config: SpoolConfig | None = None, *,
                  held: Callable[[str], bool] = lambda mailbox: False,
                  clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self.queue = queue
         self.deliver = deliver
-        self.config = config
+        self.config = config if config is not None else SpoolConfig()
         self._held, self._clock, self._rand = held, clock, rand
         self._entries: dict[str, Entry] = {}
         self._inflight: dict[str, asyncio.Task] = {}

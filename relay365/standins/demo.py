@@ -1,10 +1,11 @@
 """`relay365 demo`: the whole relay, end to end, against an embedded Office 365 stand-in.
 
-It mints a throwaway CA (`certs`, with cryptography), starts a local identity platform (token endpoint with rotating
-refresh tokens) and a local "smtp.office365.com" that requires STARTTLS and XOAUTH2 and checks the
-token, writes a real config file pointing relay365 at them, starts relay365 exactly as `serve` would,
-sends one message through it as a legacy client would (plain SMTP, AUTH PLAIN), and shows what the
-upstream received next to the relay's own log line. Then it keeps serving until Ctrl-C.
+It mints a throwaway CA (`certs`, with cryptography), starts a local identity platform (token
+endpoint with rotating refresh tokens) and a local "smtp.office365.com" that requires STARTTLS and
+XOAUTH2 and checks the token, writes a real config file pointing relay365 at them, starts relay365
+exactly as `serve` would, sends one message through it as a legacy client would (plain SMTP, AUTH
+PLAIN), and shows what the upstream received next to the relay's own log line. Then it keeps
+serving until Ctrl-C.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ Theory of operation.
 - Otherwise one *flight* per account redeems the refresh token (or the client credentials); every
   caller that arrives meanwhile awaits that same flight, so 50 simultaneous logins cost one request,
   and a failed flight fails all its waiters at once instead of each of them retrying.
-- msal is synchronous (requests), so a flight runs in a worker thread (`relay365.tokens.msalapp`). There, under the store's
-  per-account lock (shared with other processes), it reads the newest refresh token, redeems it and
-  stores the rotated one before the lock is released: two processes never redeem the same token.
+- msal is synchronous (requests), so a flight runs in a worker thread (`relay365.tokens.msalapp`).
+  There, under the store's per-account lock (shared with other processes), it reads the newest
+  refresh token, redeems it and stores the rotated one before the lock is released: two processes
+  never redeem the same token.
 - msal's error dicts become `TokenError`s (`relay365.tokens.classify`) right where msal is called.
   Transient errors are retried with backoff within the flight; after a failed flight, new flights for
   that account are held back for a short, growing interval. Errors that need the operator are logged
@@ -168,9 +169,9 @@ class TokenManager:
 
     async def _fly(self, account: AccountConfig, status: AccountStatus) -> AccessToken:
         now = self._clock()
-        if status.error is not None and now < status.hold_until:
-            if not status.error.needs_auth or await self._stored_fp(account) == status.rt_seen:
-                raise status.error
+        if status.error is not None and now < status.hold_until and (
+                not status.error.needs_auth or await self._stored_fp(account) == status.rt_seen):
+            raise status.error
         previous = status.state
         status.state = AccountState.REFRESHING
         for attempt, delay in enumerate((*self._retry_delays, None)):
