@@ -33,10 +33,13 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)  # the matched route's regex groups
 
 
+JSONObject = dict[str, object]  # a reply body: anything json.dumps takes, under string keys
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
-    body: dict | None  # None: no body (a redirect)
+    body: JSONObject | None  # None: no body (a redirect)
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -85,7 +88,8 @@ class JSONHTTPSServer:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-            self._thread.join()
+            if self._thread is not None:
+                self._thread.join()
             self._server = self._thread = None
 
     @property
@@ -107,7 +111,7 @@ class _Server(ThreadingHTTPServer):
         self.tls, self.app, self.errors = tls, app, errors
         super().__init__(addr, _Handler)
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: object, client_address: object) -> None:
         pass  # failed handshakes and client resets are the client's business, not a traceback
 
 
@@ -126,7 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.request.close()
 
-    def log_message(self, format, *args) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         pass  # request lines may carry tokens in a query string
 
     def do_GET(self) -> None:

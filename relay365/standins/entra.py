@@ -1,0 +1,121 @@
+"""What the identity-platform stand-in remembers, and the shape of Entra ID's errors.
+
+The records (`Client`, `RefreshToken`, `AuthCode`, `DeviceCode`, `AccessToken`) are the state of
+`relay365.standins.fakeidp.FakeIdP`; `OAuthError` carries an AADSTS code whose description, from
+`DESCRIPTIONS`, reads like Entra ID's, because msal passes error replies through to its caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+OUTLOOK = "https://outlook.office365.com"
+DEFAULT_SCOPE = f"{OUTLOOK}/.default"
+OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
+
+DESCRIPTIONS = {
+    65001: "The user or administrator has not consented to use the application.",
+    70000: "Provided grant is invalid or malformed.",
+    70003: "The app requested an unsupported grant type.",
+    70008: "The provided authorization code or refresh token has expired due to inactivity.",
+    70016: "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+    70019: "Verification code expired.",
+    50126: "Error validating credentials due to invalid username or password.",
+    9002313: "Invalid request. Request is malformed or invalid.",
+    900144: "The request body must contain the following parameter: 'scope'.",
+    50058: "A silent sign-in request was sent but no user is signed in.",
+    54005: "OAuth2 Authorization code was already redeemed, please retry with a new valid code.",
+    501481: "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+    50011: "The redirect URI specified in the request does not match the redirect URIs configured.",
+    90033: "A transient error has occurred. Please try again.",
+    700016: "Application was not found in the directory.",
+    1002012: "The provided value for scope is not valid. Client credential flows must have a "
+    "scope value with /.default suffixed to the resource identifier.",
+    7000215: "Invalid client secret provided.",
+    7000218: "The request body must contain the following parameter: 'client_assertion' or "
+    "'client_secret'.",
+}
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    path: str
+    grant_type: str | None
+    status: int  # 0 when the connection was dropped
+
+
+@dataclass(frozen=True)
+class Client:
+    secret: str | None
+    app_mailboxes: frozenset[str]
+    redirect_uris: frozenset[str] | None = None  # None: any redirect URI is registered
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    mailbox: str
+    client_id: str | None  # None: any registered client may redeem it
+    scopes: frozenset[str] | None  # None: any scope
+
+
+@dataclass(frozen=True)
+class AuthCode:
+    mailbox: str
+    client_id: str
+    redirect_uri: str
+    challenge: str
+    scopes: frozenset[str]
+    nonce: str | None
+    expires_at: float
+
+
+@dataclass
+class DeviceCode:
+    client_id: str
+    scopes: frozenset[str]
+    user_code: str
+    expires_at: float
+    mailbox: str | None = None  # set when approved
+    declined: bool = False
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    mailbox: str | None  # None for app-only tokens
+    client_id: str
+    scopes: frozenset[str]
+    expires_at: float
+
+
+class OAuthError(Exception):
+    def __init__(self, error: str, code: int | tuple[int, ...], status: int = 400,
+                 description: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(error)
+        self.retry_after = retry_after
+        self.codes = code if isinstance(code, tuple) else (code,)
+        self.error, self.code, self.status = error, self.codes[0], status
+        self.description = description or DESCRIPTIONS.get(self.code, "Injected failure.")
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def redirect_registered(client: Client, uri: str) -> bool:
+    if not uri:
+        return False
+    if client.redirect_uris is None or uri in client.redirect_uris:
+        return True
+    # a loopback redirect URI matches whatever port it comes with (RFC 8252 s.7.3)
+    asked = urlsplit(uri)
+    if asked.scheme != "http" or asked.hostname not in ("localhost", "127.0.0.1"):
+        return False
+    return any(u.scheme == "http" and u.hostname == asked.hostname
+               and (u.path or "/") == (asked.path or "/") for u in map(urlsplit, client.redirect_uris))
+
+
+def oid(mailbox: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "mailbox:" + mailbox.lower()))
