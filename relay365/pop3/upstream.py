@@ -77,12 +77,12 @@ async def authenticate(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     """One `AUTH XOAUTH2` exchange, the response on its own line; (ok, final line)."""
     await _send(writer, b"AUTH XOAUTH2\r\n")
     resp = await _readline(reader, timeout)
-    if not resp.startswith(b"+"):
+    if not resp.startswith(b"+ ") and resp.rstrip() != b"+":
         return False, resp
     await _send(writer, xoauth2_initial_response(mailbox, token).encode("ascii") + b"\r\n")
     resp = await _readline(reader, timeout)
     challenge: dict[str, Any] = {}
-    if resp.startswith(b"+"):  # failure: base64 JSON, answered with an empty line
+    if resp.startswith(b"+") and not resp.startswith(b"+OK"):  # failure: base64 JSON challenge
         challenge = decode_xoauth2_error(resp[1:].strip())
         await _send(writer, b"\r\n")
         resp = await _readline(reader, timeout)

@@ -22,12 +22,14 @@ async def _exchange(replies: list[bytes]) -> tuple[tuple[bool, bytes], list[byte
             writer.write(reply)
             await writer.drain()
         writer.close()
+        await writer.wait_closed()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     result = await authenticate(reader, writer, "bob@example.test", Secret("tok"), 5.0)
     writer.close()
+    await writer.wait_closed()
     server.close()
     await server.wait_closed()
     return result, received
