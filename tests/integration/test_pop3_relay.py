@@ -222,3 +222,22 @@ def test_getmail6(reader, upstream, tmp_path, request):
     got = [p.read_bytes() for p in (maildir / "new").iterdir()]
     assert len(got) == 2 and any(b"message 2" in g for g in got)
     assert len(upstream.messages(mailbox)) == 2
+
+
+def test_token_without_pop_scope_is_sys_temp(tmp_path, pki, idp, upstream, make_relay):
+    """Exchange refuses a delegated token without POP.AccessAsUser.All; the client hears SYS/TEMP
+    and the reason is in the log."""
+    mailbox = f"noscope-{uuid.uuid4().hex[:8]}@{DOMAIN}"
+    scopes = ["https://outlook.office.com/IMAP.AccessAsUser.All", "https://outlook.office.com/SMTP.Send"]
+    config = relay_config(tmp_path, pki, idp, upstream, pop3={})
+    config["accounts"].append({"mailbox": mailbox, "scopes": scopes,
+                               "refresh_token": idp.issue_refresh_token(mailbox, scopes=scopes)})
+    config["users"].append({"username": "noscope", "password_hash": PASSWORD_HASH, "mailbox": mailbox})
+    relay = make_relay(config)
+    pop = poplib.POP3("127.0.0.1", relay.pop3_port, timeout=30)
+    pop.user("noscope")
+    with pytest.raises(poplib.error_proto) as refused:
+        pop.pass_(PASSWORD)
+    assert refused.value.args[0].startswith(b"-ERR [SYS/TEMP] ")
+    pop.quit()
+    assert relay.wait_log("pop3_upstream_failed", mailbox=mailbox)
