@@ -33,8 +33,8 @@ from .delivery import SmtpDeliverer
 from .errors import ConfigError
 from .httpapi import serve_http
 from .imap.server import ImapHandler, bind_imap
-from .pop3.server import Pop3Handler, bind_pop3
 from .localauth import LocalAuth
+from .pop3.server import Pop3Handler, bind_pop3
 from .smtp.listen import bind_smtp
 from .smtp.server import RelayHandler
 from .spool.queue import SpoolQueue

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..secret import Secret
-from .services import (HttpConfig, ImapConfig, LimitsConfig, Pop3Config, SmtpConfig, SpoolConfig,
-                       UserConfig)
+from .services import HttpConfig, ImapConfig, LimitsConfig, Pop3Config, SmtpConfig, SpoolConfig, UserConfig
 from .units import check_ranges, duration
 
 # Office 365 resource host per cloud, for scopes; and the authority host.

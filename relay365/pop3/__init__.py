@@ -7,8 +7,18 @@ token on its own line as Exchange wants it on POP3) and then splices bytes both 
 the relay no longer parses POP3, so RETR, TOP, UIDL, DELE and RSET reach Office 365 untouched.
 """
 
-from .core import (Authenticate, Close, Effect, LoginFailure, Pop3Preauth, Pop3UsageError,
-                   SendToClient, StartSplice, StartTLS, State)
+from .core import (
+                   Authenticate,
+                   Close,
+                   Effect,
+                   LoginFailure,
+                   Pop3Preauth,
+                   Pop3UsageError,
+                   SendToClient,
+                   StartSplice,
+                   StartTLS,
+                   State,
+)
 
 __all__ = [
     "Authenticate", "Close", "Effect", "LoginFailure", "Pop3Preauth", "Pop3UsageError",

@@ -24,10 +24,12 @@ parsed (a pipelined retry or QUIT), after a success the adapter forwards it with
 
 from __future__ import annotations
 
-import binascii
 import base64
+import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import ClassVar
 
 from ..secret import Secret
 
@@ -349,7 +351,7 @@ class Pop3Preauth:
         self._state = State.AWAITING_LOGIN
         return [Authenticate(user, Secret(password), mechanism)]
 
-    _COMMANDS = {
+    _COMMANDS: ClassVar[dict[str, Callable[[Pop3Preauth, str], list[Effect]]]] = {
         "CAPA": _capa,
         "NOOP": _noop,
         "QUIT": _quit,

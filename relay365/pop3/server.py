@@ -24,16 +24,15 @@ from aiosmtpd.proxy_protocol import get_proxy
 from .. import metrics
 from ..config import Config, Pop3Config
 from ..errors import TokenError, UpstreamError
+from ..imap.splice import splice
 from ..localauth import LocalAuth
 from ..proxyproto import PROXY_TIMEOUT, is_trusted, real_client
-from ..imap.splice import splice
 from ..states import ClosedBy, LoginResult
 from ..states import ImapOutcome as Outcome  # the same outcomes for POP3
 from ..throttle import ConnectionLimits
 from ..tlsutil import ServerTLS, client_context, nodelay, reload_tls
 from ..tokens.manager import TokenManager
-from .core import (Authenticate, Close, Effect, LoginFailure, Pop3Preauth, SendToClient,
-                   StartSplice, StartTLS)
+from .core import Authenticate, Close, Effect, LoginFailure, Pop3Preauth, SendToClient, StartSplice, StartTLS
 from .upstream import UpstreamPOP3, open_upstream
 
 log = structlog.get_logger("relay365.pop3")

@@ -102,7 +102,7 @@ async def open_upstream(config: Config, tokens: TokenManager, mailbox: str,
     tls = tls or client_context(cfg.ca_file)
     try:
         reader, writer = await _connect(cfg.pop3, tls, cfg.connect_timeout)
-    except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
         raise UpstreamError(f"cannot reach upstream POP3: {type(exc).__name__}: {exc}") from None
     try:
         for attempt in (1, 2):
@@ -115,7 +115,7 @@ async def open_upstream(config: Config, tokens: TokenManager, mailbox: str,
                 continue
             detail = last.decode("utf-8", "replace").strip()[:200]
             raise UpstreamAuthError("upstream refused XOAUTH2", text=detail)
-    except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
         writer.close()
         raise UpstreamError(f"upstream POP3 failed during login: {type(exc).__name__}") from None
     except BaseException:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import pwd
 import poplib
+import pwd
 import shutil
 import ssl
 import subprocess
@@ -159,7 +159,7 @@ def test_stls_and_implicit_tls(reader, upstream, pki):
     pop.pass_(PASSWORD)
     assert pop.stat()[0] == 1
     pop.quit()
-    relay2, user2, mailbox2 = reader(pop3={"tls": "implicit", **tls})
+    relay2, user2, _ = reader(pop3={"tls": "implicit", **tls})
     pop = poplib.POP3_SSL("127.0.0.1", relay2.pop3_port, context=ctx, timeout=30)
     pop.user(user2)
     pop.pass_(PASSWORD)

@@ -8,8 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay365.pop3.core import (MAX_LINE, Authenticate, Close, LoginFailure, Pop3Preauth,
-                                Pop3UsageError, SendToClient, StartSplice, StartTLS, State)
+from relay365.pop3.core import (
+    MAX_LINE,
+    Authenticate,
+    Close,
+    LoginFailure,
+    Pop3Preauth,
+    Pop3UsageError,
+    SendToClient,
+    StartSplice,
+    StartTLS,
+    State,
+)
 
 
 def make(**kw) -> Pop3Preauth:
@@ -95,7 +105,7 @@ def test_unavailable_is_sys_temp_and_limit_is_in_use():
 
 def test_three_wrong_passwords_close():
     core = make()
-    for i in range(3):
+    for _ in range(3):
         core.receive_data(b"USER bob\r\nPASS wrong\r\n")
         effects = core.login_failed("auth_failed")
     assert effects[-1] == Close() and core.state is State.CLOSED
@@ -219,7 +229,7 @@ SESSION = (b"CAPA\r\nNOOP\r\nUSER bob\r\nPASS pw\r\nSTAT\r\n")
 def test_any_split_gives_the_same_effects(cuts):
     whole = make().receive_data(SESSION)
     core, effects, last = make(), [], 0
-    for cut in sorted(set(cuts)) + [len(SESSION)]:
+    for cut in [*sorted(set(cuts)), len(SESSION)]:
         effects += core.receive_data(SESSION[last:cut])
         last = cut
     assert [type(e) for e in effects] == [type(e) for e in whole] and sent(effects) == sent(whole)

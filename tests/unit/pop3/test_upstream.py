@@ -51,5 +51,5 @@ def test_failure_challenge_is_answered_with_an_empty_line():
 
 
 def test_auth_refused_outright():
-    (ok, last), received = asyncio.run(_exchange([b"-ERR Unsupported\r\n"]))
+    (ok, _), received = asyncio.run(_exchange([b"-ERR Unsupported\r\n"]))
     assert not ok and received == [b"AUTH XOAUTH2\r\n"]
