@@ -176,8 +176,8 @@ def replaced(old: str, new: str) -> str:
      "max_message_size, max_session_time, proxy_protocol, sender, timeout, tls, trusted_proxies, "
      "unauthenticated)", "zzz:"),
     (GOOD + "source: elsewhere.yaml\n", "source",
-     "unknown key (allowed: accounts, apps, drain_timeout, http, imap, limits, log, smtp, spool, "
-     "state_dir, token_keepalive, token_refresh_margin, upstream, users)", "source:"),
+     "unknown key (allowed: accounts, apps, drain_timeout, http, imap, limits, log, pop3, smtp, "
+     "spool, state_dir, token_keepalive, token_refresh_margin, upstream, users)", "source:"),
     (replaced("  default: {client_id: x, tenant: t.test}\n",
               "  default: {client_id: x, tenant: t.test}\n  default: {client_id: y}\n"),
      "apps.default", "duplicate key", "client_id: y"),
