@@ -41,6 +41,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.pop3 import pop3_rows  # noqa: E402
 from relay365.passwords import hash_password  # noqa: E402
 from relay365.standins.fakeidp import FakeIdP  # noqa: E402
 from tests.support.pki import make_pki  # noqa: E402
@@ -108,13 +109,18 @@ class EmailProxy:
             subprocess.run([sys.executable, "-m", "venv", str(EMAILPROXY_VENV)], check=True)
         subprocess.run([str(EMAILPROXY_VENV / "bin" / "pip"), "install", "-q",
                         "--disable-pip-version-check", EMAILPROXY_VERSION], check=True)
-        self.imap_port, self.smtp_port = free_port(), free_port()
+        self.imap_port, self.smtp_port, self.pop3_port = free_port(), free_port(), free_port()
         self.config = workdir / "emailproxy.config"
         idp = world.idp.url
         self.config.write_text(f"""\
 [IMAP-{self.imap_port}]
 server_address = 127.0.0.1
 server_port = {world.upstream.imap_port}
+local_address = 127.0.0.1
+
+[POP-{self.pop3_port}]
+server_address = 127.0.0.1
+server_port = {world.upstream.pop3_port}
 local_address = 127.0.0.1
 
 [SMTP-{self.smtp_port}]
@@ -150,7 +156,7 @@ delete_account_token_on_password_error = False
              str(self.config), "--log-file", str(workdir / "emailproxy-own.log")],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
-        for port in (self.imap_port, self.smtp_port):
+        for port in (self.imap_port, self.smtp_port, self.pop3_port):
             while True:
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -197,6 +203,7 @@ class World:
                                  "authority": self.idp.url, "ca_file": str(self.pki.ca_file)}},
             "upstream": {"smtp": {"host": "127.0.0.1", "port": self.upstream.smtp_port, "tls": "starttls"},
                          "imap": {"host": "127.0.0.1", "port": self.upstream.imap_port, "tls": "implicit"},
+                         "pop3": {"host": "127.0.0.1", "port": self.upstream.pop3_port, "tls": "implicit"},
                          "ca_file": str(self.pki.ca_file)},
             "accounts": [{"mailbox": MAILBOX, "refresh_token": self.idp.issue_refresh_token(MAILBOX)},
                          {"mailbox": TOK_MAILBOX,
@@ -205,6 +212,7 @@ class World:
                       {"username": TOK_USER, "password_hash": hash_password(PASSWORD),
                        "mailbox": TOK_MAILBOX}],
             "smtp": {"listen": ["127.0.0.1:0"]},
+            "pop3": {"listen": ["127.0.0.1:0"]},
             "limits": {"max_connections": 5000, "max_connections_per_ip": 5000},
         }
         try:
@@ -579,6 +587,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="every workload, small: a smoke run of ~3 min")
+    ap.add_argument("--only", choices=["pop3"], help="run only these workloads")
     ap.add_argument("--no-emailproxy", action="store_true", help="relay365 and direct only")
     ap.add_argument("--profile", metavar="DIR", type=Path,
                     help="profile relay365 with py-spy during FETCH, SMTP and IMAP logins, "
@@ -600,8 +609,12 @@ def main() -> int:
             for t in proxies:  # warm each proxy's token
                 smtp_session(world, t).quit()
                 imap_session(world, t).logout()
+            if args.only == "pop3":
+                rows = pop3_rows(world, targets, reps, scale, sys.modules[__name__])
+                return print_table(rows, targets, reps) or 0
             rows = smtp_rows(world, targets, reps, scale, burst_n=100 if args.quick else 500)
             rows += imap_rows(world, targets, reps, scale)
+            rows += pop3_rows(world, targets, reps, scale, sys.modules[__name__])
             rows += held_rows(world, proxies, scale)
             rows.append((*token_counts(world, proxies, scale), "tokens"))
             rows.append(("Token requests in the whole run, main account", "requests",

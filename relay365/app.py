@@ -28,12 +28,13 @@ from typing import Any
 import structlog
 
 from . import logs, metrics, sdnotify
-from .config import Config, ImapConfig, SmtpConfig, load_config
+from .config import Config, ImapConfig, Pop3Config, SmtpConfig, load_config
 from .delivery import SmtpDeliverer
 from .errors import ConfigError
 from .httpapi import serve_http
 from .imap.server import ImapHandler, bind_imap
 from .localauth import LocalAuth
+from .pop3.server import Pop3Handler, bind_pop3
 from .smtp.listen import bind_smtp
 from .smtp.server import RelayHandler
 from .spool.queue import SpoolQueue
@@ -47,7 +48,7 @@ log = structlog.get_logger("relay365.app")
 SPOOL_STUCK_AFTER = 3600.0  # /readyz reports degraded while the oldest queued message is older
 
 
-def _listener_key(section: SmtpConfig | ImapConfig | None) -> tuple[object, ...] | None:
+def _listener_key(section: SmtpConfig | ImapConfig | Pop3Config | None) -> tuple[object, ...] | None:
     """What a bound socket depends on; anything else changes in place."""
     if section is None:
         return None
@@ -57,7 +58,7 @@ def _listener_key(section: SmtpConfig | ImapConfig | None) -> tuple[object, ...]
 def _tls_problems(config: Config) -> list[str]:
     """Each TLS listener's certificate and key must load before a config is applied."""
     problems = []
-    for proto, section in (("smtp", config.smtp), ("imap", config.imap)):
+    for proto, section in (("smtp", config.smtp), ("imap", config.imap), ("pop3", config.pop3)):
         if section is None or section.tls == "none" or not section.cert_file or not section.key_file:
             continue
         try:
@@ -83,6 +84,7 @@ class Relay:
                 held=make_token_hold(self.tokens))
         self.smtp: RelayHandler | None = None  # made once, at the first bind; reloads reuse it
         self.imap: ImapHandler | None = None
+        self.pop3: Pop3Handler | None = None
         self._servers: dict[str, list[asyncio.Server]] = {}
         self._keeper: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -107,6 +109,10 @@ class Relay:
             if self.imap is None:
                 self.imap = ImapHandler(self.config, self.tokens, self.auth)
             self._servers["imap"] = await bind_imap(self.imap)
+        elif proto == "pop3" and self.config.pop3 is not None:
+            if self.pop3 is None:
+                self.pop3 = Pop3Handler(self.config, self.tokens, self.auth)
+            self._servers["pop3"] = await bind_pop3(self.pop3)
         elif proto == "http" and self.config.http is not None:
             addr = self.config.http.listen
             self._servers["http"] = [await serve_http(addr.host, addr.port, self.readiness)]
@@ -121,7 +127,7 @@ class Relay:
         await asyncio.to_thread(self.store.check)  # a bad key or damaged store stops us here
         if self.spool is not None:  # before SMTP is bound: a 250 needs a running worker behind it
             await self.spool.start()
-        for proto in ("smtp", "imap", "http"):
+        for proto in ("smtp", "imap", "pop3", "http"):
             await self._bind(proto)
         self._register_gauges()
         self._keeper = asyncio.create_task(self.tokens.maintain(), name="token-keeper")
@@ -160,6 +166,8 @@ class Relay:
             self.smtp.shutdown()
         if self.imap is not None:
             self.imap.shutdown()
+        if self.pop3 is not None:
+            self.pop3.shutdown()
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -175,7 +183,8 @@ class Relay:
         self.notify.close()
 
     def active_sessions(self) -> int:
-        return (self.smtp.active if self.smtp else 0) + (self.imap.connections if self.imap else 0)
+        return ((self.smtp.active if self.smtp else 0) + (self.imap.connections if self.imap else 0)
+                + (self.pop3.connections if self.pop3 else 0))
 
     async def _drain(self, timeout: float) -> None:
         """Wait until sessions in progress finish, up to `timeout` seconds."""
@@ -218,7 +227,9 @@ class Relay:
             self.smtp.configure(new)
         if self.imap is not None and new.imap is not None:
             self.imap.configure(new)
-        for proto in ("smtp", "imap", "http"):
+        if self.pop3 is not None and new.pop3 is not None:
+            self.pop3.configure(new)
+        for proto in ("smtp", "imap", "pop3", "http"):
             old_s, new_s = getattr(old, proto), getattr(new, proto)
             changed = (_listener_key(old_s) != _listener_key(new_s)) if proto != "http" else (
                 old_s != new_s)
@@ -261,7 +272,8 @@ class Relay:
         metrics.register_gauge(
             "relay365_active_connections", "Client connections now open, by protocol",
             lambda: [({"proto": "smtp"}, self.smtp.active if self.smtp else 0),
-                     ({"proto": "imap"}, self.imap.connections if self.imap else 0)])
+                     ({"proto": "imap"}, self.imap.connections if self.imap else 0),
+                     ({"proto": "pop3"}, self.pop3.connections if self.pop3 else 0)])
         if self.spool is not None:
             spool = self.spool
             metrics.register_gauge("relay365_spool_depth", "Messages waiting in the spool",

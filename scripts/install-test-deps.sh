@@ -10,7 +10,7 @@
 #   INSTALL_TEST_DEPS_FORCE=1 scripts/install-test-deps.sh   # run apt even if all is present
 set -eu
 
-PACKAGES="postfix dovecot-imapd dovecot-lmtpd swaks isync curl ca-certificates libnet-ssleay-perl haproxy
+PACKAGES="postfix dovecot-imapd dovecot-lmtpd dovecot-pop3d fetchmail getmail6 swaks isync curl ca-certificates libnet-ssleay-perl haproxy
 systemd libseccomp2 prometheus"
 # libnet-ssleay-perl: swaks' STARTTLS support; only a Recommends of swaks, so name it.
 # systemd (systemd-analyze verify/security), libseccomp2 (the unit's syscall filter around a real
@@ -19,7 +19,8 @@ systemd libseccomp2 prometheus"
 # What the tests execute; if all of it is present, apt is not touched at all.
 REQUIRED="/usr/sbin/postfix /usr/sbin/postconf /usr/sbin/postsuper /usr/lib/postfix/sbin/master
 /usr/sbin/dovecot /usr/bin/doveadm /usr/lib/dovecot/imap /usr/lib/dovecot/imap-login
-/usr/lib/dovecot/lmtp /usr/lib/dovecot/auth /usr/bin/swaks /usr/bin/mbsync /usr/bin/curl
+/usr/lib/dovecot/lmtp /usr/lib/dovecot/pop3 /usr/lib/dovecot/pop3-login
+/usr/bin/fetchmail /usr/bin/getmail /usr/lib/dovecot/auth /usr/bin/swaks /usr/bin/mbsync /usr/bin/curl
 /usr/sbin/haproxy /usr/bin/systemd-analyze /usr/bin/promtool"
 
 what=

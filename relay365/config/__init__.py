@@ -24,6 +24,7 @@ from .services import (
                     HttpConfig,
                     ImapConfig,
                     LimitsConfig,
+                    Pop3Config,
                     SmtpConfig,
                     SpoolConfig,
                     UnauthenticatedNet,
@@ -33,7 +34,8 @@ from .units import ListenAddr, parse_duration, parse_listen, parse_network, pars
 
 __all__ = [
     "CLOUDS", "CLOUD_MAIL_HOSTS", "DELEGATED_SCOPES", "AccountConfig", "AppConfig", "Config",
-    "Endpoint", "HttpConfig", "ImapConfig", "LimitsConfig", "ListenAddr", "LogConfig", "SmtpConfig",
+    "Endpoint", "HttpConfig", "ImapConfig", "LimitsConfig", "ListenAddr", "LogConfig", "Pop3Config",
+    "SmtpConfig",
     "SpoolConfig", "UnauthenticatedNet", "UpstreamConfig", "UserConfig", "load_config",
     "parse_duration", "parse_listen", "parse_network", "parse_size",
 ]

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..passwords import check_hash_format
 from .loader import Loader
 from .model import CLOUD_MAIL_HOSTS, Config
-from .services import HttpConfig, ImapConfig, SmtpConfig
+from .services import HttpConfig, ImapConfig, Pop3Config, SmtpConfig
 
 
 def load_config(path: str | Path, text: str | None = None) -> Config:
@@ -31,7 +31,8 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
                               str(path)) from None
     loader = Loader(str(path))
     config = loader.load(text, Config)
-    for section, default in (("smtp", SmtpConfig), ("imap", ImapConfig), ("http", HttpConfig)):
+    for section, default in (("smtp", SmtpConfig), ("imap", ImapConfig), ("pop3", Pop3Config),
+                             ("http", HttpConfig)):
         if getattr(config, section) is None and loader.line(section) is not None:
             config = replace(config, **{section: default()})  # `smtp:` alone: the defaults
     problems = list(_cross_check(config, loader))
@@ -46,6 +47,8 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             upstream = replace(upstream, smtp=replace(upstream.smtp, host=smtp_host))
         if loader.line("upstream.imap") is None:
             upstream = replace(upstream, imap=replace(upstream.imap, host=imap_host))
+        if loader.line("upstream.pop3") is None:
+            upstream = replace(upstream, pop3=replace(upstream.pop3, host=imap_host))
     return replace(config, state_dir=state_dir, upstream=upstream, source=str(path))
 
 
@@ -87,7 +90,7 @@ def _cross_check(c: Config, loader: Loader):
             yield f"apps.{name}.ca_file: no such file: {app.ca_file}{at(f'apps.{name}.ca_file')}"
     if c.upstream.ca_file and not c.upstream.ca_file.is_file():
         yield f"upstream.ca_file: no such file: {c.upstream.ca_file}{at('upstream.ca_file')}"
-    for proto, svc in (("smtp", c.smtp), ("imap", c.imap)):
+    for proto, svc in (("smtp", c.smtp), ("imap", c.imap), ("pop3", c.pop3)):
         if svc is None:
             continue
         yield from _check_tls(proto, svc, at)
@@ -109,8 +112,8 @@ def _cross_check(c: Config, loader: Loader):
         if entry.fallback == "spool" and entry.delivery == "spool":
             yield (f"{p}.fallback: spool only applies to delivery: direct (this entry spools "
                    f"everything already){at(p + '.fallback')}")
-    if c.smtp is None and c.imap is None:
-        yield "smtp, imap: no listener configured; add an smtp: or imap: section" + at("")
+    if c.smtp is None and c.imap is None and c.pop3 is None:
+        yield "smtp, imap, pop3: no listener configured; add an smtp:, imap: or pop3: section" + at("")
 
 
 def _check_tls(proto: str, svc, at):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..secret import Secret
-from .services import HttpConfig, ImapConfig, LimitsConfig, SmtpConfig, SpoolConfig, UserConfig
+from .services import HttpConfig, ImapConfig, LimitsConfig, Pop3Config, SmtpConfig, SpoolConfig, UserConfig
 from .units import check_ranges, duration
 
 # Office 365 resource host per cloud, for scopes; and the authority host.
@@ -73,6 +73,7 @@ class Endpoint:
 class UpstreamConfig:
     smtp: Endpoint = Endpoint("smtp.office365.com", 587, "starttls")
     imap: Endpoint = Endpoint("outlook.office365.com", 993, "implicit")
+    pop3: Endpoint = Endpoint("outlook.office365.com", 995, "implicit")
     ca_file: Path | None = None
     connect_timeout: float = duration(30.0)
     timeout: float = duration(120.0)  # per command; Exchange can take a while to accept a large DATA
@@ -103,6 +104,7 @@ class Config:
     users: list[UserConfig] = field(default_factory=list)
     smtp: SmtpConfig | None = None
     imap: ImapConfig | None = None
+    pop3: Pop3Config | None = None
     http: HttpConfig | None = None  # /metrics, /healthz, /readyz
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     drain_timeout: float = duration(30.0)  # seconds sessions may take to finish on SIGTERM

@@ -1,4 +1,4 @@
-"""The listener sections of the config model: who may connect, and how (`smtp`, `imap`, `http`),
+"""The listener sections of the config model: who may connect, and how (`smtp`, `imap`, `pop3`, `http`),
 the local users and unauthenticated networks behind them, limits, and the spool.
 
 Durations take `30s`, `15m`, `1h`, `5d` or seconds; sizes `35MB`, `512KB` or bytes.
@@ -74,6 +74,29 @@ class ImapConfig:
     login_timeout: float = duration(60.0)
     idle_timeout: float = duration(1900.0)  # RFC 9051 s.5.4: at least 30 minutes; IDLE clients re-issue at 29
     max_session_time: float | None = duration(None)  # None: IDLE clients may stay for days
+    backlog: int = 1024  # the listen queue; the kernel caps it at net.core.somaxconn
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("login_timeout", "idle_timeout", "max_session_time"),
+                     at_least_one=("backlog",) if self.max_sessions_per_mailbox is None
+                     else ("backlog", "max_sessions_per_mailbox"))
+
+
+@dataclass(frozen=True)
+class Pop3Config:
+    listen: list[ListenAddr] = field(default_factory=lambda: [ListenAddr("127.0.0.1", 1110)],
+                                     metadata=field_parser(parse_listen))
+    tls: Literal["none", "starttls", "implicit"] = "none"  # starttls is POP3's STLS
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    proxy_protocol: bool = False  # expect a PROXY v1/v2 header (HAProxy send-proxy[-v2])
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list, metadata=field_parser(parse_network))
+    allow_plaintext_auth: bool = True
+    max_sessions_per_mailbox: int | None = None
+    login_timeout: float = duration(60.0)
+    idle_timeout: float = duration(600.0)  # RFC 1939 s.3: an autologout timer of at least 10 minutes
+    max_session_time: float | None = duration(None)
     backlog: int = 1024  # the listen queue; the kernel caps it at net.core.somaxconn
 
     def __post_init__(self) -> None:

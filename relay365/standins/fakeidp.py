@@ -347,7 +347,8 @@ class FakeIdP(SignInFlows):
         with self._lock:
             self.introspections += 1
             at = self._access.get(req.form.get("token", ""))
-            if at is None or at.mailbox is None or not self._may_open(at, None):
+            if (at is None or at.mailbox is None or not self._may_open(at, None)
+                    or not _scope_allows(at, req.headers.get("x-dovecot-auth-service", ""))):
                 return Reply(200, {"active": False})
             return Reply(200, {"active": True, "username": at.mailbox, "email": at.mailbox,
                                "scope": " ".join(sorted(at.scopes)), "client_id": at.client_id,
@@ -358,7 +359,8 @@ class FakeIdP(SignInFlows):
         with self._lock:
             self.password_grants += 1
             at = self._access.get(token)
-            if req.form.get("grant_type") != "password" or at is None or not self._may_open(at, mailbox):
+            if (req.form.get("grant_type") != "password" or at is None or not self._may_open(at, mailbox)
+                    or not _scope_allows(at, req.headers.get("x-dovecot-auth-service", ""))):
                 return Reply(400, {"error": "invalid_grant"})
             expires_in = max(0, int(at.expires_at - self.clock()))
         return Reply(200, {"access_token": token, "token_type": "Bearer",
@@ -372,3 +374,18 @@ class FakeIdP(SignInFlows):
             self.request_log.append(LoggedRequest(req.path, req.form.get("grant_type"),
                                                   0 if reply is DROP else reply.status))
         return reply
+
+
+# Exchange Online checks the permission per protocol: a delegated token needs the protocol's scope,
+# an app-only one (scope <resource>/.default) the app role, which the fake grants every app.
+_SERVICE_SCOPES = {"pop3": "POP.AccessAsUser.All", "imap": "IMAP.AccessAsUser.All"}
+
+
+def _scope_allows(at: _AccessToken | None, service: str) -> bool:
+    """May `at` be used for Dovecot's `service` (X-Dovecot-Auth-Service)? Unknown services pass."""
+    needed = _SERVICE_SCOPES.get(service.lower())
+    if at is None or needed is None or not at.scopes:
+        return at is not None
+    if any(s.endswith("/.default") for s in at.scopes):
+        return True
+    return any(s.rsplit("/", 1)[-1] == needed for s in at.scopes)

@@ -53,7 +53,7 @@ def upstream(tmp_path_factory, pki, idp):
 
 
 def relay_config(tmp_path, pki, idp, upstream, *, refresh_token: str | None = None,
-                 smtp: dict | None = None, imap: dict | None = None,
+                 smtp: dict | None = None, imap: dict | None = None, pop3: dict | None = None,
                  upstream_extra: dict | None = None, **top) -> dict:
     config = {
         "state_dir": str(tmp_path / "state"),
@@ -63,6 +63,7 @@ def relay_config(tmp_path, pki, idp, upstream, *, refresh_token: str | None = No
                              "ca_file": str(pki.ca_file)}},
         "upstream": {"smtp": {"host": "127.0.0.1", "port": upstream.smtp_port, "tls": "starttls"},
                      "imap": {"host": "127.0.0.1", "port": upstream.imap_port, "tls": "implicit"},
+                     "pop3": {"host": "127.0.0.1", "port": upstream.pop3_port, "tls": "implicit"},
                      "ca_file": str(pki.ca_file), **(upstream_extra or {})},
         "accounts": [{"mailbox": MAILBOX,
                       "refresh_token": refresh_token or idp.issue_refresh_token(MAILBOX)}],
@@ -73,6 +74,8 @@ def relay_config(tmp_path, pki, idp, upstream, *, refresh_token: str | None = No
         config["smtp"] = {"listen": ["127.0.0.1:0"], **smtp}
     if imap is not None:
         config["imap"] = {"listen": ["127.0.0.1:0"], **imap}
+    if pop3 is not None:
+        config["pop3"] = {"listen": ["127.0.0.1:0"], **pop3}
     config.update(top)
     return config
 

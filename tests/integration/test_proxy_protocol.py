@@ -105,3 +105,23 @@ def test_imap_listener_behind_haproxy_v2(make_relay, upstream, haproxy):
     sock.recv(200)
     sock.close()
     assert relay.wait_log("imap_session", peer="127.0.0.12")["outcome"] == "no_login"
+
+
+def test_pop3_listener_behind_haproxy_v1(make_relay, upstream, haproxy):
+    import poplib
+
+    from tests.integration.conftest import PASSWORD, USER
+
+    relay = make_relay(pop3={"proxy_protocol": True, "trusted_proxies": ["127.0.0.1/32"]})
+    front = haproxy(relay.pop3_port, "send-proxy")
+    pop = poplib.POP3("127.0.0.1", front, timeout=30)
+    pop.sock.close()  # reconnect from a distinct source address to find our session in the log
+    sock = socket.create_connection(("127.0.0.1", front), source_address=("127.0.0.13", 0), timeout=10)
+    pop.sock, pop.file = sock, sock.makefile("rb")
+    assert pop._getresp().startswith(b"+OK")
+    pop.user(USER)
+    pop.pass_(PASSWORD)
+    assert pop.stat()[0] >= 0
+    pop.quit()
+    summary = relay.wait_log("pop3_session", peer="127.0.0.13")
+    assert summary["outcome"] == "spliced" and summary["user"] == USER

@@ -55,6 +55,10 @@ class RelayProcess:
     def imap_port(self) -> int:
         return self.ports["imap"][0]
 
+    @property
+    def pop3_port(self) -> int:
+        return self.ports["pop3"][0]
+
     def events(self, since_start: bool = True) -> list[dict]:
         if not self.log_path.exists():
             return []

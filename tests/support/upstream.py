@@ -165,6 +165,7 @@ class MailUpstream:
         self.host = "127.0.0.1"
         self.imap_port = 0
         self.smtp_port = 0
+        self.pop3_port = 0
         self.root: Path | None = None  # instance directory (see module docstring)
         self.logdir: Path | None = None
         self._own_root = False
@@ -198,7 +199,7 @@ class MailUpstream:
 
     def _start_once(self) -> None:
         self._make_root()
-        self.imap_port, self.smtp_port = free_port(), free_port()
+        self.imap_port, self.smtp_port, self.pop3_port = free_port(), free_port(), free_port()
         self._write_config()
         atexit.register(self.stop)
         try:
@@ -486,7 +487,7 @@ def _dovecot_conf(up: MailUpstream) -> str:
 instance_name = {up.name}
 base_dir = {r}/run
 state_dir = {r}/state
-protocols = imap lmtp
+protocols = imap pop3 lmtp
 listen = {up.host}
 log_path = {r}/log/dovecot.log
 auth_verbose = yes
@@ -528,6 +529,18 @@ service imap-login {{
   inet_listener imaps {{
     address = {up.host}
     port = {up.imap_port}
+    ssl = yes
+  }}
+}}
+# POP3S like Office 365's 995; stable lower-case hex UIDLs across sessions
+pop3_uidl_format = %08Xu%08Xv
+service pop3-login {{
+  inet_listener pop3 {{
+    port = 0
+  }}
+  inet_listener pop3s {{
+    address = {up.host}
+    port = {up.pop3_port}
     ssl = yes
   }}
 }}

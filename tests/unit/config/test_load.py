@@ -176,8 +176,8 @@ def replaced(old: str, new: str) -> str:
      "max_message_size, max_session_time, proxy_protocol, sender, timeout, tls, trusted_proxies, "
      "unauthenticated)", "zzz:"),
     (GOOD + "source: elsewhere.yaml\n", "source",
-     "unknown key (allowed: accounts, apps, drain_timeout, http, imap, limits, log, smtp, spool, "
-     "state_dir, token_keepalive, token_refresh_margin, upstream, users)", "source:"),
+     "unknown key (allowed: accounts, apps, drain_timeout, http, imap, limits, log, pop3, smtp, "
+     "spool, state_dir, token_keepalive, token_refresh_margin, upstream, users)", "source:"),
     (replaced("  default: {client_id: x, tenant: t.test}\n",
               "  default: {client_id: x, tenant: t.test}\n  default: {client_id: y}\n"),
      "apps.default", "duplicate key", "client_id: y"),
@@ -294,7 +294,7 @@ CERT = Path(__file__)  # any existing file stands in for a certificate here
      ["smtp.unauthenticated[0].network: 0.0.0.0/0 would let the whole Internet send without a password "
       "(an open relay); list your LAN's networks (line {0.0.0.0/0})"]),
     (GOOD.split("smtp:\n")[0],
-     ["smtp, imap: no listener configured; add an smtp: or imap: section (line 1)"]),
+     ["smtp, imap, pop3: no listener configured; add an smtp:, imap: or pop3: section (line 1)"]),
     (GOOD.split("users:\n")[0].replace("  - mailbox: scanner@contoso.com\n    refresh_token: seed\n",
                                        "  []\n") + "imap: {}\n",
      ["accounts: at least one upstream mailbox is needed (line {  []})"]),
