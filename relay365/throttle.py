@@ -89,8 +89,11 @@ class AuthThrottle:
 
     def blocks(self, now: float) -> list[Block]:
         """The blocks in force at `now` (read-only), longest-lasting first."""
-        out = [Block(*key.split(":", 1), rec.blocked_until - now)
-               for key, rec in self._records.items() if rec.blocked_until > now]
+        out = []
+        for key, rec in self._records.items():
+            if rec.blocked_until > now:
+                kind, _, value = key.partition(":")
+                out.append(Block(kind, value, rec.blocked_until - now))
         return sorted(out, key=lambda b: -b.seconds_left)
 
     def unblock(self, kind: str, value: str) -> bool:

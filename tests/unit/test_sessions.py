@@ -41,3 +41,14 @@ def test_messages_today_counts_since_midnight_utc_per_mailbox():
     r.session("smtp", midnight + 2, peer="p", mailbox="b@x", messages=7)
     assert r.messages_today("a@x", midnight + 10) == 2
     assert r.messages_today("c@x", midnight + 10) == 0
+
+
+def test_the_metrics_counters_feed_the_chart_and_sessions_are_kept():
+    from relay365 import metrics, sessions
+    before = sum(m.spooled for m in sessions.RECENT.per_minute(__import__("time").time()))
+    value = metrics.SPOOLED.counter._value.get()
+    metrics.SPOOLED.inc()
+    assert metrics.SPOOLED.counter._value.get() == value + 1  # Prometheus still counts
+    assert sum(m.spooled for m in sessions.RECENT.per_minute(__import__("time").time())) == before + 1
+    metrics.record_session("smtp", peer="10.9.9.9", user="printer", outcome="relayed", messages=1)
+    assert sessions.RECENT.recent(peer="10.9.9.9")[0].user == "printer"
