@@ -7,10 +7,13 @@ computed when Prometheus scrapes, from callbacks the daemon registers, so they c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+
+from . import sessions
 
 disable_created_metrics()  # *_created series double the output and nobody alerts on them
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -19,11 +22,35 @@ SESSIONS = Counter("relay365_sessions", "Client sessions ended, by protocol and 
                    ["proto", "outcome"], registry=REGISTRY)
 AUTH_FAILURES = Counter("relay365_auth_failures", "Failed local logins, by protocol and reason",
                         ["proto", "reason"], registry=REGISTRY)
-MESSAGES = Counter("relay365_messages_relayed", "Messages accepted by the upstream", registry=REGISTRY)
-SPOOLED = Counter("relay365_messages_spooled", "Messages accepted into the spool for later delivery",
-                  registry=REGISTRY)
-SPOOL_FAILED = Counter("relay365_spool_failed", "Spooled messages given up on (moved to failed/)",
-                       registry=REGISTRY)
+
+
+class PerMinute:
+    """A Counter whose increments are also counted per minute for the status page's chart.
+
+    The one place messages relayed / spooled / failed are recorded for the page: every call site
+    that increments the Prometheus counter feeds the chart too, so the two cannot disagree."""
+
+    def __init__(self, counter: Counter, kind: sessions.Kind) -> None:
+        self.counter, self.kind = counter, kind
+
+    def inc(self, amount: float = 1) -> None:
+        self.counter.inc(amount)
+        sessions.RECENT.count(self.kind, time.time(), amount)
+
+
+MESSAGES = PerMinute(Counter("relay365_messages_relayed", "Messages accepted by the upstream",
+                             registry=REGISTRY), "relayed")
+SPOOLED = PerMinute(Counter("relay365_messages_spooled",
+                            "Messages accepted into the spool for later delivery",
+                            registry=REGISTRY), "spooled")
+SPOOL_FAILED = PerMinute(Counter("relay365_spool_failed",
+                                 "Spooled messages given up on (moved to failed/)",
+                                 registry=REGISTRY), "failed")
+
+
+def record_session(proto: str, **summary: object) -> None:
+    """A session ended: keep its summary (the fields of its log line) for the status page."""
+    sessions.RECENT.session(proto, time.time(), **summary)  # type: ignore[arg-type]
 BYTES = Counter("relay365_bytes_relayed", "Bytes relayed, by protocol and direction",
                 ["proto", "direction"], registry=REGISTRY)
 UPSTREAM_LATENCY = Histogram(

@@ -36,6 +36,13 @@ class Verdict:
     reason: str = ""  # "ip" or "user" when blocked
 
 
+@dataclass(frozen=True)
+class Block:
+    kind: str  # "ip" or "user"
+    value: str  # the IP address or the username
+    seconds_left: float
+
+
 MAX_TRACKED = 100_000  # keys kept at most, so a scan of many IPs cannot grow memory without bound
 
 
@@ -79,6 +86,19 @@ class AuthThrottle:
     def succeeded(self, ip: str, user: str) -> None:
         self._records.pop(f"ip:{ip}", None)
         self._records.pop(f"user:{user}", None)
+
+    def blocks(self, now: float) -> list[Block]:
+        """The blocks in force at `now` (read-only), longest-lasting first."""
+        out = []
+        for key, rec in self._records.items():
+            if rec.blocked_until > now:
+                kind, _, value = key.partition(":")
+                out.append(Block(kind, value, rec.blocked_until - now))
+        return sorted(out, key=lambda b: -b.seconds_left)
+
+    def unblock(self, kind: str, value: str) -> bool:
+        """An operator lifts a block (and forgets its failures); False if there was none."""
+        return self._records.pop(f"{kind}:{value}", None) is not None
 
 
 class ConnectionLimits:

@@ -127,6 +127,9 @@ class LimitsConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     listen: ListenAddr = field(default=ListenAddr("127.0.0.1", 9465), metadata=field_parser(parse_listen))
+    # the status page's actions (retry, delete, unblock) need this token; without it, read-only
+    admin_token: Secret | None = None
+    show_subjects: bool = False  # Subject is a header of the message: off unless asked for
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ class ImapHandler:
                  bytes_up=session.bytes_up, bytes_down=session.bytes_down,
                  auth_failures=session.auth_failures,
                  seconds=round(time.monotonic() - session.started, 3))
+        metrics.record_session("imap", peer=session.peer, user=session.user, mailbox=session.mailbox, outcome=str(session.outcome), size=session.bytes_up + session.bytes_down, seconds=round(time.monotonic() - session.started, 3))  # noqa: E501
 
     async def _proxied(self, peer: str, reader: asyncio.StreamReader) -> str | None:
         """The real client address from a trusted proxy's PROXY header; None to close."""

@@ -98,6 +98,7 @@ class RelayHandler(AuthHooks, Outbound):
                  recipients=p.recipients, size=state.bytes, upstream_reply=p.last_reply,
                  outcome=p.outcome, auth_failures=state.auth_failures,
                  seconds=round(time.monotonic() - state.started, 3))
+        metrics.record_session("smtp", peer=state.peer, user=p.sender.user if p.sender else None, mailbox=p.sender.mailbox if p.sender else None, outcome=p.outcome, messages=p.messages, size=state.bytes, upstream_reply=p.last_reply, seconds=round(time.monotonic() - state.started, 3))  # noqa: E501
         if state.upstream is not None:
             self._background(self.pool.give(state.upstream))
 

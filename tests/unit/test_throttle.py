@@ -135,3 +135,19 @@ def test_admit_and_release_balance(ips):
     for ip in reversed(ips):
         lim.release(ip)
     assert (lim.total, lim.per_ip) == (0, {})
+
+
+def test_blocks_are_listed_with_time_left_and_can_be_lifted():
+    from relay365.throttle import AuthThrottle, ThrottlePolicy
+    t = AuthThrottle(ThrottlePolicy(block_after=2, block_seconds=100.0))
+    t.failed("10.0.0.9", "scanner", now=0.0)
+    assert t.blocks(1.0) == []
+    t.failed("10.0.0.9", "scanner", now=10.0)
+    blocks = t.blocks(30.0)
+    assert {(b.kind, b.value, b.seconds_left) for b in blocks} == {
+        ("ip", "10.0.0.9", 80.0), ("user", "scanner", 80.0)}
+    assert t.check("10.0.0.9", "other", 30.0).blocked
+    assert t.unblock("ip", "10.0.0.9") and not t.unblock("ip", "10.0.0.9")
+    assert not t.check("10.0.0.9", "other", 30.0).blocked
+    assert t.check("10.0.0.8", "scanner", 30.0).blocked  # the user block is still there
+    assert t.blocks(200.0) == []  # expired blocks are not listed
