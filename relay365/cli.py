@@ -176,6 +176,21 @@ def cmd_demo(args) -> int:
     return run_demo(keep_serving=not args.once, port=args.port)
 
 
+def _add_auth_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser("auth", help="authorise a mailbox: get and store its refresh token")
+    s.add_argument("mailbox")
+    s.add_argument("-c", "--config", required=True)
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--device", action="store_true", help="device-code flow (no browser here)")
+    how.add_argument("--refresh-token-stdin", action="store_true",
+                     help="import a refresh token read from standard input")
+    s.add_argument("--redirect-uri", help="http://localhost:PORT for a local listener; default: "
+                   "the nativeclient page, and you paste the address you land on")
+    s.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="after storing, log in upstream over SMTP and IMAP (default: on)")
+    s.set_defaults(func=cmd_auth)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="relay365", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"relay365 {__version__}")
@@ -195,18 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("hash-password", help="read a password (stdin or prompt), print its hash")
     s.set_defaults(func=cmd_hash_password)
 
-    s = sub.add_parser("auth", help="authorise a mailbox: get and store its refresh token")
-    s.add_argument("mailbox")
-    s.add_argument("-c", "--config", required=True)
-    how = s.add_mutually_exclusive_group()
-    how.add_argument("--device", action="store_true", help="device-code flow (no browser here)")
-    how.add_argument("--refresh-token-stdin", action="store_true",
-                     help="import a refresh token read from standard input")
-    s.add_argument("--redirect-uri", help="http://localhost:PORT for a local listener; default: "
-                   "the nativeclient page, and you paste the address you land on")
-    s.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="after storing, log in upstream over SMTP and IMAP (default: on)")
-    s.set_defaults(func=cmd_auth)
+    _add_auth_parser(sub)
 
     s = sub.add_parser("accounts", help="show each upstream account's token state")
     s.add_argument("-c", "--config", required=True)

@@ -8,6 +8,7 @@ It also applies the defaults that depend on other keys (a national cloud's mail 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from ..errors import ConfigError
 from ..passwords import check_hash_format
 from .loader import Loader
 from .model import CLOUD_MAIL_HOSTS, Config
-from .services import HttpConfig, ImapConfig, Pop3Config, SmtpConfig
+from .services import HttpConfig, ImapConfig, Pop3Config, SmtpConfig, UnauthenticatedNet, UserConfig
 
 
 def load_config(path: str | Path, text: str | None = None) -> Config:
@@ -31,10 +32,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
                               str(path)) from None
     loader = Loader(str(path))
     config = loader.load(text, Config)
-    for section, default in (("smtp", SmtpConfig), ("imap", ImapConfig), ("pop3", Pop3Config),
-                             ("http", HttpConfig)):
-        if getattr(config, section) is None and loader.line(section) is not None:
-            config = replace(config, **{section: default()})  # `smtp:` alone: the defaults
+    config = _bare_sections(config, loader)
     problems = list(_cross_check(config, loader))
     if problems:
         raise ConfigError(problems, str(path))
@@ -52,13 +50,43 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
     return replace(config, state_dir=state_dir, upstream=upstream, source=str(path))
 
 
-def _cross_check(c: Config, loader: Loader):
+At = Callable[[str], str]
+"""`at(key)` is " (line N)" for a key the file has, "" for one it does not."""
+
+
+def _bare_sections(config: Config, loader: Loader) -> Config:
+    """`smtp:` with nothing under it (YAML null) means the section with its defaults."""
+    present = {name for name in ("smtp", "imap", "pop3", "http")
+               if getattr(config, name) is None and loader.line(name) is not None}
+    return replace(
+        config,
+        smtp=SmtpConfig() if "smtp" in present else config.smtp,
+        imap=ImapConfig() if "imap" in present else config.imap,
+        pop3=Pop3Config() if "pop3" in present else config.pop3,
+        http=HttpConfig() if "http" in present else config.http)
+
+
+def _cross_check(c: Config, loader: Loader) -> Iterator[str]:
     def at(p: str) -> str:
         line = loader.line(p)
         return f" (line {line})" if line else ""
 
     if not c.accounts:
         yield "accounts: at least one upstream mailbox is needed" + at("accounts")
+    yield from _check_accounts(c, at)
+    yield from _check_users(c, at)
+    yield from _check_apps(c, at)
+    for proto, svc in (("smtp", c.smtp), ("imap", c.imap), ("pop3", c.pop3)):
+        if svc is not None:
+            yield from _check_tls(proto, svc, at)
+    if c.smtp:
+        yield from _check_unauthenticated(c, c.smtp, at)
+    yield from _check_fallback(c, at)
+    if c.smtp is None and c.imap is None and c.pop3 is None:
+        yield "smtp, imap, pop3: no listener configured; add an smtp:, imap: or pop3: section" + at("")
+
+
+def _check_accounts(c: Config, at: At) -> Iterator[str]:
     seen: set[str] = set()
     for i, a in enumerate(c.accounts):
         p = f"accounts[{i}]"
@@ -72,6 +100,9 @@ def _cross_check(c: Config, loader: Loader):
             yield f"{p}.app: no app named {a.app!r} (apps: {known}){at(p + '.app') or at(p)}"
         elif a.flow == "client_credentials" and not c.apps[a.app].client_secret:
             yield f"{p}.flow: client_credentials needs apps.{a.app}.client_secret{at(p + '.flow')}"
+
+
+def _check_users(c: Config, at: At) -> Iterator[str]:
     names: set[str] = set()
     for i, u in enumerate(c.users):
         p = f"users[{i}]"
@@ -83,6 +114,9 @@ def _cross_check(c: Config, loader: Loader):
         problem = check_hash_format(u.password_hash.reveal())
         if problem:
             yield f"{p}.password_hash: {problem}{at(p + '.password_hash')}"
+
+
+def _check_apps(c: Config, at: At) -> Iterator[str]:
     for name, app in c.apps.items():
         if app.authority and not app.authority.startswith("https://"):
             yield f"apps.{name}.authority: must be an https:// URL{at(f'apps.{name}.authority')}"
@@ -90,33 +124,35 @@ def _cross_check(c: Config, loader: Loader):
             yield f"apps.{name}.ca_file: no such file: {app.ca_file}{at(f'apps.{name}.ca_file')}"
     if c.upstream.ca_file and not c.upstream.ca_file.is_file():
         yield f"upstream.ca_file: no such file: {c.upstream.ca_file}{at('upstream.ca_file')}"
-    for proto, svc in (("smtp", c.smtp), ("imap", c.imap), ("pop3", c.pop3)):
-        if svc is None:
-            continue
-        yield from _check_tls(proto, svc, at)
+
+
+def _check_unauthenticated(c: Config, smtp: SmtpConfig, at: At) -> Iterator[str]:
+    for i, n in enumerate(smtp.unauthenticated):
+        p = f"smtp.unauthenticated[{i}]"
+        if c.account(n.mailbox) is None:
+            yield f"{p}.mailbox: no account for {n.mailbox!r} under accounts{at(p + '.mailbox') or at(p)}"
+        widest = 8 if n.network.version == 4 else 16
+        if n.network.prefixlen == 0:
+            yield (f"{p}.network: {n.network} would let the whole Internet send without a "
+                   f"password (an open relay); list your LAN's networks{at(p + '.network')}")
+        elif n.network.prefixlen < widest and not n.network.is_private:
+            yield (f"{p}.network: {n.network} would let a large part of the Internet send "
+                   f"without a password (an open relay); list your LAN's networks (public "
+                   f"ranges at most a /{widest}){at(p + '.network')}")
+
+
+def _check_fallback(c: Config, at: At) -> Iterator[str]:
+    entries: list[tuple[str, UserConfig | UnauthenticatedNet]] = [
+        (f"users[{i}]", u) for i, u in enumerate(c.users)]
     if c.smtp:
-        for i, n in enumerate(c.smtp.unauthenticated):
-            p = f"smtp.unauthenticated[{i}]"
-            if c.account(n.mailbox) is None:
-                yield f"{p}.mailbox: no account for {n.mailbox!r} under accounts{at(p + '.mailbox') or at(p)}"
-            if n.network.prefixlen == 0:
-                yield (f"{p}.network: {n.network} would let the whole Internet send without a "
-                       f"password (an open relay); list your LAN's networks{at(p + '.network')}")
-            elif n.network.prefixlen < (8 if n.network.version == 4 else 16) and not n.network.is_private:
-                yield (f"{p}.network: {n.network} would let a large part of the Internet send "
-                       f"without a password (an open relay); list your LAN's networks (public "
-                       f"ranges at most a /{8 if n.network.version == 4 else 16}){at(p + '.network')}")
-    for p, entry in [(f"users[{i}]", u) for i, u in enumerate(c.users)] + (
-            [(f"smtp.unauthenticated[{i}]", n) for i, n in enumerate(c.smtp.unauthenticated)]
-            if c.smtp else []):
+        entries += [(f"smtp.unauthenticated[{i}]", n) for i, n in enumerate(c.smtp.unauthenticated)]
+    for p, entry in entries:
         if entry.fallback == "spool" and entry.delivery == "spool":
             yield (f"{p}.fallback: spool only applies to delivery: direct (this entry spools "
                    f"everything already){at(p + '.fallback')}")
-    if c.smtp is None and c.imap is None and c.pop3 is None:
-        yield "smtp, imap, pop3: no listener configured; add an smtp:, imap: or pop3: section" + at("")
 
 
-def _check_tls(proto: str, svc, at):
+def _check_tls(proto: str, svc: SmtpConfig | ImapConfig | Pop3Config, at: At) -> Iterator[str]:
     if svc.proxy_protocol and not svc.trusted_proxies:
         yield (f"{proto}.trusted_proxies: needed with proxy_protocol: true (the addresses of your "
                f"HAProxy/nginx){at(f'{proto}.proxy_protocol')}")

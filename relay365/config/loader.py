@@ -18,9 +18,9 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union, cast
 
 import yaml
 
@@ -28,6 +28,9 @@ from ..errors import ConfigError
 from ..secret import Secret
 
 _FAIL = object()
+T = TypeVar("T")
+Meta = Mapping[str, Any]
+"""A field's metadata: `parse` (str -> value) and `expects` (what the error message calls it)."""
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SCALAR_TAGS = {
@@ -57,7 +60,7 @@ class Loader:
     def line(self, path: str) -> int | None:
         return self.lines.get(path)
 
-    def load(self, text: str, root_type: type) -> Any:
+    def load(self, text: str, root_type: type[T]) -> T:
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as exc:
@@ -67,14 +70,15 @@ class Loader:
             raise ConfigError([f"not valid YAML: {problem}{where}"], self.source) from None
         if node is None:  # empty, or only comments: an empty mapping at line 1
             node = yaml.compose("{}", Loader=yaml.SafeLoader)
+        assert node is not None
         value = self.convert(root_type, node, "")
         if self.problems:
             raise ConfigError(self.problems, self.source)
-        return value
+        return cast(T, value)
 
     # -- conversion, driven by type hints -------------------------------------------------------
 
-    def convert(self, tp: Any, node: yaml.Node, path: str, meta: dict | None = None) -> Any:
+    def convert(self, tp: Any, node: yaml.Node, path: str, meta: Meta | None = None) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
         origin = typing.get_origin(tp)
         if origin in (Union, types.UnionType):
@@ -112,7 +116,7 @@ class Loader:
     def _is_null(node: yaml.Node) -> bool:
         return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
 
-    def dataclass(self, tp: type, node: yaml.Node, path: str) -> Any:
+    def dataclass(self, tp: Any, node: yaml.Node, path: str) -> Any:
         if not isinstance(node, yaml.MappingNode):
             self.error(path, "expected a mapping of keys", node)
             return _FAIL
@@ -150,7 +154,7 @@ class Loader:
                 self.error(path, str(exc), node)
             return _FAIL
 
-    def _pairs(self, node: yaml.MappingNode, path: str):
+    def _pairs(self, node: yaml.MappingNode, path: str) -> Iterator[tuple[str, yaml.Node]]:
         seen: set[str] = set()
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
@@ -163,7 +167,7 @@ class Loader:
             seen.add(key)
             yield key, value_node
 
-    def sequence(self, item_tp: Any, node: yaml.Node, path: str, meta: dict | None = None) -> Any:
+    def sequence(self, item_tp: Any, node: yaml.Node, path: str, meta: Meta | None = None) -> Any:
         if isinstance(node, yaml.ScalarNode) and item_tp is str and not self._is_null(node):
             node = yaml.SequenceNode("tag:yaml.org,2002:seq", [node], node.start_mark, node.end_mark)
         if not isinstance(node, yaml.SequenceNode):
@@ -179,7 +183,7 @@ class Loader:
         out = {k: self.convert(value_tp, v, f"{path}.{k}") for k, v in self._pairs(node, path)}
         return _FAIL if any(v is _FAIL for v in out.values()) else out
 
-    def choice(self, options: tuple, node: yaml.Node, path: str) -> Any:
+    def choice(self, options: tuple[Any, ...], node: yaml.Node, path: str) -> Any:
         value = self.scalar(type(options[0]), node, path)
         if value is not _FAIL and value not in options:
             self.error(path, f"must be one of {', '.join(map(str, options))}, not {value!r}", node)
@@ -237,7 +241,7 @@ class Loader:
     def expand(self, raw: str, path: str, node: yaml.Node) -> Any:
         missing: list[str] = []
 
-        def sub(m: re.Match) -> str:
+        def sub(m: re.Match[str]) -> str:
             if m.group(1) in os.environ:
                 return os.environ[m.group(1)]
             if m.group(2) is not None:
@@ -252,7 +256,7 @@ class Loader:
         return out
 
 
-def _required(f: dataclasses.Field) -> bool:
+def _required(f: dataclasses.Field[Any]) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
@@ -260,7 +264,7 @@ def _name(tp: type) -> str:
     return {str: "string", int: "integer", bool: "true or false", float: "number"}.get(tp, tp.__name__)
 
 
-def _suggest(key: str, fields: dict) -> str:
+def _suggest(key: str, fields: Mapping[str, object]) -> str:
     import difflib
 
     close = difflib.get_close_matches(key, list(fields), n=1)

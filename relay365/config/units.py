@@ -45,7 +45,7 @@ def parse_listen(text: str) -> ListenAddr:
     return ListenAddr(host, port)
 
 
-def parse_network(text: str):
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
@@ -76,7 +76,7 @@ def size(default: int) -> Any:
     return field(default=default, metadata=field_parser(parse_size))
 
 
-def check_ranges(obj, positive: tuple[str, ...] = (), at_least_one: tuple[str, ...] = (),
+def check_ranges(obj: object, positive: tuple[str, ...] = (), at_least_one: tuple[str, ...] = (),
                   not_negative: tuple[str, ...] = ()) -> None:
     """A dataclass's own range check; the loader reports the ValueError with the section's line."""
     for name in positive:
