@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import sys
+from collections.abc import Callable
 
 import structlog
 
@@ -45,7 +46,7 @@ def _raise_fd_limit(want: int = 65536) -> None:
             pass
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     from .app import Relay
     from .logs import configure
     from .runloop import run
@@ -74,7 +75,7 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     print(f"relay365: configuration {args.config} is valid "
           f"({len(config.accounts)} account(s), {len(config.users)} user(s))")
@@ -100,7 +101,7 @@ def cmd_check(args) -> int:
     return asyncio.run(check_upstream(config))
 
 
-def cmd_hash_password(args) -> int:
+def cmd_hash_password(args: argparse.Namespace) -> int:
     from .passwords import hash_password
 
     if sys.stdin.isatty():
@@ -117,7 +118,7 @@ def cmd_hash_password(args) -> int:
     return 0
 
 
-def cmd_accounts(args) -> int:
+def cmd_accounts(args: argparse.Namespace) -> int:
     import json
 
     from .accounts import collect, render
@@ -133,7 +134,7 @@ def cmd_accounts(args) -> int:
     return 1 if any(a["state"] == "needs-auth" for a in report["accounts"]) else 0
 
 
-def cmd_auth(args) -> int:
+def cmd_auth(args: argparse.Namespace) -> int:
     from .logs import configure
     from .onboard import run_auth
 
@@ -143,7 +144,7 @@ def cmd_auth(args) -> int:
                     verify=args.verify, redirect_uri=args.redirect_uri)
 
 
-def cmd_health(args) -> int:
+def cmd_health(args: argparse.Namespace) -> int:
     import json
     import urllib.error
     import urllib.request
@@ -170,7 +171,7 @@ def cmd_health(args) -> int:
     return 0 if status == "ready" or (status == "degraded" and args.allow_degraded) else 1
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from .standins.demo import run_demo
 
     return run_demo(keep_serving=not args.once, port=args.port)
@@ -237,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.func
     try:
-        return args.func(args)
+        return command(args)
     except KeyboardInterrupt:
         return 130
 

@@ -17,7 +17,7 @@ from ..config import Config, SmtpConfig
 from ..delivery import UpstreamSMTP, open_session
 from ..delivery.pool import UpstreamPool
 from ..errors import RelayError, TokenError, UpstreamError
-from ..spool.queue import SpoolError, SpoolFullError
+from ..spool.entry import SpoolError, SpoolFullError
 from ..spool.worker import SpoolWorker
 from ..tokens.manager import TokenManager
 from . import policy as core

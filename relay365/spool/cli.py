@@ -19,18 +19,20 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import TextIO
 
-from .queue import Entry, NotFound, SpoolError, SpoolQueue
+from .entry import Entry, NotFound, SpoolError
+from .queue import SpoolQueue
 from .schedule import age_text
 
 SHOWN_HEADERS = ("Subject", "From", "To", "Date", "Message-ID")
 
 
 def _size(n: int) -> str:
+    value = float(n)
     for unit in ("B", "KiB", "MiB"):
-        if n < 1024 or unit == "MiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return str(n)
+        if value < 1024 or unit == "MiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(value)
 
 
 def _table(entries: list[Entry], now: float, out: TextIO, failed: bool) -> None:
@@ -170,7 +172,7 @@ def _iso(t: float) -> str:
 
 # -- argparse ---------------------------------------------------------------------------------------
 
-def _state_dir(args) -> Path:
+def _state_dir(args: argparse.Namespace) -> Path:
     if args.state_dir:
         return Path(args.state_dir)
     from ..config import load_config
@@ -186,7 +188,7 @@ def _state_dir(args) -> Path:
         raise SystemExit(2) from None
 
 
-def cmd_queue(args) -> int:
+def cmd_queue(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     action = args.queue_action
     if action == "list":
@@ -203,7 +205,8 @@ def cmd_queue(args) -> int:
     return queue_retry(state_dir, args.id, all_=args.all, failed=args.failed)
 
 
-def add_queue_parser(subparsers) -> argparse.ArgumentParser:
+def add_queue_parser(
+        subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register `queue` with its actions on the main parser's subparsers; each sets `func`."""
     where = argparse.ArgumentParser(add_help=False)
     group = where.add_mutually_exclusive_group(required=True)

@@ -14,7 +14,7 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 
 from ..replies import one_line
-from .queue import MESSAGE, Entry
+from .entry import MESSAGE, Entry
 
 NOTICE_HEADER_BYTES = 16384  # how much of a dead letter is read to quote its headers
 

@@ -24,122 +24,28 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
-import re
 import shutil
-import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from ..errors import RelayError
 from ..fsutil import fsync_dir, locked, try_lock, write_atomic
-
-MESSAGE = "message.eml"
-ENVELOPE = "envelope.json"
-ENVELOPE_VERSION = 1
-CRASH_ENV = "RELAY365_SPOOL_CRASH_AT"  # tests only: "<point>[:<nth time>]" -> SIGKILL there
-
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
-_ID = re.compile(r"\d{20}-\d+(\.\d+)*")
-Where = Literal["queue", "failed"]
-
-
-class SpoolError(RelayError):
-    """The spool cannot take or change a message (the SMTP side answers `replies.SPOOL_ERROR`)."""
-
-
-class SpoolFullError(SpoolError):
-    """No room or no permission to write (ENOSPC, EDQUOT, EROFS, EACCES, ...): the SMTP side
-    answers `replies.SPOOL_FULL`."""
-
-
-class NotFound(SpoolError):
-    pass
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One message's envelope as stored in `envelope.json`, plus where it lies (`path`)."""
-
-    id: str
-    mailbox: str
-    mail_from: str
-    rcpts: tuple[str, ...]
-    received_at: float
-    size: int
-    attempts: int = 0
-    next_attempt: float = 0.0
-    last_error: str | None = None
-    mail_options: tuple[str, ...] = ()
-    lifetime_start: float | None = None  # set when an operator retries a dead letter
-    notice: bool = False  # an admin notice about another message: never noticed about itself
-    failed_at: float | None = None
-    rcpt_errors: dict[str, str] = field(default_factory=dict)  # recipient -> upstream reply
-    path: Path = field(default=Path(), compare=False, repr=False)
-
-    @property
-    def message_path(self) -> Path:
-        return self.path / MESSAGE
-
-    @property
-    def started(self) -> float:
-        """Where the lifetime counts from."""
-        return self.received_at if self.lifetime_start is None else self.lifetime_start
-
-    def to_json(self) -> bytes:
-        data = asdict(self)
-        del data["path"]
-        data["rcpts"], data["mail_options"] = list(self.rcpts), list(self.mail_options)
-        return json.dumps({"version": ENVELOPE_VERSION, **data}, indent=1).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes, path: Path) -> Entry:
-        data = json.loads(raw)
-        known = {f.name for f in fields(cls)} - {"path"}
-        data = {k: v for k, v in data.items() if k in known}
-        data["id"] = path.name  # the directory's name is the id (a move may have renamed it)
-        data["rcpts"] = tuple(data["rcpts"])
-        data["mail_options"] = tuple(data.get("mail_options", ()))
-        return cls(**data, path=path)
-
-
-# -- test hook, and ids --------------------------------------------------------------------------
-
-_crash_hits: dict[str, int] = {}
-
-
-def crash_point(name: str) -> None:
-    """Kill this process here with SIGKILL if `$RELAY365_SPOOL_CRASH_AT` names this point."""
-    want = os.environ.get(CRASH_ENV)
-    if not want:
-        return
-    point, _, nth = want.partition(":")
-    if point != name:
-        return
-    _crash_hits[name] = _crash_hits.get(name, 0) + 1
-    if _crash_hits[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_id_lock = threading.Lock()
-_last_ns = 0
-
-
-def new_id(now: float) -> str:
-    """An id that sorts by arrival: the time in ns, made strictly increasing, and the pid."""
-    global _last_ns
-    with _id_lock:
-        _last_ns = max(int(now * 1e9), _last_ns + 1)
-        return f"{_last_ns:020d}-{os.getpid()}"
-
-
-def valid_id(text: str) -> bool:
-    return bool(_ID.fullmatch(text))
-
+from .entry import (
+    ENVELOPE,
+    MESSAGE,
+    STORAGE_ERRNOS,
+    Entry,
+    NotFound,
+    SpoolError,
+    SpoolFullError,
+    Where,
+    crash_point,
+    new_id,
+    valid_id,
+)
 
 # -- small file-system helpers -------------------------------------------------------------------
 
@@ -156,7 +62,7 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def _storage_error(exc: OSError, what: str) -> SpoolError:
     name = errno.errorcode.get(exc.errno or 0, "EIO")
-    cls = SpoolFullError if exc.errno in _STORAGE_ERRNOS else SpoolError
+    cls = SpoolFullError if exc.errno in STORAGE_ERRNOS else SpoolError
     return cls(f"{what}: {name} ({exc.strerror})")
 
 
@@ -311,7 +217,8 @@ class SpoolQueue:
     def find(self, prefix: str) -> tuple[Where, Entry]:
         """The entry whose id is `prefix` or starts with it (if only one does). NotFound else."""
         hits: list[tuple[Where, Path]] = []
-        for where, directory in (("queue", self.queue), ("failed", self.failed)):
+        places: tuple[tuple[Where, Path], ...] = (("queue", self.queue), ("failed", self.failed))
+        for where, directory in places:
             if directory.is_dir():
                 hits += [(where, directory / n) for n in os.listdir(directory)
                          if valid_id(n) and (n == prefix or n.startswith(prefix))]
@@ -326,7 +233,7 @@ class SpoolQueue:
 
     # -- changing ----------------------------------------------------------------------------------
 
-    def _rewrite(self, path: Path, **changes) -> Entry:
+    def _rewrite(self, path: Path, **changes: Any) -> Entry:
         entry = replace(self.read(path), **changes)
         write_atomic(path / ENVELOPE, entry.to_json())
         return entry

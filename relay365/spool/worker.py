@@ -35,8 +35,9 @@ from ..delivery import Deliverer, Outgoing, Refusal
 from ..errors import RelayError, UpstreamError
 from ..replies import one_line
 from ..tokens.manager import TokenManager
+from .entry import Entry, crash_point
 from .notice import read_head, render_notice
-from .queue import Entry, SpoolQueue, crash_point
+from .queue import SpoolQueue
 from .schedule import (
     HOLD_RECHECK,
     TokenBucket,
@@ -89,11 +90,11 @@ class SpoolWorker:
         self.config = config if config is not None else SpoolConfig()
         self._held, self._clock, self._rand = held, clock, rand
         self._entries: dict[str, Entry] = {}
-        self._inflight: dict[str, asyncio.Task] = {}
+        self._inflight: dict[str, asyncio.Task[None]] = {}
         self._mailboxes: dict[str, _Mailbox] = {}
         self._scan: _Scan | None = None
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._next_scan = 0.0
 
@@ -260,13 +261,13 @@ class SpoolWorker:
         self._inflight[entry.id] = task
         mb.inflight += 1
 
-        def done(t: asyncio.Task) -> None:
+        def done(t: asyncio.Task[None]) -> None:
             self._inflight.pop(entry.id, None)
             mb.inflight -= 1
             self._wake.set()
-            if not t.cancelled() and t.exception() is not None:
-                log.error("spool_attempt_error", id=entry.id, error=describe(t.exception()),
-                          exc_info=t.exception())
+            exc = None if t.cancelled() else t.exception()
+            if exc is not None:
+                log.error("spool_attempt_error", id=entry.id, error=describe(exc), exc_info=exc)
 
         task.add_done_callback(done)
 

@@ -381,7 +381,7 @@ class FakeIdP(SignInFlows):
 _SERVICE_SCOPES = {"pop3": "POP.AccessAsUser.All", "imap": "IMAP.AccessAsUser.All"}
 
 
-def _scope_allows(at: _AccessToken | None, service: str) -> bool:
+def _scope_allows(at: AccessToken | None, service: str) -> bool:
     """May `at` be used for Dovecot's `service` (X-Dovecot-Auth-Service)? Unknown services pass."""
     needed = _SERVICE_SCOPES.get(service.lower())
     if at is None or needed is None or not at.scopes:

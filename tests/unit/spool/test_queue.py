@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from relay365.spool import queue as queue_mod
-from relay365.spool.queue import ENVELOPE, MESSAGE, NotFound, SpoolError, SpoolFullError, SpoolQueue, valid_id
+from relay365.spool.entry import ENVELOPE, MESSAGE, NotFound, SpoolError, SpoolFullError, valid_id
+from relay365.spool.queue import SpoolQueue
 
 NOW = 1_700_000_000.0
 MSG = b"From: scanner@example.test\r\nSubject: scan\r\n\r\nbody\r\n"

@@ -21,8 +21,9 @@ from relay365.delivery import Refusal
 from relay365.errors import TokenError, UpstreamError
 from relay365.spool import worker as worker_mod
 from relay365.spool.cli import queue_retry
+from relay365.spool.entry import Entry, SpoolError
 from relay365.spool.notice import render_notice
-from relay365.spool.queue import Entry, SpoolError, SpoolQueue
+from relay365.spool.queue import SpoolQueue
 from relay365.spool.worker import SpoolWorker, describe
 
 FAST = SpoolConfig(retry_base=0.05, retry_cap=0.2, throttle_pause=0.3, rate_per_minute=60_000,
