@@ -37,8 +37,9 @@ from .localauth import LocalAuth
 from .pop3.server import Pop3Handler, bind_pop3
 from .smtp.listen import bind_smtp
 from .smtp.server import RelayHandler
+from .spool.handoff import make_token_hold, spool_deliver
 from .spool.queue import SpoolQueue
-from .spool.worker import SpoolWorker, make_token_hold, spool_deliver
+from .spool.worker import SpoolWorker
 from .states import AccountState
 from .tlsutil import server_context
 from .tokens.manager import TokenManager

@@ -24,18 +24,18 @@ import contextlib
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
 
 from .. import metrics
 from ..config import SpoolConfig
-from ..delivery import Deliverer, Outgoing, Refusal
-from ..errors import RelayError, UpstreamError
+from ..delivery import Refusal
+from ..errors import RelayError
 from ..replies import one_line
-from ..tokens.manager import TokenManager
 from .entry import Entry, crash_point
+from .handoff import Deliver, describe
 from .notice import read_head, render_notice
 from .queue import SpoolQueue
 from .schedule import (
@@ -53,9 +53,6 @@ from .schedule import (
 log = structlog.get_logger("relay365.spool")
 
 
-Deliver = Callable[[Entry], Awaitable[Sequence[Refusal] | None]]
-
-
 @dataclass
 class _Mailbox:
     bucket: TokenBucket
@@ -69,15 +66,6 @@ class _Mailbox:
 @dataclass
 class _Scan:
     changes: dict[str, Entry | None] = field(default_factory=dict)  # None: removed
-
-
-def describe(exc: BaseException) -> str:
-    """One line for the envelope and the logs; no secrets (TokenError carries none)."""
-    if isinstance(exc, UpstreamError) and exc.code is not None:
-        return f"{exc.code} {one_line(exc.text, 300)}"
-    if isinstance(exc, RelayError):
-        return one_line(str(exc), 300)
-    return f"internal error: {type(exc).__name__}"
 
 
 class SpoolWorker:
@@ -395,20 +383,3 @@ class SpoolWorker:
 
 def _later(entry: Entry, when: float) -> Entry:
     return replace(entry, next_attempt=when)
-
-
-# -- the real thing: a Deliverer of relay365.delivery -----------------------------------------------
-
-def make_token_hold(tokens: TokenManager) -> Callable[[str], bool]:
-    """`held(mailbox)` for the worker: True while the account's token state is needs-auth."""
-    return tokens.needs_auth
-
-
-def spool_deliver(deliverer: Deliverer) -> Deliver:
-    """The worker's `deliver(entry)`: the message read from the spool, handed to `deliverer`."""
-    async def deliver(entry: Entry) -> tuple[Refusal, ...]:
-        data = await asyncio.to_thread(entry.message_path.read_bytes)
-        return await deliverer.deliver(Outgoing(entry.mailbox, entry.mail_from, entry.rcpts, data,
-                                                entry.mail_options))
-
-    return deliver

@@ -297,8 +297,9 @@ def test_the_upstream_deliverer_into_postfix(tmp_path, pki, idp, upstream):
 
     from relay365.config import SpoolConfig, load_config
     from relay365.delivery import SmtpDeliverer
+    from relay365.spool.handoff import make_token_hold, spool_deliver
     from relay365.spool.queue import SpoolQueue
-    from relay365.spool.worker import SpoolWorker, make_token_hold, spool_deliver
+    from relay365.spool.worker import SpoolWorker
     from relay365.tokens.manager import TokenManager
     from relay365.tokens.store import TokenStore
     from tests.integration.conftest import DOMAIN, relay_config

@@ -22,9 +22,10 @@ from relay365.errors import TokenError, UpstreamError
 from relay365.spool import worker as worker_mod
 from relay365.spool.cli import queue_retry
 from relay365.spool.entry import Entry, SpoolError
+from relay365.spool.handoff import describe
 from relay365.spool.notice import render_notice
 from relay365.spool.queue import SpoolQueue
-from relay365.spool.worker import SpoolWorker, describe
+from relay365.spool.worker import SpoolWorker
 
 FAST = SpoolConfig(retry_base=0.05, retry_cap=0.2, throttle_pause=0.3, rate_per_minute=60_000,
                    rescan_interval=0.1, min_free_space=0)

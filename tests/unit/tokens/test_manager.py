@@ -113,7 +113,7 @@ def test_two_processes_rotating_at_once_never_lose_the_newest_token(tmp_path, id
 def test_public_view_and_the_spools_hold_follow_the_token_state(tmp_path, idp, certs, clock):
     """What app, spool and CLI read: `views()`, `view()`, `needs_auth()` - never the internals."""
     from relay365.errors import TokenError
-    from relay365.spool.worker import make_token_hold
+    from relay365.spool.handoff import make_token_hold
     from relay365.states import AccountState
 
     cfg = config(tmp_path, idp, certs, idp.issue_refresh_token(MAILBOX))
