@@ -36,7 +36,7 @@ class UpstreamPool:
         self.max_age = max_age
         self.per_mailbox = per_mailbox
         self._parked: dict[str, list[_Parked]] = defaultdict(list)
-        self._closing: set[asyncio.Task] = set()
+        self._closing: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
@@ -61,8 +61,7 @@ class UpstreamPool:
                 or len(self._parked[key]) >= self.per_mailbox):
             await up.close()
             return
-        await up.rset()  # ends a transaction the client left open; closes the session on failure
-        if not up.connected:
+        if not await up.rset():  # ends a transaction the client left open; closed on failure
             return
         self._parked[key].append(_Parked(time.monotonic(), up))
         log.info("upstream_parked", mailbox=key, parked=len(self))

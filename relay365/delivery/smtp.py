@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 
 import aiosmtplib
 import structlog
@@ -99,14 +100,19 @@ class UpstreamSMTP:
     async def data(self, message: bytes) -> str:
         return await self._call(lambda s: s.data(message), "the message")
 
-    async def rset(self) -> None:
-        if self.connected:
-            try:
-                await self._smtp.rset()
-            except (aiosmtplib.SMTPException, *_NETWORK):
-                await self.close()
+    async def rset(self) -> bool:
+        """End any transaction; False (and the session closed) if that failed."""
+        if self._smtp is None:
+            return False
+        try:
+            await self._smtp.rset()
+        except (aiosmtplib.SMTPException, *_NETWORK):
+            await self.close()
+            return False
+        return True
 
-    async def _call(self, op, what: str) -> str:
+    async def _call(self, op: Callable[[aiosmtplib.SMTP], Awaitable[aiosmtplib.SMTPResponse]],
+                    what: str) -> str:
         assert self._smtp is not None
         try:
             response = await op(self._smtp)

@@ -30,11 +30,19 @@ every entry point is a harmless no-op, so racing a close is safe.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from enum import Enum, StrEnum
 from typing import ClassVar
 
 from ..secret import Secret
+from .effects import (
+    Authenticate,
+    Close,
+    Effect,
+    LoginFailure,
+    SendToClient,
+    StartSplice,
+    StartTLS,
+    State,
+)
 from .parse import (
     MAX_COMMAND_SIZE,
     Args,
@@ -63,53 +71,10 @@ MAX_BUFFERED = max(MAX_COMMAND_SIZE, MAX_PIPELINED)
 
 SERVER_NAME = "relay365"
 
-
-@dataclass(frozen=True)
-class SendToClient:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class StartTLS:
-    """The OK went out: run the server-side TLS handshake now, then call `tls_started()`."""
-
-
-@dataclass(frozen=True)
-class Authenticate:
-    """Check these credentials, then call `login_succeeded()` or `login_failed()`."""
-
-    tag: str
-    username: str
-    password: Secret
-    mechanism: str  # "LOGIN" or "PLAIN"
-
-
-@dataclass(frozen=True)
-class StartSplice:
-    """The client has its OK: forward `take_buffered()` upstream, then splice both connections."""
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close the client connection (after sending everything before it)."""
-
-
-Effect = SendToClient | StartTLS | Authenticate | StartSplice | Close
-
-
-class State(Enum):
-    NOT_AUTHENTICATED = "not_authenticated"
-    AUTH_RESPONSE = "auth_response"  # AUTHENTICATE sent "+ "; the next line is the client's answer
-    AWAITING_LOGIN = "awaiting_login"  # Authenticate is out; input is held, not parsed
-    TLS_HANDSHAKE = "tls_handshake"  # StartTLS is out; no input is allowed until tls_started()
-    SPLICING = "splicing"
-    CLOSED = "closed"
-
-
-class LoginFailure(StrEnum):
-    AUTH_FAILED = "auth_failed"
-    UNAVAILABLE = "unavailable"
-    LIMIT = "limit"
+__all__ = [
+    "Authenticate", "Close", "Effect", "ImapPreauth", "ImapUsageError", "LoginFailure",
+    "SendToClient", "StartSplice", "StartTLS", "State",
+]
 
 
 _FAILURE_REPLIES = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..states import ClosedBy
@@ -31,7 +32,8 @@ class SpliceResult:
 class _Pump:
     """Copies one direction. `run()` says how it ended, naming the side that ended it."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, touch,
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 touch: Callable[[], None],
                  source: str, sink: str) -> None:
         self.reader, self.writer, self.touch = reader, writer, touch
         self.source, self.sink = source, sink
@@ -87,13 +89,14 @@ async def splice(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     up = _Pump(client[0], upstream[1], touch, "client", "upstream")
     down = _Pump(upstream[0], client[1], touch, "upstream", "client")
     idle_task = asyncio.create_task(idle.wait(), name="splice-idle")
-    tasks = [asyncio.create_task(up.run(), name="splice-up"),
-             asyncio.create_task(down.run(), name="splice-down"), idle_task]
+    pumps = [asyncio.create_task(up.run(), name="splice-up"),
+             asyncio.create_task(down.run(), name="splice-down")]
+    tasks: list[asyncio.Task[object]] = [*pumps, idle_task]
     closed_by = ClosedBy.SHUTDOWN
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         first = next(iter(done))
-        closed_by = why[0] if first is idle_task else first.result()
+        closed_by = why[0] if first is idle_task else next(p.result() for p in pumps if p is first)
     finally:
         handle[0].cancel()
         for task in tasks:

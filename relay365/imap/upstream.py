@@ -14,6 +14,7 @@ import asyncio
 import re
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -21,6 +22,7 @@ import structlog
 from ..config import Config, Endpoint
 from ..errors import UpstreamAuthError, UpstreamError
 from ..sasl import decode_xoauth2_error, xoauth2_initial_response
+from ..secret import Secret
 from ..tlsutil import client_context, nodelay
 from ..tokens.manager import TokenManager
 
@@ -48,8 +50,9 @@ async def _readline(reader: asyncio.StreamReader, timeout: float) -> bytes:
     return line
 
 
-async def _command(reader, writer, tag: bytes, line: bytes, timeout: float,
-                   on_continue=None) -> tuple[bytes, list[bytes]]:
+async def _command(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tag: bytes,
+                   line: bytes, timeout: float,
+                   on_continue: Callable[[bytes], bytes] | None = None) -> tuple[bytes, list[bytes]]:
     """Send one command, collect untagged lines, answer continuations; return (tagged, untagged)."""
     writer.write(line)
     await writer.drain()
@@ -75,7 +78,8 @@ def _caps_from(lines: list[bytes]) -> str | None:
     return None
 
 
-async def _connect(endpoint: Endpoint, tls: ssl.SSLContext, timeout: float):
+async def _connect(endpoint: Endpoint, tls: ssl.SSLContext,
+                   timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
     if endpoint.tls == "implicit":
         reader, writer = await asyncio.wait_for(asyncio.open_connection(
             endpoint.host, endpoint.port, ssl=tls, server_hostname=endpoint.host, limit=MAX_LINE), timeout)
@@ -146,10 +150,11 @@ async def open_upstream(config: Config, tokens: TokenManager, mailbox: str,
     return UpstreamIMAP(reader, writer, after, time.monotonic() - started)
 
 
-async def _authenticate(reader, writer, mailbox, token, sasl_ir: bool, timeout: float,
+async def _authenticate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mailbox: str,
+                        token: Secret, sasl_ir: bool, timeout: float,
                         tag: bytes) -> tuple[bool, list[bytes]]:
     ir = xoauth2_initial_response(mailbox, token).encode()
-    challenge: dict = {}
+    challenge: dict[str, object] = {}
     sent = sasl_ir
 
     def on_continue(line: bytes) -> bytes:

@@ -14,10 +14,11 @@ class Session:
         self.opened_at = time.monotonic() - age
         self.rset_ok, self.resets, self.closed = rset_ok, 0, False
 
-    async def rset(self) -> None:
+    async def rset(self) -> bool:
         self.resets += 1
         if not self.rset_ok:
             self.connected = False
+        return self.rset_ok
 
     async def close(self) -> None:
         self.connected, self.closed = False, True
