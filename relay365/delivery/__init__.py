@@ -6,8 +6,11 @@
   `relay365 check --upstream` all use it).
 - `pool`: idle logged-in sessions kept for the next client of the same mailbox.
 - `deliver`: the `Deliverer` interface - deliver one whole message (mailbox, sender, recipients,
-  bytes) and report the recipients refused - and `SmtpDeliverer`, its SMTP implementation, which
+  content) and report the recipients refused - and `SmtpDeliverer`, its SMTP implementation, which
   the spool worker uses.
+- `message`: a message's content in bounded memory (`Body`: RAM up to 256 KiB, then a temporary
+  file; `FileMessage`: a spooled file), always read as chunks; `wire`: content to DATA bytes,
+  chunk by chunk (line ends, dot-stuffing, the end line).
 
 Nothing here knows about local clients, the spool's files or the session policy: the SMTP side
 (`relay365.smtp`) and the spool (`relay365.spool`) import this package, never the other way round.

@@ -19,6 +19,7 @@ from ..errors import TokenError, UpstreamError
 from ..replies import one_line
 from ..tlsutil import client_context
 from ..tokens.manager import TokenManager
+from .message import Message
 from .smtp import open_session
 
 
@@ -27,7 +28,7 @@ class Outgoing:
     mailbox: str  # the Office 365 mailbox the message is sent as (whose token logs in)
     mail_from: str
     rcpts: tuple[str, ...]
-    data: bytes
+    message: Message  # the content, read in chunks (`message.read_all` for the whole of it)
     mail_options: tuple[str, ...] = ()
 
 
@@ -79,9 +80,9 @@ class SmtpDeliverer:
                         raise
                     refusals.append(Refusal(rcpt, exc.code, exc.text, exc.transient))
             if len(refusals) < len(message.rcpts):
-                await up.data(message.data)
+                await up.send(message.message)
                 metrics.MESSAGES.inc()
-                metrics.BYTES.labels("smtp", "up").inc(len(message.data))
+                metrics.BYTES.labels("smtp", "up").inc(message.message.size)
             return tuple(refusals)
         finally:
             await up.close()

@@ -19,6 +19,8 @@ from ..config import Endpoint, UpstreamConfig
 from ..errors import UpstreamAuthError, UpstreamError
 from ..tlsutil import nodelay
 from ..tokens.manager import TokenManager
+from .message import Message
+from .wire import WireEncoder
 
 log = structlog.get_logger("relay365.delivery.smtp")
 
@@ -29,6 +31,32 @@ _NETWORK = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError,
 def _reply_error(exc: aiosmtplib.SMTPResponseException, what: str) -> UpstreamError:
     return UpstreamError(f"upstream refused {what}", code=exc.code, text=exc.message,
                          transient=not 500 <= exc.code < 600)  # only a 5xx is final
+
+
+async def _send_data(smtp: aiosmtplib.SMTP, message: Message) -> aiosmtplib.SMTPResponse:
+    """aiosmtplib's `data()` wants the whole message as one bytes object (and copies it three
+    times); this sends the same bytes (`WireEncoder`) as they are read, with back-pressure."""
+    start = await smtp.execute_command(b"DATA")
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol = smtp.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    encoder = WireEncoder()
+    for chunk in message.chunks():
+        out = encoder.feed(chunk)
+        if out:
+            protocol.write(out)
+            # aiosmtplib's flow control (its StreamWriter-style drain): waits while the transport's
+            # buffer is over its high-water mark, so a slow upstream slows the reads, not memory
+            await protocol._drain_helper()
+    end = encoder.end()
+    if end != b".\r\n":
+        protocol.write(end[:-3])
+    done = await smtp.execute_command(b".")  # the end of DATA; its reply is the message's
+    if done.code != 250:
+        raise aiosmtplib.SMTPDataError(done.code, done.message)
+    return done
 
 
 class UpstreamSMTP:
@@ -99,6 +127,10 @@ class UpstreamSMTP:
 
     async def data(self, message: bytes) -> str:
         return await self._call(lambda s: s.data(message), "the message")
+
+    async def send(self, message: Message) -> str:
+        """DATA, with the content read and encoded chunk by chunk: one chunk in memory at a time."""
+        return await self._call(lambda s: _send_data(s, message), "the message")
 
     async def rset(self) -> bool:
         """End any transaction; False (and the session closed) if that failed."""

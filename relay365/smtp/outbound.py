@@ -15,6 +15,7 @@ import structlog
 from .. import metrics, replies
 from ..config import Config, SmtpConfig
 from ..delivery import UpstreamSMTP, open_session
+from ..delivery.message import Body, Message
 from ..delivery.pool import UpstreamPool
 from ..errors import RelayError, TokenError, UpstreamError
 from ..spool.entry import SpoolError, SpoolFullError
@@ -22,7 +23,7 @@ from ..spool.worker import SpoolWorker
 from ..tokens.manager import TokenManager
 from . import policy as core
 from .protocol import Session
-from .rewrite import rewrite_from
+from .rewrite import rewrite_message
 
 log = structlog.get_logger("relay365.smtp")
 
@@ -51,33 +52,34 @@ class Outbound:
             return self._failed(state, exc, "mail")
 
     async def _upstream_data(self, state: Session, up: UpstreamSMTP,
-                             data: bytes) -> core.Accepted | core.Failed:
+                             message: Message) -> core.Accepted | core.Failed:
         started = time.monotonic()
+        size = message.size
         try:
-            reply = await up.data(data)
+            reply = await up.send(message)
         except RelayError as exc:
-            return self._failed(state, exc, "data", size=len(data))
+            return self._failed(state, exc, "data", size=size)
         seconds = time.monotonic() - started
         metrics.UPSTREAM_LATENCY.labels("smtp", "data").observe(seconds)
         metrics.MESSAGES.inc()
-        metrics.BYTES.labels("smtp", "up").inc(len(data))
-        state.bytes += len(data)
+        metrics.BYTES.labels("smtp", "up").inc(size)
+        state.bytes += size
         p = state.policy
         log.info("message_relayed", user=p.sender.user if p.sender else None,
                  mailbox=p.sender.mailbox if p.sender else None,
-                 recipients=len(server_rcpts(state)), size=len(data),
+                 recipients=len(server_rcpts(state)), size=size,
                  upstream_reply=replies.one_line(reply, 120), seconds=round(seconds, 3))
         return accepted(reply)
 
     async def _spool(self, state: Session, it: core.SpoolIt,
-                     message: bytes) -> core.Spooled | core.SpoolFailed:
+                     message: Body) -> core.Spooled | core.SpoolFailed:
         assert self.spool is not None
         if it.reset_first and state.upstream is not None:
             await state.upstream.rset()  # end the upstream's half-open transaction
         if it.reason is not None and it.rcpts == tuple(server_rcpts(state)):
             log.info("smtp_fallback_spool", user=state.policy.sender and state.policy.sender.user,
                      mailbox=it.mailbox, reason=it.reason)
-        data = rewrite_from(message, it.rewrite_to) if it.rewrite_to else message
+        data = rewrite_message(message, it.rewrite_to) if it.rewrite_to else message
         started = time.monotonic()
         try:
             entry_id = await self.spool.submit(it.mailbox, it.sender, it.rcpts, data,
@@ -87,9 +89,9 @@ class Outbound:
             log.error("spool_refused", mailbox=it.mailbox, error=str(exc), reply=reply)
             return core.SpoolFailed(reply)
         metrics.SPOOLED.inc()
-        state.bytes += len(data)
+        state.bytes += data.size
         log.info("message_queued", user=state.policy.sender and state.policy.sender.user,
-                 mailbox=it.mailbox, id=entry_id, recipients=len(it.rcpts), size=len(data),
+                 mailbox=it.mailbox, id=entry_id, recipients=len(it.rcpts), size=data.size,
                  fallback=it.reason, seconds=round(time.monotonic() - started, 3))
         return core.Spooled(entry_id)
 

@@ -31,6 +31,7 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope
 
 from .. import replies
+from ..delivery.message import Body
 from ..states import ConnRefused, SmtpOutcome
 from ..tlsutil import nodelay
 from .data import DataError, DataReader
@@ -50,7 +51,8 @@ class Host(Protocol):
     def new_policy(self, peer: str) -> SmtpPolicy: ...
     def opened(self, server: RelaySMTP) -> None: ...
     def closed(self, server: RelaySMTP, state: Session) -> None: ...
-    async def data(self, server: RelaySMTP, message: bytes) -> str: ...
+    def new_body(self) -> Body: ...
+    async def data(self, server: RelaySMTP, body: Body) -> str: ...
 
 log = structlog.get_logger("relay365.smtp")
 _conn_ids = itertools.count(1)
@@ -170,23 +172,42 @@ class RelaySMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         reader = DataReader(self.data_size_limit)
-        content = bytearray()
+        body = self.relay.new_body()
+        try:
+            await self._read_data(reader, body)
+            if reader.done:
+                await self._end_of_data(reader, body)
+        finally:
+            body.close()
+
+    async def _read_data(self, reader: DataReader, body: Body) -> None:
+        """Decode DATA into `body` (memory, then a file) until its end or the client's."""
         while not reader.done:
             chunk = await self._reader.read(READ_SIZE)
             if not chunk:
                 return  # the client went away; connection_lost follows
-            content += reader.feed(chunk)
+            content = reader.feed(chunk)
+            if content:
+                body.write(content)
+
+    async def _end_of_data(self, reader: DataReader, body: Body) -> None:
         if reader.rest:  # commands pipelined after the end of DATA go back in front of the
             # stream's buffer for aiosmtpd to read next; StreamReader has no public unread
             self._reader._buffer[:0] = reader.rest  # type: ignore[attr-defined]
+        refusal = None
         if reader.error is not None:
+            refusal = (replies.TOO_MUCH_DATA if reader.error is DataError.TOO_BIG
+                       else replies.LINE_TOO_LONG)
+        elif body.error is not None:  # no room for the message while it arrived
+            log.error("smtp_body_unstored", error=str(body.error))
+            refusal = replies.SPOOL_FULL
+        if refusal is not None:
             self.envelope = Envelope()
             if self.state is not None:
                 self.state.policy.reset()
-            await self.push(replies.TOO_MUCH_DATA if reader.error is DataError.TOO_BIG
-                            else replies.LINE_TOO_LONG)
+            await self.push(refusal)
             return
-        status = await self.relay.data(self, bytes(content))
+        status = await self.relay.data(self, body)
         self.envelope = Envelope()
         await self.push(status)
         if self.closing:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from email.utils import formataddr, getaddresses
 
+from ..delivery.message import Body, BytesMessage, Message, WithHead, read_all
+
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.ASCII)
 
@@ -67,3 +69,18 @@ def rewrite_from(message: bytes, mailbox: str) -> bytes:
     if not rest.startswith((b"\r\n", b"\n")):
         rest = eol + rest  # a message that was all headers still needs the blank line
     return b"".join(out) + rest
+
+
+HEAD_MAX = 256 * 1024  # a header block is read into memory up to this size to be rewritten
+
+
+def rewrite_message(body: Body, mailbox: str) -> Message:
+    """`rewrite_from` on a `Body`: only the header block is read and rewritten, the rest follows
+    from where it is (memory or file) without a copy."""
+    head = body.head(HEAD_MAX)
+    m = _HEADER_END.search(head)
+    if m:
+        cut = m.end()
+        return WithHead(body, rewrite_from(head[:cut], mailbox), cut)
+    # no blank line in the first 256 KiB: all headers (a short message), or an absurd header block
+    return BytesMessage(rewrite_from(head if body.size <= HEAD_MAX else read_all(body), mailbox))

@@ -23,6 +23,7 @@ from aiosmtpd.smtp import Session as AiosmtpdSession
 
 from .. import metrics, replies
 from ..config import Config
+from ..delivery.message import Body
 from ..delivery.pool import UpstreamPool
 from ..errors import RelayError
 from ..localauth import LocalAuth
@@ -36,7 +37,7 @@ from . import policy as core
 from .auth import AuthHooks
 from .outbound import Outbound, accepted
 from .protocol import RelaySMTP, Session
-from .rewrite import rewrite_from
+from .rewrite import rewrite_message
 
 log = structlog.get_logger("relay365.smtp")
 
@@ -171,7 +172,10 @@ class RelayHandler(AuthHooks, Outbound):
             envelope.rcpt_tos.append(address)
         return effect.text
 
-    async def data(self, server: RelaySMTP, message: bytes) -> str:
+    def new_body(self) -> Body:
+        return Body(self.config.state_dir / "spool" / "tmp")
+
+    async def data(self, server: RelaySMTP, message: Body) -> str:
         """The whole message, decoded (CRLF line ends, dot-stuffing undone): the reply to DATA."""
         state = _state(server)
         up = state.upstream
@@ -180,7 +184,7 @@ class RelayHandler(AuthHooks, Outbound):
             while not isinstance(effect, core.Reply):
                 if isinstance(effect, core.UpstreamData):
                     assert up is not None
-                    data = rewrite_from(message, effect.rewrite_to) if effect.rewrite_to else message
+                    data = rewrite_message(message, effect.rewrite_to) if effect.rewrite_to else message
                     effect = state.policy.data_done(await self._upstream_data(state, up, data))
                 else:
                     effect = state.policy.spool_done(await self._spool(state, effect, message))

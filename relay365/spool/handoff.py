@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from ..delivery import Deliverer, Outgoing, Refusal
+from ..delivery.message import FileMessage
 from ..errors import RelayError, UpstreamError
 from ..replies import one_line
 from ..tokens.manager import TokenManager
@@ -39,8 +40,8 @@ def make_token_hold(tokens: TokenManager) -> Callable[[str], bool]:
 def spool_deliver(deliverer: Deliverer) -> Deliver:
     """The worker's `deliver(entry)`: the message read from the spool, handed to `deliverer`."""
     async def deliver(entry: Entry) -> tuple[Refusal, ...]:
-        data = await asyncio.to_thread(entry.message_path.read_bytes)
-        return await deliverer.deliver(Outgoing(entry.mailbox, entry.mail_from, entry.rcpts, data,
-                                                entry.mail_options))
+        message = await asyncio.to_thread(FileMessage, entry.message_path)  # raises if deleted
+        return await deliverer.deliver(Outgoing(entry.mailbox, entry.mail_from, entry.rcpts,
+                                                message, entry.mail_options))
 
     return deliver

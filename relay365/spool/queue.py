@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..delivery.message import Message
 from ..fsutil import fsync_dir, locked, try_lock, write_atomic
 from .entry import (
     ENVELOPE,
@@ -49,12 +50,13 @@ from .entry import (
 
 # -- small file-system helpers -------------------------------------------------------------------
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: bytes | Message) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for chunk in (data,) if isinstance(data, bytes) else data.chunks():
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -127,7 +129,7 @@ class SpoolQueue:
     # -- accepting ---------------------------------------------------------------------------------
 
     def enqueue(self, mailbox: str, mail_from: str, rcpt_tos: list[str] | tuple[str, ...],
-                data: bytes, now: float, *, mail_options: tuple[str, ...] = (),
+                data: bytes | Message, now: float, *, mail_options: tuple[str, ...] = (),
                 notice: bool = False) -> str:
         """Store a message durably; returns its id only once it is safely in `queue/`.
 
@@ -140,9 +142,10 @@ class SpoolQueue:
             self.ensure_dirs()
         except OSError as exc:
             raise _storage_error(exc, "cannot create the spool") from None
-        self._check_free(len(data))
+        size = len(data) if isinstance(data, bytes) else data.size
+        self._check_free(size)
         entry_id = new_id(now)
-        entry = Entry(entry_id, mailbox, mail_from, tuple(rcpt_tos), now, len(data),
+        entry = Entry(entry_id, mailbox, mail_from, tuple(rcpt_tos), now, size,
                       next_attempt=now, mail_options=tuple(mail_options), notice=notice)
         tmp, final = self.tmp / entry_id, self.queue / entry_id
         committed = False

@@ -32,6 +32,7 @@ import structlog
 from .. import metrics
 from ..config import SpoolConfig
 from ..delivery import Refusal
+from ..delivery.message import Message
 from ..errors import RelayError
 from ..replies import one_line
 from .entry import Entry, crash_point
@@ -127,7 +128,8 @@ class SpoolWorker:
         await asyncio.to_thread(self.queue.unlock_worker)
         log.info("spool_worker_stopped", depth=len(self._entries), cut=len(cut))
 
-    async def submit(self, mailbox: str, mail_from: str, rcpts: Sequence[str], data: bytes, *,
+    async def submit(self, mailbox: str, mail_from: str, rcpts: Sequence[str],
+                     data: bytes | Message, *,
                      mail_options: Sequence[str] = (), notice: bool = False) -> str:
         """Queue a message durably; when this returns, the client may be told 250.
 
