@@ -23,9 +23,13 @@ over it: 500). Either way the whole DATA is still read to its end, so the sessio
 from __future__ import annotations
 
 import enum
+import re
 
 # RFC 5321 s.4.5.3.1.6: 1000 octets including CRLF; aiosmtpd's default allows one more
 MAX_LINE = 1001
+
+
+_UNSTUFF = re.compile(rb"(?m)^\.")
 
 
 class DataError(enum.Enum):
@@ -44,14 +48,53 @@ class DataReader:
         self._partial = bytearray()  # the start of a line whose end has not arrived
         self._line_start_after_crlf = True  # the previous line ended in CRLF (or there was none)
         self._skipping = False  # inside an over-long line whose start was dropped
+        self._long_line = re.compile(rb"[^\n]{%d}" % max_line)  # a line (with its LF) over max_line
 
     def feed(self, data: bytes) -> bytes:
         """Content decoded from `data` (and what was pending); b"" when nothing completed."""
         if self.done:
             self.rest += data
             return b""
+        buf = bytes(self._partial) + data if self._partial else data
+        fast = self._fast(buf)
+        if fast is not None:
+            return fast
+        return self._slow(buf)
+
+    def _fast(self, buf: bytes) -> bytes | None:
+        """The common case at C speed: whole lines, all CRLF, none too long, within the size.
+        None when anything needs the line-by-line rules (then nothing has changed)."""
+        if self.error is not None or self._skipping:
+            return None
+        last = buf.rfind(b"\n")
+        if last < 0:
+            return None
+        if self._line_start_after_crlf and buf.startswith(b".\r\n"):
+            cut = 0  # the end marker first
+        else:
+            marker = buf.find(b"\r\n.\r\n", 0, last + 1)
+            cut = marker + 2 if marker >= 0 else last + 1
+        lines = buf[:cut]
+        if not self._line_start_after_crlf and lines.startswith(b".\r\n"):
+            return None  # a "." line after a bare LF is content, kept as it is
+        partial = b"" if cut <= last else buf[cut:]
+        crlf = lines.count(b"\r\n")
+        if (lines.count(b"\n") != crlf or len(partial) > self.max_line
+                or (self.max_size is not None and self.size + len(lines) > self.max_size)
+                or self._long_line.search(lines)):
+            return None
+        self.size += len(lines)
+        if cut <= last:  # the end marker is at `cut`
+            self.done, self.rest = True, buf[cut + 3:]
+        else:
+            self._partial = bytearray(partial)
+        if lines:
+            self._line_start_after_crlf = True
+        return _UNSTUFF.sub(b"", lines) if b"\n." in lines or lines[:1] == b"." else lines
+
+    def _slow(self, data: bytes) -> bytes:
         out = bytearray()
-        buf = self._partial + data if self._partial else bytearray(data)
+        buf = bytearray(data)
         self._partial = bytearray()
         start = 0
         while True:

@@ -80,3 +80,36 @@ def test_content_lines_always_end_in_crlf_and_the_marker_never_leaks(data):
 def test_a_complete_line_over_the_limit_is_refused():
     reader = read(b"y" * 1500 + b"\r\n.\r\n")  # one feed: the line is complete, then the end
     assert reader.done and reader.error is DataError.LINE_TOO_LONG
+
+
+class LineByLine(DataReader):
+    """The reference: the line-by-line rules only, with the fast path turned off."""
+
+    def _fast(self, buf: bytes) -> bytes | None:
+        return None
+
+
+SMTP_PIECES = st.sampled_from([b".", b"..", b"\r", b"\n", b"\r\n", b"a", b"x" * 30, b".\r\n",
+                               b"\r\n.\r\n", b"\n.\r\n", b"NOOP\r\n"])
+
+
+@given(st.lists(SMTP_PIECES, max_size=60).map(b"".join), st.lists(st.integers(1, 80), max_size=12),
+       st.sampled_from([None, 40, 200]), st.sampled_from([20, 1001]))
+def test_the_fast_path_agrees_with_the_line_rules(data, chunks, max_size, max_line):
+    """Whatever the bytes and their chunking: the same content, end, rest and error."""
+    results = []
+    for cls in (DataReader, LineByLine):
+        reader, out, pos = cls(max_size, max_line), b"", 0
+        for n in chunks:
+            out += reader.feed(data[pos:pos + n])
+            pos += n
+        out += reader.feed(data[pos:])
+        results.append((out, reader.done, reader.rest, reader.error, reader.size))
+    assert results[0] == results[1]
+
+
+def test_the_fast_path_takes_a_large_crlf_message_whole():
+    body = b"".join(b"line %d .dots stay\r\n" % i for i in range(20000)) + b"..x\r\n"
+    reader = DataReader(None)
+    out = reader.feed(body + b".\r\nQUIT\r\n")
+    assert reader.done and out == body[:-5] + b".x\r\n" and reader.rest == b"QUIT\r\n"
