@@ -456,6 +456,52 @@ def token_counts(world, proxies, scale) -> tuple[str, str, dict[str, float]]:
             "requests", counts)
 
 
+def big_messages(world, target, *, n: int, size: int) -> tuple[float, float, float]:
+    """n clients each send one `size`-byte message at once: (seconds for all, growth of the
+    proxy's peak RSS in MiB, proxy CPU seconds). Peak RSS is the kernel's VmHWM, reset first
+    (/proc/PID/clear_refs), so a short spike between samples is not missed."""
+    pid = None if target == "direct" else world.pid(target)
+    if pid is not None:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        base, cpu0 = rss_kb(pid), cpu_seconds(pid)
+    data = message(size)
+
+    def one(_) -> None:
+        s = smtp_session(world, target)
+        s.sock.settimeout(600)  # 16 x 20 MiB into one Postfix and Dovecot takes a while
+        s.sendmail(MAILBOX, [f"sink@{DOMAIN}"], data)
+        s.quit()
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        list(pool.map(one, range(n)))
+    seconds = time.perf_counter() - started
+    if pid is None:
+        return seconds, float("nan"), float("nan")
+    return seconds, (peak_kb(pid) - base) / 1024, cpu_seconds(pid) - cpu0
+
+
+def big_rows(world, targets, reps, scale) -> list:
+    n, size = (4, 5 * 2**20) if scale < 1 else (16, 20 * 2**20)
+    name = f"{n} concurrent {size >> 20} MiB messages"
+    res = interleaved(targets, reps, lambda t: big_messages(world, t, n=n, size=size))
+    rows = []
+    for i, (what, unit) in enumerate(((f"{name}: all sent in", "s"),
+                                      (f"{name}: proxy peak RSS growth", "MiB"),
+                                      (f"{name}: proxy CPU", "s"))):
+        rows.append((what, unit, {t: statistics.median(v[i] for v in vals)
+                                  for t, vals in res.items() if i == 0 or t != "direct"}))
+    progress(name)
+    return rows
+
+
+def peak_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -587,7 +633,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="every workload, small: a smoke run of ~3 min")
-    ap.add_argument("--only", choices=["pop3"], help="run only these workloads")
+    ap.add_argument("--only", choices=["pop3", "big"], help="run only these workloads "
+                    "(big: concurrent large messages, peak RSS and CPU of each proxy)")
     ap.add_argument("--no-emailproxy", action="store_true", help="relay365 and direct only")
     ap.add_argument("--profile", metavar="DIR", type=Path,
                     help="profile relay365 with py-spy during FETCH, SMTP and IMAP logins, "
@@ -612,7 +659,10 @@ def main() -> int:
             if args.only == "pop3":
                 rows = pop3_rows(world, targets, reps, scale, sys.modules[__name__])
                 return print_table(rows, targets, reps) or 0
+            if args.only == "big":
+                return print_table(big_rows(world, targets, reps, scale), targets, reps) or 0
             rows = smtp_rows(world, targets, reps, scale, burst_n=100 if args.quick else 500)
+            rows += big_rows(world, targets, reps, scale)
             rows += imap_rows(world, targets, reps, scale)
             rows += pop3_rows(world, targets, reps, scale, sys.modules[__name__])
             rows += held_rows(world, proxies, scale)

@@ -35,6 +35,8 @@ LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
 TOO_MUCH_DATA = "552 5.3.4 Error: Too much mail data"
 # the spool could not take the message; RFC 3463 s.3.4: 4.3.1 "mail system full"
 SPOOL_FULL = "452 4.3.1 Insufficient system storage"
+# Exchange Online's own limit and wording for a header block over 256 KB
+HEADERS_TOO_BIG = "552 5.3.4 Message header size exceeds limit"
 SPOOL_ERROR = "451 4.3.0 The relay cannot queue the message right now; try again later"
 
 

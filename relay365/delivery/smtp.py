@@ -8,9 +8,10 @@ token gets one fresh token and one more try - and turns aiosmtplib's exceptions 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiosmtplib
 import structlog
@@ -33,30 +34,47 @@ def _reply_error(exc: aiosmtplib.SMTPResponseException, what: str) -> UpstreamEr
                          transient=not 500 <= exc.code < 600)  # only a 5xx is final
 
 
-async def _send_data(smtp: aiosmtplib.SMTP, message: Message) -> aiosmtplib.SMTPResponse:
-    """aiosmtplib's `data()` wants the whole message as one bytes object (and copies it three
-    times); this sends the same bytes (`WireEncoder`) as they are read, with back-pressure."""
-    start = await smtp.execute_command(b"DATA")
-    if start.code != 354:
-        raise aiosmtplib.SMTPDataError(start.code, start.message)
-    protocol = smtp.protocol
-    if protocol is None:
-        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    encoder = WireEncoder()
-    for chunk in message.chunks():
-        out = encoder.feed(chunk)
-        if out:
+class DataStream:
+    """One DATA in progress upstream: `write` content as it arrives, then `finish` for the reply.
+
+    aiosmtplib's `data()` wants the whole message as one bytes object (and copies it three times);
+    this sends the same bytes (`WireEncoder`) as they come, with aiosmtplib's flow control, so a
+    slow upstream slows the reading, not the memory. Until `finish` has the final reply the
+    session is `interrupted` (never reused); `abort` closes it without ending DATA, so a message
+    the client did not finish is never delivered in part.
+    """
+
+    def __init__(self, up: UpstreamSMTP, smtp: aiosmtplib.SMTP) -> None:
+        self._up, self._smtp = up, smtp
+        self._encoder = WireEncoder()
+
+    async def write(self, content: bytes) -> None:
+        out = self._encoder.feed(content)
+        if not out:
+            return
+        async with self._up.guard("the message"):
+            protocol = self._smtp.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
             protocol.write(out)
-            # aiosmtplib's flow control (its StreamWriter-style drain): waits while the transport's
-            # buffer is over its high-water mark, so a slow upstream slows the reads, not memory
-            await protocol._drain_helper()
-    end = encoder.end()
-    if end != b".\r\n":
-        protocol.write(end[:-3])
-    done = await smtp.execute_command(b".")  # the end of DATA; its reply is the message's
-    if done.code != 250:
-        raise aiosmtplib.SMTPDataError(done.code, done.message)
-    return done
+            await protocol._drain_helper()  # waits while the transport is over its high-water mark
+
+    async def finish(self) -> str:
+        async with self._up.guard("the message"):
+            end = self._encoder.end()
+            protocol = self._smtp.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            if end != b".\r\n":
+                protocol.write(end[:-3])
+            done = await self._smtp.execute_command(b".")  # its reply is the message's
+            self._up.interrupted = False
+            if done.code != 250:
+                raise aiosmtplib.SMTPDataError(done.code, done.message)
+        return f"{done.code} {done.message}"
+
+    def abort(self) -> None:
+        self._up.abort()
 
 
 class UpstreamSMTP:
@@ -128,9 +146,30 @@ class UpstreamSMTP:
     async def data(self, message: bytes) -> str:
         return await self._call(lambda s: s.data(message), "the message")
 
+    async def begin_data(self) -> DataStream:
+        """Send DATA; once the server said 354, the content goes through the returned stream."""
+        assert self._smtp is not None
+        smtp = self._smtp
+        async with self.guard("the message"):
+            start = await smtp.execute_command(b"DATA")
+            if start.code != 354:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+        self.interrupted = True  # mid-DATA until the stream has its final reply
+        return DataStream(self, smtp)
+
     async def send(self, message: Message) -> str:
         """DATA, with the content read and encoded chunk by chunk: one chunk in memory at a time."""
-        return await self._call(lambda s: _send_data(s, message), "the message")
+        stream = await self.begin_data()
+        for chunk in message.chunks():
+            await stream.write(chunk)
+        return await stream.finish()
+
+    def abort(self) -> None:
+        """Close at once, mid-command (the client went away during DATA): nothing is delivered."""
+        smtp, self._smtp = self._smtp, None
+        self.interrupted = True
+        if smtp is not None:
+            smtp.close()
 
     async def rset(self) -> bool:
         """End any transaction; False (and the session closed) if that failed."""
@@ -146,17 +185,27 @@ class UpstreamSMTP:
     async def _call(self, op: Callable[[aiosmtplib.SMTP], Awaitable[aiosmtplib.SMTPResponse]],
                     what: str) -> str:
         assert self._smtp is not None
-        try:
+        async with self.guard(what):
             response = await op(self._smtp)
+        return f"{response.code} {response.message}"
+
+    @contextlib.asynccontextmanager
+    async def guard(self, what: str) -> AsyncIterator[None]:
+        """aiosmtplib's exceptions as the relay's: a reply is UpstreamError with its code, a lost
+        session one without (and the session closed)."""
+        try:
+            yield
         except asyncio.CancelledError:
             self.interrupted = True  # cut off mid-command: the protocol state is unknown
             raise
         except aiosmtplib.SMTPResponseException as exc:
             raise _reply_error(exc, what) from None
         except (aiosmtplib.SMTPException, *_NETWORK) as exc:
-            await self.close()
+            if self.interrupted:  # mid-DATA: a QUIT now would be read as content
+                self.abort()
+            else:
+                await self.close()
             raise UpstreamError(f"upstream connection lost: {type(exc).__name__}") from None
-        return f"{response.code} {response.message}"
 
     async def close(self) -> None:
         smtp, self._smtp = self._smtp, None

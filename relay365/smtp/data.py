@@ -48,7 +48,6 @@ class DataReader:
         self._partial = bytearray()  # the start of a line whose end has not arrived
         self._line_start_after_crlf = True  # the previous line ended in CRLF (or there was none)
         self._skipping = False  # inside an over-long line whose start was dropped
-        self._long_line = re.compile(rb"[^\n]{%d}" % max_line)  # a line (with its LF) over max_line
 
     def feed(self, data: bytes) -> bytes:
         """Content decoded from `data` (and what was pending); b"" when nothing completed."""
@@ -81,7 +80,7 @@ class DataReader:
         crlf = lines.count(b"\r\n")
         if (lines.count(b"\n") != crlf or len(partial) > self.max_line
                 or (self.max_size is not None and self.size + len(lines) > self.max_size)
-                or self._long_line.search(lines)):
+                or max(map(len, lines.split(b"\n"))) >= self.max_line):  # with its LF: over
             return None
         self.size += len(lines)
         if cut <= last:  # the end marker is at `cut`

@@ -40,6 +40,7 @@ from .policy import SmtpPolicy
 if TYPE_CHECKING:
     from ..config import SmtpConfig
     from ..delivery import UpstreamSMTP
+    from .transfer import Transfer
 
 
 class Host(Protocol):
@@ -52,7 +53,7 @@ class Host(Protocol):
     def opened(self, server: RelaySMTP) -> None: ...
     def closed(self, server: RelaySMTP, state: Session) -> None: ...
     def new_body(self) -> Body: ...
-    async def data(self, server: RelaySMTP, body: Body) -> str: ...
+    async def begin_data(self, server: RelaySMTP, body: Body) -> Transfer: ...
 
 log = structlog.get_logger("relay365.smtp")
 _conn_ids = itertools.count(1)
@@ -148,6 +149,15 @@ class RelaySMTP(SMTP):
             self.state.policy.outcome = SmtpOutcome.SHUTDOWN
             self.say_goodbye(replies.SHUTTING_DOWN)
 
+    async def _finish(self, transfer: Transfer) -> str:
+        try:
+            return await transfer.finish()
+        except Exception as exc:  # never a traceback to the client; one event for us
+            log.error("smtp_internal_error", error=type(exc).__name__, exc_info=exc)
+            if self.state is not None:
+                self.state.policy.reset()
+            return replies.INTERNAL_ERROR
+
     # -- commands aiosmtpd gets wrong for us -----------------------------------------------------
 
     async def smtp_AUTH(self, arg: str) -> None:
@@ -173,24 +183,27 @@ class RelaySMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         reader = DataReader(self.data_size_limit)
         body = self.relay.new_body()
+        transfer = await self.relay.begin_data(self, body)
         try:
-            await self._read_data(reader, body)
+            await self._read_data(reader, transfer)
             if reader.done:
-                await self._end_of_data(reader, body)
+                await self._end_of_data(reader, transfer)
         finally:
+            transfer.abort()  # a no-op once finished; else the upstream never sees the end
             body.close()
 
-    async def _read_data(self, reader: DataReader, body: Body) -> None:
-        """Decode DATA into `body` (memory, then a file) until its end or the client's."""
+    async def _read_data(self, reader: DataReader, transfer: Transfer) -> None:
+        """Decode DATA and pass it on as it comes, until its end or the client's."""
         while not reader.done:
             chunk = await self._reader.read(READ_SIZE)
             if not chunk:
                 return  # the client went away; connection_lost follows
             content = reader.feed(chunk)
             if content:
-                body.write(content)
+                await transfer.feed(content)
 
-    async def _end_of_data(self, reader: DataReader, body: Body) -> None:
+    async def _end_of_data(self, reader: DataReader, transfer: Transfer) -> None:
+        body = transfer.body
         if reader.rest:  # commands pipelined after the end of DATA go back in front of the
             # stream's buffer for aiosmtpd to read next; StreamReader has no public unread
             self._reader._buffer[:0] = reader.rest  # type: ignore[attr-defined]
@@ -202,12 +215,13 @@ class RelaySMTP(SMTP):
             log.error("smtp_body_unstored", error=str(body.error))
             refusal = replies.SPOOL_FULL
         if refusal is not None:
+            transfer.abort()
             self.envelope = Envelope()
             if self.state is not None:
                 self.state.policy.reset()
             await self.push(refusal)
             return
-        status = await self.relay.data(self, body)
+        status = await self._finish(transfer)
         self.envelope = Envelope()
         await self.push(status)
         if self.closing:

@@ -13,7 +13,7 @@ from email.utils import formataddr, getaddresses
 
 from ..delivery.message import Body, BytesMessage, Message, WithHead, read_all
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+HEADER_END = re.compile(rb"\r?\n\r?\n")  # the blank line after the header block
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.ASCII)
 
 
@@ -22,7 +22,7 @@ def split_headers(message: bytes) -> tuple[list[bytes], bytes]:
     blank line and the body, untouched. A message that starts with a blank line has no headers."""
     if message.startswith((b"\r\n", b"\n")):
         return [], message
-    m = _HEADER_END.search(message)
+    m = HEADER_END.search(message)
     cut = message.index(b"\n", m.start()) + 1 if m else len(message)
     fields: list[bytes] = []
     for line in message[:cut].splitlines(keepends=True):
@@ -78,7 +78,7 @@ def rewrite_message(body: Body, mailbox: str) -> Message:
     """`rewrite_from` on a `Body`: only the header block is read and rewritten, the rest follows
     from where it is (memory or file) without a copy."""
     head = body.head(HEAD_MAX)
-    m = _HEADER_END.search(head)
+    m = HEADER_END.search(head)
     if m:
         cut = m.end()
         return WithHead(body, rewrite_from(head[:cut], mailbox), cut)

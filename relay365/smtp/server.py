@@ -37,7 +37,7 @@ from . import policy as core
 from .auth import AuthHooks
 from .outbound import Outbound, accepted
 from .protocol import RelaySMTP, Session
-from .rewrite import rewrite_message
+from .transfer import Transfer
 
 log = structlog.get_logger("relay365.smtp")
 
@@ -166,7 +166,7 @@ class RelayHandler(AuthHooks, Outbound):
                 except RelayError as exc:
                     outcome = self._failed(state, exc, "rcpt", recipient=address)
             effect = state.policy.rcpt_done(address, outcome)
-            if state.policy.fell_back == outcome_reply(outcome):
+            if state.policy.fell_back is not None and state.policy.fell_back == outcome_reply(outcome):
                 log.info("smtp_fallback_spool", recipient=address, reason=state.policy.fell_back)
         if effect.text.startswith("2"):
             envelope.rcpt_tos.append(address)
@@ -175,24 +175,12 @@ class RelayHandler(AuthHooks, Outbound):
     def new_body(self) -> Body:
         return Body(self.config.state_dir / "spool" / "tmp")
 
-    async def data(self, server: RelaySMTP, message: Body) -> str:
-        """The whole message, decoded (CRLF line ends, dot-stuffing undone): the reply to DATA."""
-        state = _state(server)
-        up = state.upstream
-        try:
-            effect = state.policy.end_of_data(up is not None and up.connected)
-            while not isinstance(effect, core.Reply):
-                if isinstance(effect, core.UpstreamData):
-                    assert up is not None
-                    data = rewrite_message(message, effect.rewrite_to) if effect.rewrite_to else message
-                    effect = state.policy.data_done(await self._upstream_data(state, up, data))
-                else:
-                    effect = state.policy.spool_done(await self._spool(state, effect, message))
-        except Exception as exc:  # never a traceback to the client; one event for us
-            log.error("smtp_internal_error", error=type(exc).__name__, exc_info=exc)
-            state.policy.reset()
-            return replies.INTERNAL_ERROR
-        return effect.text
+    async def begin_data(self, server: RelaySMTP, body: Body) -> Transfer:
+        """The client's DATA starts: where it goes is decided now (the content does not change
+        that), so a direct message streams upstream as it arrives."""
+        transfer = Transfer(self, _state(server), body)
+        await transfer.begin()
+        return transfer
 
     # -- the rest of aiosmtpd's hooks ----------------------------------------------------------
 
