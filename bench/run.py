@@ -58,6 +58,7 @@ TOK_MAILBOX, TOK_USER, TOK_CLIENT_ID = f"tokens@{DOMAIN}", "tokens", "bench-clie
 DIRECT_CLIENT_ID = "bench-direct"  # the direct clients' own app, so their token is counted apart
 CLIENT_TIMEOUT = 30  # a session that takes longer counts as failed
 FAILURES: dict[tuple[str, str], int] = {}  # (workload, target) -> sessions that failed
+CPU_MS: dict[tuple[str, str], list[float]] = {}  # (workload, proxy) -> its CPU ms per message, per rep
 EMAILPROXY_VENV = ROOT / "bench" / ".venv-emailproxy"
 EMAILPROXY_VERSION = "emailproxy==2026.7.3"
 PROFILE_VENV = ROOT / "bench" / ".venv-profile"
@@ -310,10 +311,15 @@ def smtp_rate(world, target, *, concurrency: int, per_worker: int, size: int, lo
             FAILURES[(name, target)] = FAILURES.get((name, target), 0) + per_worker - done
         return done
 
+    pid = None if target == "direct" else world.pid(target)
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         sent = sum(pool.map(worker, range(concurrency)))
-    return sent / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    if pid and sent:
+        CPU_MS.setdefault((name, target), []).append((cpu_seconds(pid) - cpu0) / sent * 1000)
+    return sent / elapsed
 
 
 def smtp_latency(world, target, *, n: int) -> list[float]:
@@ -341,10 +347,15 @@ def imap_logins(world, target, *, concurrency: int, per_worker: int, name: str =
             FAILURES[(name, target)] = FAILURES.get((name, target), 0) + per_worker - done
         return done
 
+    pid = None if target == "direct" else world.pid(target)
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         done = sum(pool.map(worker, range(concurrency)))
-    return done / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    if pid and done:
+        CPU_MS.setdefault((name, target), []).append((cpu_seconds(pid) - cpu0) / done * 1000)
+    return done / elapsed
 
 
 def imap_fetch_mbps(world, target, *, count: int) -> float:
@@ -560,7 +571,7 @@ def med(res, name: str) -> dict[str, float]:
 
 def smtp_rows(world, targets, reps, scale, burst_n) -> list:
     rows = []
-    for conc, per in ((1, 40), (16, 8), (64, 3)):
+    for conc, per in ((1, 40), (16, 8), (64, 3), (256, 1)):
         per = max(1, int(per * scale))
         for long in (False, True):
             name = f"SMTP 10 KB msgs/s, {conc} senders, {'one long session' if long else 'session per msg'}"
@@ -568,6 +579,10 @@ def smtp_rows(world, targets, reps, scale, burst_n) -> list:
                 world, t, concurrency=conc, per_worker=per * (5 if long else 1), size=10_000,
                 long=long, name=name))
             rows.append((name, "msg/s", med(res, name)))
+            rows.append((f"  proxy CPU per message, {conc} senders, "
+                         f"{'long session' if long else 'session per msg'}", "ms",
+                         {t: statistics.median(CPU_MS[(name, t)]) for t in targets
+                          if (name, t) in CPU_MS}))
             progress(name)
     name = "SMTP 5 MB msgs/s, 4 senders"
     res = interleaved(targets, reps, lambda t: smtp_rate(
@@ -594,6 +609,9 @@ def imap_rows(world, targets, reps, scale) -> list:
         res = interleaved(targets, reps, lambda t: imap_logins(
             world, t, concurrency=conc, per_worker=per, name=name))
         rows.append((name, "login/s", med(res, name)))
+        rows.append((f"  proxy CPU per login, {conc} clients", "ms",
+                     {t: statistics.median(CPU_MS[(name, t)]) for t in targets
+                      if (name, t) in CPU_MS}))
     lat = interleaved(targets, 1, lambda t: login_latency(world, t, n=max(20, int(200 * scale))))
     for q, label in ((50, "p50"), (99, "p99")):
         rows.append((f"IMAP login latency {label} (warm token)", "ms", {
