@@ -25,5 +25,7 @@ for i in range(0, len(wire), 65536):
 enc, sent = WireEncoder(), 0
 for chunk in rewrite_message(b, "box@contoso.test").chunks():
     sent += len(enc.feed(chunk))
-print(f"peak traced: {tracemalloc.get_traced_memory()[1] / 2**20:.2f} MiB for a {len(wire) / 2**20:.0f} MiB message (sent {sent / 2**20:.0f} MiB)")
+peak = tracemalloc.get_traced_memory()[1]
+print(f"peak traced: {peak / 2**20:.2f} MiB for a {len(wire) / 2**20:.0f} MiB message "
+      f"(sent {sent / 2**20:.0f} MiB)")
 b.close()
