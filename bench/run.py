@@ -231,7 +231,8 @@ class World:
             r = requests.post(f"{self.idp.url}/bench/oauth2/v2.0/token", verify=str(self.pki.ca_file),
                               data={"grant_type": "refresh_token", "refresh_token": rt,
                                     "client_id": DIRECT_CLIENT_ID, "client_secret": SECRET,
-                                    "scope": "https://outlook.office.com/SMTP.Send"})
+                                    "scope": " ".join(f"https://outlook.office.com/{s}" for s in (
+                                        "SMTP.Send", "IMAP.AccessAsUser.All", "POP.AccessAsUser.All"))})
             self._direct_token = r.json()["access_token"]
         return self._direct_token
 
