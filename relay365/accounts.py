@@ -9,10 +9,43 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
+from typing import NotRequired, TypedDict, cast
 
 from .config import Config
 from .tokens.manager import STATUS_FILE
 from .tokens.store import TokenStore
+
+
+class SavedRow(TypedDict, total=False):
+    """What the daemon wrote about one account (`AccountView.as_dict()`)."""
+    mailbox: str
+    flow: str
+    state: str
+    code: str | None
+    error: str | None
+    action: str | None
+    expires_at: float | None
+    last_refresh: float | None
+    last_use: float | None
+
+
+class Row(TypedDict):
+    mailbox: str
+    flow: str
+    state: str
+    code: str | None
+    error: NotRequired[str | None]  # only from the daemon's file
+    action: str | None
+    expires_at: float | None
+    last_refresh: float | None
+    last_use: float | None
+    refresh_token_updated: float | None
+
+
+class Report(TypedDict):
+    written_at: float | None
+    accounts: list[Row]
 
 
 def _ago(ts: float | None, now: float) -> str:
@@ -31,29 +64,43 @@ def _span(s: int) -> str:
     return f"{s}s"
 
 
-def collect(config: Config, now: float | None = None) -> dict:
-    now = now or time.time()
-    path = config.state_dir / STATUS_FILE
+def _saved(path: Path) -> tuple[float | None, dict[str, SavedRow]]:
+    """When the daemon wrote its status file, and its rows by lower-cased mailbox.
+
+    The file is the daemon's (written atomically, `TokenManager._write_status`), so its rows are
+    taken as they are; one that is not JSON of that shape counts as no status at all."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
-        saved = {"written_at": None, "accounts": []}
-    by_box = {a["mailbox"].lower(): a for a in saved.get("accounts", [])}
+        return None, {}
+    if not isinstance(saved, dict) or not isinstance(saved.get("accounts", []), list):
+        return None, {}
+    rows = [r for r in saved.get("accounts", [])
+            if isinstance(r, dict) and isinstance(r.get("mailbox"), str)]
+    when = saved.get("written_at")
+    return (when if isinstance(when, (int, float)) else None,
+            {r["mailbox"].lower(): cast(SavedRow, r) for r in rows})
+
+
+def collect(config: Config, now: float | None = None) -> Report:
+    now = now or time.time()
+    written_at, by_box = _saved(config.state_dir / STATUS_FILE)
     store = TokenStore(config.state_dir)
-    rows = []
+    rows: list[Row] = []
     for account in config.accounts:
-        row = {"mailbox": account.mailbox, "flow": account.flow, "state": "unknown", "code": None,
-               "action": None, "expires_at": None, "last_refresh": None, "last_use": None,
-               **by_box.get(account.mailbox.lower(), {})}
         stored = store.get(account.mailbox) if account.flow == "refresh_token" else None
-        row["refresh_token_updated"] = stored.updated_at if stored else None
+        saved: SavedRow = by_box.get(account.mailbox.lower(), {})
+        row: Row = {"mailbox": account.mailbox, "flow": account.flow, "state": "unknown",
+                    "code": None, "action": None, "expires_at": None, "last_refresh": None,
+                    "last_use": None, **saved,
+                    "refresh_token_updated": stored.updated_at if stored else None}
         if account.flow == "refresh_token" and stored is None and not account.refresh_token:
             row["state"], row["action"] = "needs-auth", "no refresh token: run relay365 auth MAILBOX"
         rows.append(row)
-    return {"written_at": saved.get("written_at"), "accounts": rows}
+    return {"written_at": written_at, "accounts": rows}
 
 
-def render(report: dict, now: float | None = None) -> str:
+def render(report: Report, now: float | None = None) -> str:
     now = now or time.time()
     head = ("MAILBOX", "FLOW", "STATE", "TOKEN EXPIRES", "LAST REFRESH", "REFRESH TOKEN AGE", "LAST USE")
     lines = [head]

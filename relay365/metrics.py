@@ -8,14 +8,17 @@ computed when Prometheus scrapes, from callbacks the daemon registers, so they c
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from . import sessions
 
-disable_created_metrics()  # *_created series double the output and nobody alerts on them
+# *_created series double the output and nobody alerts on them. (prometheus_client leaves this
+# function unannotated; it takes nothing and returns nothing.)
+cast(Callable[[], None], disable_created_metrics)()
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 SESSIONS = Counter("relay365_sessions", "Client sessions ended, by protocol and outcome",
@@ -60,16 +63,17 @@ UPSTREAM_LATENCY = Histogram(
 TOKEN_REFRESHES = Counter("relay365_token_refreshes", "Token requests, by outcome and AADSTS code",
                           ["outcome", "code"], registry=REGISTRY)
 
-_gauges: dict[str, tuple[str, Callable[[], list[tuple[dict, float]]]]] = {}
+Sample = tuple[Mapping[str, object], float]  # (labels, value); a label's value is shown with str()
+_gauges: dict[str, tuple[str, Callable[[], Sequence[Sample]]]] = {}
 
 
-def register_gauge(name: str, help_text: str, read: Callable[[], list[tuple[dict, float]]]) -> None:
+def register_gauge(name: str, help_text: str, read: Callable[[], Sequence[Sample]]) -> None:
     """A gauge whose samples `read()` returns at scrape time as [(labels, value)]."""
     _gauges[name] = (help_text, read)
 
 
 class _StateCollector:
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         for name, (help_text, read) in list(_gauges.items()):
             samples = read()
             labels = sorted({k for lab, _ in samples for k in lab})

@@ -9,13 +9,15 @@ limits and logs. A `LOCAL` header (a load balancer's health check) keeps the pro
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
-from aiosmtpd.proxy_protocol import V2_CMD
+from aiosmtpd.proxy_protocol import V2_CMD, ProxyData
 
 PROXY_TIMEOUT = 10.0  # seconds for the header to arrive
 
 
-def is_trusted(peer: str, networks) -> bool:
+def is_trusted(peer: str,
+               networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     try:
         ip = ipaddress.ip_address(peer.split("%")[0])
     except ValueError:
@@ -25,7 +27,7 @@ def is_trusted(peer: str, networks) -> bool:
     return any(ip.version == n.version and ip in n for n in networks)
 
 
-def real_client(proxy_data) -> str | None:
+def real_client(proxy_data: ProxyData | None) -> str | None:
     """The client address a valid header carries; None for LOCAL, UNKNOWN, a unix socket or an
     invalid header (the proxy's own address then stands)."""
     if proxy_data is None or not proxy_data.valid:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
-def run(main):
+def run(main: Coroutine[Any, Any, T]) -> T:
     if os.environ.get("RELAY365_LOOP", "auto") != "asyncio":
         try:
             import uvloop

@@ -66,7 +66,7 @@ def xoauth2_initial_response(mailbox: str, token: Secret) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def decode_xoauth2_error(challenge: str | bytes) -> dict:
+def decode_xoauth2_error(challenge: str | bytes) -> dict[str, object]:
     """The base64 JSON an XOAUTH2 server sends on failure ({"status": "401", ...}); {} if unreadable."""
     try:
         data = json.loads(b64decode_strict(challenge).decode("utf-8"))

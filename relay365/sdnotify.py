@@ -52,7 +52,7 @@ class Notifier:
             return False
         try:
             if self._sock is None:
-                self._sock = self._connect()
+                self._sock = self._connect(self.address)
             self._sock.send("\n".join(fields).encode())
             return True
         except OSError as exc:  # TimeoutError included: the receiver's queue stayed full
@@ -63,10 +63,10 @@ class Notifier:
                             error=exc.strerror or str(exc) or type(exc).__name__)
             return False
 
-    def _connect(self) -> socket.socket:
+    def _connect(self, address: str) -> socket.socket:
         # Connected, so that a full queue makes poll() wait on the receiver (the kernel only
         # knows whom we are waiting for when we have a peer) instead of spinning until timeout.
-        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        target = "\0" + address[1:] if address.startswith("@") else address
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
             sock.settimeout(self.send_timeout)

@@ -8,6 +8,7 @@ the clear value is only available through an explicit `reveal()` at the place it
 from __future__ import annotations
 
 import hmac
+from typing import NoReturn
 
 
 class Secret:
@@ -37,5 +38,5 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
-    def __reduce__(self):  # pickling would be a way around the redaction
+    def __reduce__(self) -> NoReturn:  # pickling would be a way around the redaction
         raise TypeError("Secret is not picklable")

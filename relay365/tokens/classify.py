@@ -9,6 +9,7 @@ forever only hides the problem (and burns the identity platform's rate limit).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from ..errors import TokenError
 
@@ -56,7 +57,7 @@ TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error", "slow_down", "net
 NEEDS_AUTH_ERRORS = {"invalid_grant", "interaction_required", "consent_required", "login_required"}
 
 
-def first_code(result: dict) -> int | None:
+def first_code(result: Mapping[str, object]) -> int | None:
     codes = result.get("error_codes")
     # msal passes on whatever JSON the endpoint (or a proxy in front of it) sent: check the shape
     if isinstance(codes, list) and codes and type(codes[0]) is int:
@@ -65,7 +66,7 @@ def first_code(result: dict) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def classify(account: str, result: dict, *, status: int | None = None) -> TokenError:
+def classify(account: str, result: Mapping[str, object], *, status: int | None = None) -> TokenError:
     """Classify one failed token response (`result` lacks an access_token)."""
     error = str(result.get("error") or "unknown_error")
     code = first_code(result)

@@ -7,12 +7,17 @@ its own trust (`relay365.tlsutil.client_context`) and still honours proxy variab
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from ..tlsutil import client_context
+
+if TYPE_CHECKING:  # a TypedDict that only exists in types-requests
+    from requests.sessions import _Settings
 
 
 class _TLSAdapter(HTTPAdapter):
@@ -20,13 +25,14 @@ class _TLSAdapter(HTTPAdapter):
         self._ctx = client_context(ca_file)
         super().__init__(max_retries=0)
 
-    def init_poolmanager(self, *args, **kwargs):
-        kwargs["ssl_context"] = self._ctx
-        return super().init_poolmanager(*args, **kwargs)
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
+                         **pool_kwargs: Any) -> None:  # Any: urllib3's PoolManager keywords
+        pool_kwargs["ssl_context"] = self._ctx
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
 
-    def proxy_manager_for(self, *args, **kwargs):
-        kwargs["ssl_context"] = self._ctx
-        return super().proxy_manager_for(*args, **kwargs)
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:  # Any: as in the stubs
+        proxy_kwargs["ssl_context"] = self._ctx
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
 
 
 class TokenHTTPSession(requests.Session):
@@ -36,11 +42,15 @@ class TokenHTTPSession(requests.Session):
         self._timeout = timeout
         self.mount("https://", _TLSAdapter(ca_file))
 
-    def request(self, method, url, **kwargs):  # type: ignore[override]
+    def request(self, method: str | bytes, url: str | bytes, *args: Any,
+                **kwargs: Any) -> requests.Response:  # Any: passed on to requests as they came
         kwargs.setdefault("timeout", self._timeout)
-        return super().request(method, url, **kwargs)
+        return super().request(method, url, *args, **kwargs)
 
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+    def merge_environment_settings(self, url: str | bytes | None,
+                                   proxies: MutableMapping[str, str] | None, stream: bool | None,
+                                   verify: bool | str | None,
+                                   cert: str | tuple[str, str] | None) -> _Settings:
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         settings["verify"] = True  # our adapter's context decides trust, not the environment
         return settings

@@ -8,27 +8,34 @@ identical failed request from it for 60 s and would hide a recovery.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
-import msal
+import msal  # untyped: its classes are Any to mypy, so the types below are where ours begin
 import requests
 
 from ..config import AppConfig
 from .classify import classify, network_error, service_error
 from .http import TokenHTTPSession
 
+# msal's HTTP cache: request keys (strings) to whatever msal keeps for them
+HttpCache = MutableMapping[str, object]
+# what msal returns from a token call: the endpoint's JSON object (msal adds a few keys)
+MsalResult = dict[str, object]
 
-def build_app(app_cfg: AppConfig, session: TokenHTTPSession, http_cache: dict):
-    kwargs = dict(authority=app_cfg.authority_url, instance_discovery=False, http_client=session,
-                  http_cache=http_cache, token_cache=msal.TokenCache())
+
+def build_app(app_cfg: AppConfig, session: TokenHTTPSession,
+              http_cache: HttpCache) -> msal.ClientApplication:
+    kwargs: dict[str, object] = dict(
+        authority=app_cfg.authority_url, instance_discovery=False, http_client=session,
+        http_cache=http_cache, token_cache=msal.TokenCache())
     if app_cfg.client_secret:
         return msal.ConfidentialClientApplication(
             app_cfg.client_id, client_credential=app_cfg.client_secret.reveal(), **kwargs)
     return msal.PublicClientApplication(app_cfg.client_id, **kwargs)
 
 
-def call_msal(account: str, app_cfg: AppConfig, session: TokenHTTPSession, http_cache: dict,
-              call: Callable) -> dict:
+def call_msal(account: str, app_cfg: AppConfig, session: TokenHTTPSession, http_cache: HttpCache,
+              call: Callable[[msal.ClientApplication], object]) -> MsalResult:
     """Run `call(msal_app)`; return a result with an access token or raise TokenError."""
     try:
         result = call(build_app(app_cfg, session, http_cache))

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NotRequired, TypedDict, cast
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -48,6 +49,13 @@ class StoredToken:
     refresh_token: Secret
     updated_at: float
     seed_fingerprint: str | None = None
+
+
+class _Entry(TypedDict):
+    """One mailbox in the file, under its lower-cased address."""
+    refresh_token: str
+    updated_at: NotRequired[float]  # time.time() of the put
+    seed_fingerprint: NotRequired[str]  # of the config's refresh_token this one descends from
 
 
 class TokenStore:
@@ -125,7 +133,7 @@ class TokenStore:
 
     # -- reading and writing --------------------------------------------------------------------
 
-    def _read(self) -> dict:
+    def _read(self) -> dict[str, _Entry]:
         try:
             blob = self.path.read_bytes()
         except FileNotFoundError:
@@ -145,7 +153,8 @@ class TokenStore:
         if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION:
             version = data.get("version") if isinstance(data, dict) else None
             raise StoreError(f"{self.path}: unknown format version {version!r}")
-        return data.get("accounts", {})
+        # only _write makes this file, and Fernet's HMAC proves it was us: trust the shape
+        return cast(dict[str, _Entry], data.get("accounts", {}))
 
     def _key_source(self) -> str:
         if os.environ.get(KEY_ENV):
@@ -155,7 +164,7 @@ class TokenStore:
             return str(Path(cred) / "store-key")
         return str(self.key_path)
 
-    def _write(self, accounts: dict) -> None:
+    def _write(self, accounts: dict[str, _Entry]) -> None:
         blob = self._key().encrypt(json.dumps({"version": _FORMAT_VERSION, "accounts": accounts},
                                               sort_keys=True).encode())
         try:
@@ -171,7 +180,7 @@ class TokenStore:
             yield
 
     @contextlib.contextmanager
-    def account_lock(self, mailbox: str):
+    def account_lock(self, mailbox: str) -> Iterator[None]:
         """Held across redeeming a mailbox's refresh token and storing the rotated one, by every
         process, so the same token is never redeemed twice."""
         locks = self.dir / "locks"
@@ -212,8 +221,8 @@ class TokenStore:
                 now = current["refresh_token"] if current else None
                 if now != (expect.reveal() if expect else None):
                     return False
-            entry = {"refresh_token": refresh_token.reveal(), "updated_at": time.time()}
-            fp = seed_fingerprint or (current or {}).get("seed_fingerprint")
+            entry: _Entry = {"refresh_token": refresh_token.reveal(), "updated_at": time.time()}
+            fp = seed_fingerprint or (current.get("seed_fingerprint") if current else None)
             if fp:
                 entry["seed_fingerprint"] = fp
             accounts[mailbox.lower()] = entry
