@@ -39,6 +39,8 @@ class UserConfig:
     # more addresses this login may send as (SendAs needed on each); `*@domain` for a whole domain
     send_as: list[str] = field(default_factory=list,
                                metadata=field_parser(parse_send_as, "address"))
+    # a sender outside mailbox and send_as: rewrite | keep | refuse; default: smtp.sender
+    sender: Literal["rewrite", "keep", "refuse"] | None = None
 
     @property
     def token_account(self) -> str:

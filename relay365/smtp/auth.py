@@ -85,7 +85,7 @@ class AuthHooks:
         if outcome.user is not None:
             u = outcome.user
             state.policy.authenticated(u.username, u.mailbox, u.delivery, u.fallback,
-                                       account=u.account, send_as=u.send_as)
+                                       account=u.account, send_as=u.send_as, sender_mode=u.sender)
             return AuthResult(success=True, auth_data=username)
         state.auth_failures += 1
         return AuthResult(success=False, handled=False, message=(

@@ -57,9 +57,11 @@ class Sender:
     user: str | None = None  # the local user; None for an unauthenticated network
     account: str | None = None  # whose token sends (an accounts[] mailbox); None: the mailbox
     send_as: tuple[str, ...] = ()  # more addresses this sender may use
+    sender_mode: str | None = None  # this user's own smtp.sender
 
     def rights(self, mode: str) -> SenderRights:
-        return SenderRights(self.mailbox, self.account or self.mailbox, self.send_as, mode)
+        return SenderRights(self.mailbox, self.account or self.mailbox, self.send_as,
+                            self.sender_mode or mode)
 
 
 @dataclass(frozen=True)
@@ -184,8 +186,9 @@ class SmtpPolicy:
         return self.phase is not Phase.IDLE
 
     def authenticated(self, user: str, mailbox: str, delivery: str, fallback: str, *,
-                      account: str | None = None, send_as: Sequence[str] = ()) -> None:
-        self.sender = Sender(mailbox, delivery, fallback, user, account, tuple(send_as))
+                      account: str | None = None, send_as: Sequence[str] = (),
+                      sender_mode: str | None = None) -> None:
+        self.sender = Sender(mailbox, delivery, fallback, user, account, tuple(send_as), sender_mode)
 
     def reset(self) -> None:
         """RSET, a new EHLO/HELO, or a transaction that ended."""

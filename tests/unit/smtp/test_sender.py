@@ -99,3 +99,10 @@ def test_the_policy_asks_the_sender_module():
     p = SmtpPolicy(Rules("rewrite"), "192.0.2.1")
     p.authenticated("hd", "helpdesk@contoso.com", "direct", "none", account="agent@contoso.com")
     assert p.mail("", []) == UpstreamMail("agent@contoso.com", "helpdesk@contoso.com", ())
+
+
+def test_a_users_own_sender_mode_wins_over_the_listeners():
+    p = SmtpPolicy(Rules("rewrite"), "192.0.2.1")
+    p.authenticated("erp", "erp@contoso.com", "direct", "none", sender_mode="refuse")
+    refused = p.mail("noreply@contoso.com", [])
+    assert isinstance(refused, Reply) and refused.text.startswith("550 5.7.60")
