@@ -46,6 +46,7 @@ class LoggedRequest:
     path: str
     grant_type: str | None
     status: int  # 0 when the connection was dropped
+    with_secret: bool = False  # the client authenticated with its secret (a confidential client)
 
 
 @dataclass(frozen=True)

@@ -391,7 +391,8 @@ class FakeIdP(SignInFlows):
             time.sleep(self.delay)
         reply = route(self.routes, req)
         with self._lock:
+            secret = "client_secret" in req.form or req.headers.get("authorization", "")[:6] == "Basic "
             self.request_log.append(LoggedRequest(req.path, req.form.get("grant_type"),
-                                                  0 if reply is DROP else reply.status))
+                                                  0 if reply is DROP else reply.status, secret))
         return reply
 

@@ -9,6 +9,7 @@ identical failed request from it for 60 s and would hide a recovery.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import msal
 import requests
@@ -18,20 +19,24 @@ from .classify import classify, network_error, service_error
 from .http import TokenHTTPSession
 
 
-def build_app(app_cfg: AppConfig, session: TokenHTTPSession, http_cache: dict):
+def build_app(app_cfg: AppConfig, session: TokenHTTPSession, http_cache: dict[str, Any],
+              public: bool = False) -> Any:
+    """msal's application for `app_cfg`. `public`: a public client even when the app has a
+    secret - a token from a public flow (device code) must be refreshed that way (AADSTS700025)."""
     kwargs = dict(authority=app_cfg.authority_url, instance_discovery=False, http_client=session,
                   http_cache=http_cache, token_cache=msal.TokenCache())
-    if app_cfg.client_secret:
+    if app_cfg.client_secret and not public:
         return msal.ConfidentialClientApplication(
             app_cfg.client_id, client_credential=app_cfg.client_secret.reveal(), **kwargs)
     return msal.PublicClientApplication(app_cfg.client_id, **kwargs)
 
 
-def call_msal(account: str, app_cfg: AppConfig, session: TokenHTTPSession, http_cache: dict,
-              call: Callable) -> dict:
+def call_msal(account: str, app_cfg: AppConfig, session: TokenHTTPSession,
+              http_cache: dict[str, Any], call: Callable[[Any], Any],
+              public: bool = False) -> dict[str, Any]:
     """Run `call(msal_app)`; return a result with an access token or raise TokenError."""
     try:
-        result = call(build_app(app_cfg, session, http_cache))
+        result = call(build_app(app_cfg, session, http_cache, public))
     except (requests.RequestException, OSError) as exc:
         http_cache.clear()
         raise network_error(account, exc) from None
