@@ -52,5 +52,6 @@ def test_full_access_lets_a_delegates_token_open_the_shared_mailbox(idp):
 
 
 class _Req:
-    form: dict[str, str] = {}
-    headers: dict[str, str] = {}
+    def __init__(self) -> None:
+        self.form: dict[str, str] = {}
+        self.headers: dict[str, str] = {}
