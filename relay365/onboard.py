@@ -9,7 +9,12 @@ the daemon uses, so a running daemon picks it up at its next refresh without a r
   `http://localhost[:port]` redirect URI a one-shot listener on 127.0.0.1 (bound before the URL is
   shown; without a port, on a free one) catches the redirect; with any other (e.g. the
   `nativeclient` page) the operator pastes the address the browser landed on.
-- `--device`: the device-code flow, for a server with no browser nearby.
+- `--device`: the device-code flow, for a server with no browser nearby. It runs as a public
+  client with the app's `client_id` - also for an app that has a `client_secret`: Entra ID lets
+  the same registration do that when "Allow public client flows" is on, and refuses it with
+  AADSTS7000218 when it is off (said plainly, with the portal setting). A token from a public
+  flow cannot be refreshed with the secret (AADSTS700025), so it is stored marked as a public
+  client's, and the daemon refreshes it without the secret.
 - `--refresh-token-stdin`: import a token obtained elsewhere; it is redeemed once to prove it works.
 
 The signed-in user must be the mailbox asked for: a token for anybody else is refused, not stored.
@@ -23,7 +28,9 @@ import sys
 import threading
 import urllib.parse
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TextIO
 
 from .config import AccountConfig, Config
 from .errors import RelayError, TokenError
@@ -33,6 +40,7 @@ from .tokens.manager import fingerprint
 from .tokens.msalapp import call_msal
 from .tokens.store import TokenStore
 
+Result = dict[str, Any]  # msal's answer: access_token, refresh_token, id_token_claims, ...
 NATIVE_CLIENT = "https://login.microsoftonline.com/common/oauth2/nativeclient"
 LISTEN_TIMEOUT = 300.0
 
@@ -45,13 +53,14 @@ class OnboardError(RelayError):
 class Onboarding:
     config: Config
     account: AccountConfig
-    out: object = sys.stdout
+    out: TextIO = sys.stdout
 
     def __post_init__(self) -> None:
         self.app_cfg = self.config.apps[self.account.app]
         self.session = TokenHTTPSession(self.app_cfg.ca_file, self.app_cfg.timeout)
-        self.cache: dict = {}
+        self.cache: dict[str, Any] = {}
         self.scopes = self.config.scopes_for(self.account)
+        self.public = False  # the token came from a public client flow run with a confidential app
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -59,12 +68,12 @@ class Onboarding:
     def close(self) -> None:
         self.session.close()
 
-    def _msal(self, call) -> dict:
-        return call_msal(self.account.mailbox, self.app_cfg, self.session, self.cache, call)
+    def _msal(self, call: Callable[[Any], Any], public: bool = False) -> Result:
+        return call_msal(self.account.mailbox, self.app_cfg, self.session, self.cache, call, public)
 
     # -- the three ways in ---------------------------------------------------------------------
 
-    def auth_code(self, redirect_uri: str, read_line=input) -> dict:
+    def auth_code(self, redirect_uri: str, read_line: Callable[[], str] = input) -> Result:
         parsed = urllib.parse.urlsplit(redirect_uri)
         if parsed.scheme == "http" and parsed.hostname in ("localhost", "127.0.0.1"):
             # listening before the URL is shown: a busy port fails before anyone signs in
@@ -96,7 +105,7 @@ class Onboarding:
                 f"{exc.description[:200]}). A code works once and only for a few minutes: run "
                 f"relay365 auth again and paste (or let the browser return) promptly") from None
 
-    def _start_flow(self, redirect_uri: str) -> dict:
+    def _start_flow(self, redirect_uri: str) -> Result:
         from .tokens.msalapp import build_app
 
         app = build_app(self.app_cfg, self.session, self.cache)
@@ -104,7 +113,7 @@ class Onboarding:
             # msal recommends response_mode=form_post; the nativeclient page (paste mode) only
             # shows a code it got in the query, so the query it is - PKCE protects the code anyway
             warnings.filterwarnings("ignore", "response_mode='form_post' is recommended")
-            flow = app.initiate_auth_code_flow(self.scopes, redirect_uri=redirect_uri,
+            flow: Result = app.initiate_auth_code_flow(self.scopes, redirect_uri=redirect_uri,
                                                login_hint=self.account.mailbox,
                                                prompt="select_account")
         if "auth_uri" not in flow:
@@ -113,43 +122,49 @@ class Onboarding:
                  f"  {flow['auth_uri']}\n")
         return flow
 
-    def device(self) -> dict:
+    def device(self) -> Result:
         from .tokens.msalapp import build_app
 
-        if self.app_cfg.client_secret:
-            # A device-code token belongs to a public client: Entra ID refuses to refresh it with
-            # a client secret later (AADSTS700025), so the daemon could never use it.
-            raise OnboardError(
-                f"the device-code flow needs a public client app, but apps.{self.account.app} has a "
-                f"client_secret. Use the auth-code flow (without --device), or give this mailbox an "
-                f"app without client_secret and with 'Allow public client flows' enabled")
-        app = build_app(self.app_cfg, self.session, self.cache)
-        flow = app.initiate_device_flow(scopes=self.scopes)
+        # always as a public client: with a client_secret, the same registration's public side
+        self.public = self.app_cfg.client_secret is not None
+        app = build_app(self.app_cfg, self.session, self.cache, public=True)
+        flow: Result = app.initiate_device_flow(scopes=self.scopes)
         if "user_code" not in flow:
             raise OnboardError(f"the device-code flow could not start: "
                                f"{flow.get('error')}: {str(flow.get('error_description', ''))[:300]} "
-                               f"(enable 'Allow public client flows' in the app registration)")
+                               f"({PUBLIC_FLOWS_SETTING})")
         self.say(flow.get("message") or f"Go to {flow['verification_uri']} and enter {flow['user_code']}")
         try:
-            return self._msal(lambda a: a.acquire_token_by_device_flow(flow))
+            return self._msal(lambda a: a.acquire_token_by_device_flow(flow), public=True)
         except TokenError as exc:
-            # classify's advice (about refresh tokens and app settings) does not fit these two
-            if exc.error == "authorization_declined":
-                raise OnboardError(f"{self.account.mailbox}: the sign-in with code {flow['user_code']} "
-                                   f"was declined (authorization_declined); nothing was stored") from None
-            if exc.error == "expired_token":
-                raise OnboardError(f"{self.account.mailbox}: the code {flow['user_code']} expired "
-                                   f"before anyone signed in with it ({_code(exc)}); run relay365 "
-                                   f"auth --device again and enter the new code within "
-                                   f"{int(flow.get('expires_in', 900)) // 60} minutes") from None
-            raise
+            raise self._device_refused(exc, flow) from None
 
-    def import_token(self, refresh_token: Secret) -> dict:
+    def _device_refused(self, exc: TokenError, flow: Result) -> RelayError:
+        """The device flow's own failures, explained (classify's advice is about refresh tokens)."""
+        mailbox, code = self.account.mailbox, flow["user_code"]
+        if exc.error == "authorization_declined":
+            return OnboardError(f"{mailbox}: the sign-in with code {code} was declined "
+                                f"(authorization_declined); nothing was stored")
+        if exc.error == "expired_token":
+            return OnboardError(f"{mailbox}: the code {code} expired before anyone signed in "
+                                f"with it ({_code(exc)}); run relay365 auth --device again and "
+                                f"enter the new code within {int(flow.get('expires_in', 900)) // 60} "
+                                f"minutes")
+        if exc.code in (7000218, 700025):
+            # Entra wants a secret: the registration does not allow public client flows
+            return OnboardError(
+                f"{mailbox}: Entra ID refused the device-code flow for apps.{self.account.app} "
+                f"(client_id {self.app_cfg.client_id}): {_code(exc)}, public client flows are off "
+                f"for this app registration. {PUBLIC_FLOWS_SETTING}; or run relay365 auth without "
+                f"--device (the browser sign-in works with the client secret). Nothing was stored")
+        return exc
+
+    def import_token(self, refresh_token: Secret) -> Result:
         return self._msal(lambda a: a.acquire_token_by_refresh_token(refresh_token.reveal(), self.scopes))
 
     # -- after any of them ---------------------------------------------------------------------
 
-    def check_identity(self, result: dict) -> None:
+    def check_identity(self, result: Result) -> None:
         claims = result.get("id_token_claims") or {}
         who = claims.get("preferred_username") or claims.get("upn") or claims.get("email")
         if who is None:
@@ -160,7 +175,7 @@ class Onboarding:
                                f"pre-fills it; use a private window if the browser picks another "
                                f"account)")
 
-    def store(self, result: dict, fallback: Secret | None = None) -> None:
+    def store(self, result: Result, fallback: Secret | None = None) -> None:
         rt = result.get("refresh_token") or (fallback.reveal() if fallback else None)
         if not rt:
             raise OnboardError("the identity platform returned no refresh token: add the "
@@ -169,15 +184,22 @@ class Onboarding:
         with store.account_lock(self.account.mailbox):
             # keep the config's seed fingerprint, so an old seed never overrides this token
             store.put(self.account.mailbox, Secret(rt),
-                      seed_fingerprint=fingerprint(self.account.refresh_token))
-        self.say(f"Stored a refresh token for {self.account.mailbox} in {store.path} (encrypted).")
+                      seed_fingerprint=fingerprint(self.account.refresh_token), public=self.public)
+        kind = " (a public client's: refreshed without the client secret)" if self.public else ""
+        self.say(f"Stored a refresh token for {self.account.mailbox} in {store.path} "
+                 f"(encrypted){kind}.")
+
+
+PUBLIC_FLOWS_SETTING = ("turn on 'Allow public client flows' in the app registration (Entra admin "
+                        "center > App registrations > the app > Authentication > Advanced "
+                        "settings > Allow public client flows: Yes > Save)")
 
 
 def _code(exc: TokenError) -> str:
     return f"AADSTS{exc.code}" if isinstance(exc.code, int) else str(exc.code)
 
 
-def _pasted_params(pasted: str) -> dict:
+def _pasted_params(pasted: str) -> dict[str, str]:
     """The answer's parameters from the address the operator pasted (query, else fragment)."""
     pasted = pasted.strip()
     if not pasted:
@@ -199,7 +221,7 @@ class _RedirectCatcher:
     redirect URI (RFC 8252 s.7.3), and port 80 would need root."""
 
     def __init__(self, parsed: urllib.parse.SplitResult) -> None:
-        self._got: dict = {}
+        self._got: dict[str, str] = {}
         self._done = threading.Event()
         path = parsed.path or "/"
         catcher = self
@@ -219,8 +241,8 @@ class _RedirectCatcher:
                 self.wfile.write(body)
                 catcher._done.set()
 
-            def log_message(self, *args) -> None:  # the query holds the code: never print it
-                pass
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the query holds the code: never print it
 
         try:
             self._server = http.server.HTTPServer(("127.0.0.1", parsed.port or 0), Handler)
@@ -238,19 +260,19 @@ class _RedirectCatcher:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
 
-    def wait(self, timeout: float) -> dict:
+    def wait(self, timeout: float) -> dict[str, str]:
         if not self._done.wait(timeout):
             raise OnboardError(f"no sign-in came back within {int(timeout)} s")
         return self._got
 
 
 def run_auth(config: Config, mailbox: str, *, device: bool, token_stdin: bool, verify: bool,
-             redirect_uri: str | None, out=sys.stdout, stdin=sys.stdin) -> int:
+             redirect_uri: str | None, out: TextIO = sys.stdout, stdin: TextIO = sys.stdin) -> int:
     account = config.account(mailbox)
     if account is None:
         print(f"relay365: no account {mailbox!r} under accounts in {config.source}", file=sys.stderr)

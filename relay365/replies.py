@@ -40,6 +40,14 @@ HEADERS_TOO_BIG = "552 5.3.4 Message header size exceeds limit"
 SPOOL_ERROR = "451 4.3.0 The relay cannot queue the message right now; try again later"
 
 
+def sender_refused(address: str, allowed: list[str]) -> str:
+    """`smtp.sender: refuse`: 5.7.60 is Exchange's own "not allowed to send as this sender"."""
+    names = ", ".join(allowed)
+    if len(names) > 300:
+        names = names[:300].rsplit(", ", 1)[0] + ", ..."
+    return f"550 5.7.60 Not allowed to send as <{one_line(address, 200)}>; allowed: {names}"
+
+
 def one_line(text: str, limit: int = 400) -> str:
     flat = " ".join(text.replace("\r", " ").split())
     return flat[:limit]

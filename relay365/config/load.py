@@ -109,11 +109,25 @@ def _check_users(c: Config, at: At) -> Iterator[str]:
         if u.username in names:
             yield f"{p}.username: {u.username!r} is listed twice{at(p + '.username')}"
         names.add(u.username)
-        if c.account(u.mailbox) is None:
-            yield f"{p}.mailbox: no account for {u.mailbox!r} under accounts{at(p + '.mailbox')}"
+        yield from _check_account_ref(c, p, u, at)
         problem = check_hash_format(u.password_hash.reveal())
         if problem:
             yield f"{p}.password_hash: {problem}{at(p + '.password_hash')}"
+
+
+def _check_account_ref(c: Config, p: str, entry: UserConfig | UnauthenticatedNet,
+                       at: At) -> Iterator[str]:
+    """`account` (or, without one, `mailbox`) must be a mailbox under accounts: its token is used."""
+    if entry.account is not None:
+        if c.account(entry.account) is None:
+            known = ", ".join(a.mailbox for a in c.accounts) or "none"
+            yield (f"{p}.account: no account {entry.account!r} under accounts (accounts: {known})"
+                   f"{at(p + '.account') or at(p)}")
+        if "@" not in entry.mailbox:
+            yield f"{p}.mailbox: not an email address: {entry.mailbox!r}{at(p + '.mailbox') or at(p)}"
+    elif c.account(entry.mailbox) is None:
+        # (a shared mailbox has no account of its own: the entry names one with `account:`)
+        yield f"{p}.mailbox: no account for {entry.mailbox!r} under accounts{at(p + '.mailbox') or at(p)}"
 
 
 def _check_apps(c: Config, at: At) -> Iterator[str]:
@@ -129,8 +143,7 @@ def _check_apps(c: Config, at: At) -> Iterator[str]:
 def _check_unauthenticated(c: Config, smtp: SmtpConfig, at: At) -> Iterator[str]:
     for i, n in enumerate(smtp.unauthenticated):
         p = f"smtp.unauthenticated[{i}]"
-        if c.account(n.mailbox) is None:
-            yield f"{p}.mailbox: no account for {n.mailbox!r} under accounts{at(p + '.mailbox') or at(p)}"
+        yield from _check_account_ref(c, p, n, at)
         widest = 8 if n.network.version == 4 else 16
         if n.network.prefixlen == 0:
             yield (f"{p}.network: {n.network} would let the whole Internet send without a "

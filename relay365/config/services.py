@@ -16,14 +16,36 @@ from .loader import field_parser
 from .units import ListenAddr, check_ranges, duration, parse_listen, parse_network, size
 
 
+def parse_send_as(value: str) -> str:
+    """One `send_as` entry: an address, or `*@domain` for every address of the domain."""
+    local, at, domain = value.strip().rpartition("@")
+    if not at or not local or not domain or "." not in domain or " " in value.strip():
+        raise ValueError(f"not an address or *@domain: {value!r}")
+    if "*" in local and local != "*":
+        raise ValueError(f"only *@domain may hold a wildcard, not {value!r}")
+    return value.strip().lower()
+
+
 @dataclass(frozen=True)
 class UserConfig:
     username: str
     password_hash: Secret
-    mailbox: str
+    mailbox: str  # the mailbox the user reads and sends as (a shared mailbox too)
     # direct: the client hears Office 365's own answer; spool: 250 once on disk, delivered later
     delivery: Literal["direct", "spool"] = "direct"
     fallback: Literal["none", "spool"] = "none"  # direct only: spool instead of answering 4xx
+    # whose token opens `mailbox` (an accounts[] mailbox with FullAccess / SendAs on it)
+    account: str | None = None
+    # more addresses this login may send as (SendAs needed on each); `*@domain` for a whole domain
+    send_as: list[str] = field(default_factory=list,
+                               metadata=field_parser(parse_send_as, "address"))
+    # a sender outside mailbox and send_as: rewrite | keep | refuse; default: smtp.sender
+    sender: Literal["rewrite", "keep", "refuse"] | None = None
+
+    @property
+    def token_account(self) -> str:
+        """The accounts[] mailbox whose token logs in upstream: `account`, else the mailbox."""
+        return self.account or self.mailbox
 
 
 @dataclass(frozen=True)
@@ -33,6 +55,11 @@ class UnauthenticatedNet:
     # devices that cannot authenticate rarely handle a 4xx well (a printer drops the scan): spool
     delivery: Literal["direct", "spool"] = "spool"
     fallback: Literal["none", "spool"] = "none"
+    account: str | None = None  # whose token sends as `mailbox` (SendAs); default: the mailbox
+
+    @property
+    def token_account(self) -> str:
+        return self.account or self.mailbox
 
 
 @dataclass(frozen=True)
@@ -48,7 +75,9 @@ class SmtpConfig:
     allow_plaintext_auth: bool = True
     max_message_size: int = size(35 * 1024**2)
     unauthenticated: list[UnauthenticatedNet] = field(default_factory=list)
-    sender: Literal["rewrite", "keep"] = "rewrite"
+    # a sender that is neither the mailbox nor in send_as: rewrite it to the mailbox, keep it as
+    # the client gave it, or refuse it (550 naming the allowed addresses)
+    sender: Literal["rewrite", "keep", "refuse"] = "rewrite"
     hostname: str = "relay365"
     timeout: float = duration(300.0)  # RFC 5321 s.4.5.3.2.7: a server SHOULD wait at least 5 minutes
     max_session_time: float = duration(3600.0)  # a whole session, however busy; then 421 and close

@@ -246,7 +246,8 @@ class ImapHandler:
         self.active[key] += 1
         session.counted = key
         try:
-            upstream = await open_upstream(self.config, self.tokens, user.mailbox, self.upstream_tls)
+            upstream = await open_upstream(self.config, self.tokens, user.mailbox, self.upstream_tls,
+                                           account=user.token_account)
         except (TokenError, UpstreamError) as exc:
             self.active[key] -= 1
             session.counted = None

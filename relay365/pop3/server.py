@@ -245,7 +245,8 @@ class Pop3Handler:
         self.active[key] += 1
         session.counted = key
         try:
-            upstream = await open_upstream(self.config, self.tokens, user.mailbox, self.upstream_tls)
+            upstream = await open_upstream(self.config, self.tokens, user.mailbox, self.upstream_tls,
+                                           account=user.token_account)
         except (TokenError, UpstreamError) as exc:
             self.active[key] -= 1
             session.counted = None

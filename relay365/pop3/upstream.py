@@ -94,11 +94,15 @@ async def authenticate(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 
 async def open_upstream(config: Config, tokens: TokenManager, mailbox: str,
-                        tls: ssl.SSLContext | None = None) -> UpstreamPOP3:
-    """Connect, TLS, XOAUTH2 as `mailbox`. Raises TokenError, UpstreamAuthError or UpstreamError."""
+                        tls: ssl.SSLContext | None = None, *,
+                        account: str | None = None) -> UpstreamPOP3:
+    """Connect, TLS, XOAUTH2 `user=mailbox` with the token of `account` (default: the mailbox
+    itself; a shared mailbox is opened with a delegate's token, Exchange's FullAccess).
+    Raises TokenError, UpstreamAuthError or UpstreamError."""
     started = time.monotonic()
     cfg = config.upstream
-    token = await tokens.get(mailbox)
+    account = account or mailbox
+    token = await tokens.get(account)
     tls = tls or client_context(cfg.ca_file)
     try:
         reader, writer = await _connect(cfg.pop3, tls, cfg.connect_timeout)
@@ -111,7 +115,7 @@ async def open_upstream(config: Config, tokens: TokenManager, mailbox: str,
                 break
             if attempt == 1 and token.from_cache:
                 log.info("upstream_auth_retry", proto="pop3", account=mailbox)
-                token = await tokens.get(mailbox, rejected=token.token)
+                token = await tokens.get(account, rejected=token.token)
                 continue
             detail = last.decode("utf-8", "replace").strip()[:200]
             raise UpstreamAuthError("upstream refused XOAUTH2", text=detail)

@@ -84,7 +84,8 @@ class AuthHooks:
         outcome = await self.auth.login("smtp", state.peer, username, password, mech, state.conn_id)
         if outcome.user is not None:
             u = outcome.user
-            state.policy.authenticated(u.username, u.mailbox, u.delivery, u.fallback)
+            state.policy.authenticated(u.username, u.mailbox, u.delivery, u.fallback,
+                                       account=u.account, send_as=u.send_as, sender_mode=u.sender)
             return AuthResult(success=True, auth_data=username)
         state.auth_failures += 1
         return AuthResult(success=False, handled=False, message=(

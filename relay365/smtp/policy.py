@@ -20,8 +20,9 @@ States (one transaction at a time):
 The rules it owns:
 - Who is sending: a local user after AUTH (its mailbox, delivery, fallback), else the
   `smtp.unauthenticated` network the peer is in, else 530 - never an open relay.
-- The envelope sender: the mailbox with `sender: rewrite` (the From header too, by the adapter
-  with `rewrite.rewrite_from`), the client's own with `keep`.
+- The envelope sender and the upstream login: `sender.decide_sender` (the mailbox, `send_as`,
+  `sender: rewrite | keep | refuse`, whose token sends); the From header is made to agree with
+  the envelope by the adapter (`rewrite.rewrite_from`).
 - The way: `delivery: spool` answers MAIL/RCPT here and DATA 250 only once the spool fsynced the
   message; `direct` passes each command on and the client hears Office 365's own reply;
   `fallback: spool` turns a reply that would be a 4xx into the spool - the whole transaction
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from .. import replies
 from ..config import UnauthenticatedNet
 from ..states import SmtpOutcome
+from .sender import Refuse, SenderRights, decide_sender
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -53,13 +55,21 @@ class Sender:
     delivery: str = "direct"  # direct | spool
     fallback: str = "none"  # none | spool
     user: str | None = None  # the local user; None for an unauthenticated network
+    account: str | None = None  # whose token sends (an accounts[] mailbox); None: the mailbox
+    send_as: tuple[str, ...] = ()  # more addresses this sender may use
+    sender_mode: str | None = None  # this user's own smtp.sender
+
+    def rights(self, mode: str) -> SenderRights:
+        return SenderRights(self.mailbox, self.account or self.mailbox, self.send_as,
+                            self.sender_mode or mode)
 
 
 @dataclass(frozen=True)
 class Rules:
-    sender_mode: str = "rewrite"  # rewrite | keep
+    sender_mode: str = "rewrite"  # rewrite | keep | refuse
     networks: tuple[UnauthenticatedNet, ...] = ()
     spool: bool = True  # a spool worker runs (it always does when SMTP is configured)
+    own_accounts: frozenset[str] = frozenset()  # lower-case accounts[] mailboxes
 
 
 # -- effects: what the adapter must do next ------------------------------------------------------
@@ -71,7 +81,7 @@ class Reply:
 
 @dataclass(frozen=True)
 class UpstreamMail:
-    mailbox: str
+    mailbox: str  # the accounts[] mailbox that logs in upstream (sender.who_sends)
     sender: str
     options: tuple[str, ...]
 
@@ -89,7 +99,7 @@ class UpstreamData:
 
 @dataclass(frozen=True)
 class SpoolIt:
-    mailbox: str
+    mailbox: str  # the accounts[] mailbox that will send it
     sender: str
     rcpts: tuple[str, ...]
     options: tuple[str, ...]
@@ -140,6 +150,8 @@ class Phase(enum.Enum):
 @dataclass
 class _Txn:
     sender: str
+    login: str  # the accounts[] mailbox that sends it upstream
+    rewrite_to: str | None  # the address From must carry, or None
     options: tuple[str, ...]
     spooled: bool
     rcpts: list[str] = field(default_factory=list)  # every recipient the client was told 250
@@ -173,8 +185,10 @@ class SmtpPolicy:
         """Between MAIL and the reply to DATA: a shutdown must let this one finish."""
         return self.phase is not Phase.IDLE
 
-    def authenticated(self, user: str, mailbox: str, delivery: str, fallback: str) -> None:
-        self.sender = Sender(mailbox, delivery, fallback, user)
+    def authenticated(self, user: str, mailbox: str, delivery: str, fallback: str, *,
+                      account: str | None = None, send_as: Sequence[str] = (),
+                      sender_mode: str | None = None) -> None:
+        self.sender = Sender(mailbox, delivery, fallback, user, account, tuple(send_as), sender_mode)
 
     def reset(self) -> None:
         """RSET, a new EHLO/HELO, or a transaction that ended."""
@@ -190,14 +204,17 @@ class SmtpPolicy:
         if sender is None:
             return Reply(replies.AUTH_REQUIRED)
         self.sender = sender
-        envelope_from = sender.mailbox if self.rules.sender_mode == "rewrite" else address
+        send = decide_sender(sender.rights(self.rules.sender_mode), address, self.rules.own_accounts)
+        if isinstance(send, Refuse):
+            self._refused(send.reply)
+            return Reply(send.reply)
         spooled = sender.delivery == "spool" and self.rules.spool
-        self._txn = _Txn(envelope_from, tuple(options), spooled)
+        self._txn = _Txn(send.envelope, send.login, send.from_header, tuple(options), spooled)
         if spooled:
             self.phase = Phase.IN_TRANSACTION
             return Reply(replies.SENDER_OK)
         self.phase = Phase.MAIL_SENT
-        return UpstreamMail(sender.mailbox, envelope_from, tuple(options))
+        return UpstreamMail(send.login, send.envelope, tuple(options))
 
     def _network(self) -> Sender | None:
         try:
@@ -208,7 +225,7 @@ class SmtpPolicy:
             ip = ip.ipv4_mapped
         for net in self.rules.networks:
             if ip.version == net.network.version and ip in net.network:
-                return Sender(net.mailbox, net.delivery, net.fallback, None)
+                return Sender(net.mailbox, net.delivery, net.fallback, None, net.account)
         return None
 
     def mail_done(self, outcome: Accepted | Failed) -> Reply:
@@ -300,12 +317,12 @@ class SmtpPolicy:
         return self._txn
 
     def _rewrite_to(self) -> str | None:
-        assert self.sender is not None
-        return self.sender.mailbox if self.rules.sender_mode == "rewrite" else None
+        assert self._txn is not None
+        return self._txn.rewrite_to
 
     def _spool(self, rcpts: Sequence[str], *, reset_first: bool = False) -> SpoolIt:
         assert self._txn is not None and self.sender is not None
-        return SpoolIt(self.sender.mailbox, self._txn.sender, tuple(rcpts), self._txn.options,
+        return SpoolIt(self._txn.login, self._txn.sender, tuple(rcpts), self._txn.options,
                        self._rewrite_to(), self._txn.reason, reset_first)
 
     def _relayed(self, txn: _Txn) -> Reply:

@@ -68,7 +68,8 @@ class RelayHandler(AuthHooks, Outbound):
             self._background(self.pool.close_all())  # parked sessions belong to the old upstream
         self.pool.idle_seconds = config.upstream.smtp_pool_idle
         self.rules = core.Rules(config.smtp.sender, tuple(config.smtp.unauthenticated),
-                                spool=self.spool is not None)
+                                spool=self.spool is not None,
+                                own_accounts=frozenset(a.mailbox.lower() for a in config.accounts))
         self.tls = reload_tls(getattr(self, "tls", None), config.smtp)
 
     # -- connections (called by RelaySMTP) ---------------------------------------------------

@@ -35,6 +35,7 @@ DESCRIPTIONS = {
     1002012: "The provided value for scope is not valid. Client credential flows must have a "
     "scope value with /.default suffixed to the resource identifier.",
     7000215: "Invalid client secret provided.",
+    700025: "Client is public so neither 'client_assertion' nor 'client_secret' should be presented.",
     7000218: "The request body must contain the following parameter: 'client_assertion' or "
     "'client_secret'.",
 }
@@ -45,6 +46,7 @@ class LoggedRequest:
     path: str
     grant_type: str | None
     status: int  # 0 when the connection was dropped
+    with_secret: bool = False  # the client authenticated with its secret (a confidential client)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class Client:
     secret: str | None
     app_mailboxes: frozenset[str]
     redirect_uris: frozenset[str] | None = None  # None: any redirect URI is registered
+    # "Allow public client flows": a registration with a secret may also run the device-code
+    # flow without it; the refresh tokens it gets are then redeemed without the secret too
+    public_flows: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class RefreshToken:
     mailbox: str
     client_id: str | None  # None: any registered client may redeem it
     scopes: frozenset[str] | None  # None: any scope
+    public: bool = False  # from a public client flow: redeemed without a secret (else AADSTS700025)
 
 
 @dataclass(frozen=True)
@@ -119,3 +125,18 @@ def redirect_registered(client: Client, uri: str) -> bool:
 
 def oid(mailbox: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "mailbox:" + mailbox.lower()))
+
+
+# Exchange Online checks the permission per protocol: a delegated token needs the protocol's scope,
+# an app-only one (scope <resource>/.default) the app role, which the fake grants every app.
+_SERVICE_SCOPES = {"pop3": "POP.AccessAsUser.All", "imap": "IMAP.AccessAsUser.All"}
+
+
+def scope_allows(at: AccessToken | None, service: str) -> bool:
+    """May `at` be used for Dovecot's `service` (X-Dovecot-Auth-Service)? Unknown services pass."""
+    needed = _SERVICE_SCOPES.get(service.lower())
+    if at is None or needed is None or not at.scopes:
+        return at is not None
+    if any(s.endswith("/.default") for s in at.scopes):
+        return True
+    return any(s.rsplit("/", 1)[-1] == needed for s in at.scopes)

@@ -55,6 +55,7 @@ from .entra import (
     RefreshToken,
     b64url,
     oid,
+    scope_allows,
 )
 from .jsonhttps import DROP, JSONHTTPSServer, JSONObject, Reply, Request, Route, route
 from .signin import SignInFlows
@@ -87,6 +88,7 @@ class FakeIdP(SignInFlows):
         self._faults: deque[OAuthError] = deque()
         self._codes: dict[str, AuthCode] = {}
         self._devices: dict[str, DeviceCode] = {}  # by device_code
+        self._full_access: set[tuple[str, str]] = set()  # (mailbox, delegate), lower case
         self.sign_in_as: str | None = None  # who signs in at /authorize (None: the login_hint)
         self.authorize_error: tuple[str, int] | None = None  # (error, AADSTS code) for /authorize
         self.device_code_lifetime = 900
@@ -135,13 +137,22 @@ class FakeIdP(SignInFlows):
 
     def add_client(self, client_id: str, secret: str | None = None,
                    app_mailboxes: list[str] | tuple[str, ...] = (),
-                   redirect_uris: list[str] | tuple[str, ...] | None = None) -> None:
+                   redirect_uris: list[str] | tuple[str, ...] | None = None, *,
+                   public_flows: bool = False) -> None:
         """Register an app. `redirect_uris` as in the app registration (None: accept any); like
-        Entra ID, a registered `http://localhost` (or 127.0.0.1) URI matches any port."""
+        Entra ID, a registered `http://localhost` (or 127.0.0.1) URI matches any port.
+        `public_flows`: the portal's "Allow public client flows" (device code without the secret)."""
         with self._lock:
             self._clients[client_id] = Client(
                 secret, frozenset(m.lower() for m in app_mailboxes),
-                None if redirect_uris is None else frozenset(redirect_uris))
+                None if redirect_uris is None else frozenset(redirect_uris), public_flows)
+
+    def grant_full_access(self, mailbox: str, delegate: str, granted: bool = True) -> None:
+        """Exchange's `Add-MailboxPermission -Identity mailbox -User delegate -AccessRights
+        FullAccess` (or its removal): the delegate's own tokens then open `mailbox` too."""
+        with self._lock:
+            (self._full_access.add if granted else self._full_access.discard)(
+                (mailbox.lower(), delegate.lower()))
 
     def issue_refresh_token(self, mailbox: str, scopes: list[str] | None = None,
                             client_id: str | None = None) -> str:
@@ -193,7 +204,8 @@ class FakeIdP(SignInFlows):
         if mailbox is None:
             return True
         if at.mailbox is not None:
-            return at.mailbox.lower() == mailbox.lower()
+            return (at.mailbox.lower() == mailbox.lower()
+                    or (mailbox.lower(), at.mailbox.lower()) in self._full_access)
         client = self._clients.get(at.client_id)
         return client is not None and mailbox.lower() in client.app_mailboxes
 
@@ -246,7 +258,11 @@ class FakeIdP(SignInFlows):
         except OAuthError as e:
             return self._error(req, e)
 
-    def _authenticate_client(self, req: Request, require_secret: bool = False) -> str:
+    def _authenticate_client(self, req: Request, require_secret: bool = False,
+                             public: bool = False) -> str:
+        """The client of a token request. `public`: a public client flow (device code, or the
+        refresh of its token), which a registration with a secret may run without it when
+        "Allow public client flows" is on - and must then run without it (AADSTS700025)."""
         client_id, given = req.form.get("client_id", ""), req.form.get("client_secret")
         basic = req.headers.get("authorization", "")
         if basic[:6].lower() == "basic ":  # client_secret_basic, RFC 6749 s.2.3.1
@@ -262,6 +278,10 @@ class FakeIdP(SignInFlows):
                               f"'{client_id}' was not found in the directory.")
         if client.secret is None and not require_secret:
             return client_id
+        if public and client.public_flows:
+            if given is not None:
+                raise OAuthError("invalid_client", 700025, 401)
+            return client_id
         if given is None:
             raise OAuthError("invalid_client", 7000218, 401)
         if client.secret is None or not hmac.compare_digest(given.encode(), client.secret.encode()):
@@ -269,9 +289,9 @@ class FakeIdP(SignInFlows):
         return client_id
 
     def _refresh_grant(self, req: Request) -> JSONObject:
-        client_id = self._authenticate_client(req)
         old = req.form.get("refresh_token", "")
         rt = self._refresh.get(old)
+        client_id = self._authenticate_client(req, public=rt is not None and rt.public)
         if rt is None or rt.client_id not in (None, client_id):
             raise OAuthError("invalid_grant", 70000)
         wanted = frozenset(req.form.get("scope", "").split()) - OIDC_SCOPES
@@ -293,10 +313,10 @@ class FakeIdP(SignInFlows):
         return body
 
     def _user_tokens(self, req: Request, mailbox: str, client_id: str, scopes: frozenset[str],
-                     nonce: str | None = None) -> JSONObject:
+                     nonce: str | None = None, public: bool = False) -> JSONObject:
         """Access, refresh and id token for a user who just signed in (code or device flow)."""
         rt = "0.A" + secrets.token_urlsafe(96)
-        self._refresh[rt] = RefreshToken(mailbox, client_id, None)
+        self._refresh[rt] = RefreshToken(mailbox, client_id, None, public)
         resource = scopes - OIDC_SCOPES
         body = self._token_body(self._new_access_token(mailbox, client_id, resource), resource)
         body["refresh_token"] = rt
@@ -348,7 +368,7 @@ class FakeIdP(SignInFlows):
             self.introspections += 1
             at = self._access.get(req.form.get("token", ""))
             if (at is None or at.mailbox is None or not self._may_open(at, None)
-                    or not _scope_allows(at, req.headers.get("x-dovecot-auth-service", ""))):
+                    or not scope_allows(at, req.headers.get("x-dovecot-auth-service", ""))):
                 return Reply(200, {"active": False})
             return Reply(200, {"active": True, "username": at.mailbox, "email": at.mailbox,
                                "scope": " ".join(sorted(at.scopes)), "client_id": at.client_id,
@@ -360,7 +380,7 @@ class FakeIdP(SignInFlows):
             self.password_grants += 1
             at = self._access.get(token)
             if (req.form.get("grant_type") != "password" or at is None or not self._may_open(at, mailbox)
-                    or not _scope_allows(at, req.headers.get("x-dovecot-auth-service", ""))):
+                    or not scope_allows(at, req.headers.get("x-dovecot-auth-service", ""))):
                 return Reply(400, {"error": "invalid_grant"})
             expires_in = max(0, int(at.expires_at - self.clock()))
         return Reply(200, {"access_token": token, "token_type": "Bearer",
@@ -371,21 +391,8 @@ class FakeIdP(SignInFlows):
             time.sleep(self.delay)
         reply = route(self.routes, req)
         with self._lock:
+            secret = "client_secret" in req.form or req.headers.get("authorization", "")[:6] == "Basic "
             self.request_log.append(LoggedRequest(req.path, req.form.get("grant_type"),
-                                                  0 if reply is DROP else reply.status))
+                                                  0 if reply is DROP else reply.status, secret))
         return reply
 
-
-# Exchange Online checks the permission per protocol: a delegated token needs the protocol's scope,
-# an app-only one (scope <resource>/.default) the app role, which the fake grants every app.
-_SERVICE_SCOPES = {"pop3": "POP.AccessAsUser.All", "imap": "IMAP.AccessAsUser.All"}
-
-
-def _scope_allows(at: AccessToken | None, service: str) -> bool:
-    """May `at` be used for Dovecot's `service` (X-Dovecot-Auth-Service)? Unknown services pass."""
-    needed = _SERVICE_SCOPES.get(service.lower())
-    if at is None or needed is None or not at.scopes:
-        return at is not None
-    if any(s.endswith("/.default") for s in at.scopes):
-        return True
-    return any(s.rsplit("/", 1)[-1] == needed for s in at.scopes)

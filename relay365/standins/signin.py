@@ -44,10 +44,11 @@ class _IdP(Protocol):
 
     def _error(self, req: Request, e: OAuthError) -> Reply: ...
 
-    def _authenticate_client(self, req: Request, require_secret: bool = False) -> str: ...
+    def _authenticate_client(self, req: Request, require_secret: bool = False,
+                             public: bool = False) -> str: ...
 
     def _user_tokens(self, req: Request, mailbox: str, client_id: str, scopes: frozenset[str],
-                     nonce: str | None = None) -> JSONObject: ...
+                     nonce: str | None = None, public: bool = False) -> JSONObject: ...
 
 
 def _pending(devices: dict[str, DeviceCode], user_code: str) -> DeviceCode:
@@ -84,7 +85,7 @@ class SignInFlows:
         return self._user_tokens(req, code.mailbox, client_id, code.scopes, code.nonce)
 
     def _device_code_grant(self: _IdP, req: Request) -> JSONObject:
-        client_id = self._authenticate_client(req)
+        client_id = self._authenticate_client(req, public=True)
         dc = self._devices.get(req.form.get("device_code", ""))
         if dc is None or dc.client_id != client_id:
             raise OAuthError("invalid_grant", 70000)
@@ -98,7 +99,9 @@ class SignInFlows:
         if dc.mailbox is None:
             raise OAuthError("authorization_pending", 70016)
         del self._devices[req.form["device_code"]]
-        return self._user_tokens(req, dc.mailbox, client_id, dc.scopes)
+        client = self._clients[client_id]  # a confidential app run as a public one (no secret)?
+        public = client.public_flows and client.secret is not None
+        return self._user_tokens(req, dc.mailbox, client_id, dc.scopes, public=public)
 
     def _authorize(self: _IdP, req: Request) -> Reply:
         """The browser's half of the code flow: sign-in and consent are instant, then a 302.

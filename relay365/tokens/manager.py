@@ -228,7 +228,7 @@ class TokenManager:
             result = self._call_msal(account, app_cfg, lambda app: app.acquire_token_for_client(scopes))
             return self._token(account, result)
         with self.store.account_lock(account.mailbox):
-            rt, seeded = self._current_refresh_token(account)
+            rt, seeded, public = self._current_refresh_token(account)
             if rt is None:
                 raise TokenError(
                     account=account.mailbox, error="no_refresh_token", code=None, transient=False,
@@ -237,25 +237,30 @@ class TokenManager:
             # remembered so a needs-auth account is retried as soon as a different token is stored
             self._status[account.mailbox.lower()].rt_seen = fingerprint(rt)
             result = self._call_msal(
-                account, app_cfg, lambda app: app.acquire_token_by_refresh_token(rt.reveal(), scopes))
+                account, app_cfg, lambda app: app.acquire_token_by_refresh_token(rt.reveal(), scopes),
+                public=public)
             token = self._token(account, result)
             new_rt = result.get("refresh_token")
             if new_rt and (new_rt != rt.reveal() or seeded):
                 self.store.put(account.mailbox, Secret(new_rt), expect=rt, check_expect=not seeded,
-                               seed_fingerprint=fingerprint(account.refresh_token))
+                               seed_fingerprint=fingerprint(account.refresh_token), public=public)
             return token
 
-    def _current_refresh_token(self, account: AccountConfig) -> tuple[Secret | None, bool]:
-        """The newest refresh token; the config's seed wins only when it is new to the store."""
+    def _current_refresh_token(self, account: AccountConfig) -> tuple[Secret | None, bool, bool]:
+        """The newest refresh token, whether it is the config's seed (which wins only when it is
+        new to the store), and whether it is a public client's (`relay365 auth --device`)."""
         stored: StoredToken | None = self.store.get(account.mailbox)
         seed = account.refresh_token
         if seed and (stored is None or stored.seed_fingerprint != fingerprint(seed)):
-            return seed, True
-        return (stored.refresh_token if stored else None), False
+            return seed, True, False
+        if stored is None:
+            return None, False, False
+        return stored.refresh_token, False, stored.public
 
-    def _call_msal(self, account: AccountConfig, app_cfg: AppConfig, call) -> dict:
+    def _call_msal(self, account: AccountConfig, app_cfg: AppConfig, call,
+                   public: bool = False) -> dict:
         return call_msal(account.mailbox, app_cfg, self._session(account.app, app_cfg),
-                         self._http_caches.setdefault(account.app, {}), call)
+                         self._http_caches.setdefault(account.app, {}), call, public)
 
     def _session(self, name: str, app_cfg: AppConfig) -> TokenHTTPSession:
         if name not in self._sessions:

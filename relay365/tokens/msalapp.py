@@ -23,22 +23,25 @@ HttpCache = MutableMapping[str, object]
 MsalResult = dict[str, object]
 
 
-def build_app(app_cfg: AppConfig, session: TokenHTTPSession,
-              http_cache: HttpCache) -> msal.ClientApplication:
+def build_app(app_cfg: AppConfig, session: TokenHTTPSession, http_cache: HttpCache,
+              public: bool = False) -> msal.ClientApplication:
+    """msal's application for `app_cfg`. `public`: a public client even when the app has a
+    secret - a token from a public flow (device code) must be refreshed that way (AADSTS700025)."""
     kwargs: dict[str, object] = dict(
         authority=app_cfg.authority_url, instance_discovery=False, http_client=session,
         http_cache=http_cache, token_cache=msal.TokenCache())
-    if app_cfg.client_secret:
+    if app_cfg.client_secret and not public:
         return msal.ConfidentialClientApplication(
             app_cfg.client_id, client_credential=app_cfg.client_secret.reveal(), **kwargs)
     return msal.PublicClientApplication(app_cfg.client_id, **kwargs)
 
 
 def call_msal(account: str, app_cfg: AppConfig, session: TokenHTTPSession, http_cache: HttpCache,
-              call: Callable[[msal.ClientApplication], object]) -> MsalResult:
+              call: Callable[[msal.ClientApplication], object],
+              public: bool = False) -> MsalResult:
     """Run `call(msal_app)`; return a result with an access token or raise TokenError."""
     try:
-        result = call(build_app(app_cfg, session, http_cache))
+        result = call(build_app(app_cfg, session, http_cache, public))
     except (requests.RequestException, OSError) as exc:
         http_cache.clear()
         raise network_error(account, exc) from None

@@ -49,6 +49,7 @@ class StoredToken:
     refresh_token: Secret
     updated_at: float
     seed_fingerprint: str | None = None
+    public: bool = False  # from a public client flow (device code): refreshed without the secret
 
 
 class _Entry(TypedDict):
@@ -206,11 +207,14 @@ class TokenStore:
         if not entry:
             return None
         return StoredToken(Secret(entry["refresh_token"]), entry.get("updated_at", 0.0),
-                           entry.get("seed_fingerprint"))
+                           entry.get("seed_fingerprint"), bool(entry.get("public", False)))
 
     def put(self, mailbox: str, refresh_token: Secret, *, expect: Secret | None = None,
-            check_expect: bool = False, seed_fingerprint: str | None = None) -> bool:
+            check_expect: bool = False, seed_fingerprint: str | None = None,
+            public: bool | None = None) -> bool:
         """Store a refresh token. With check_expect, only if the stored one is still `expect`.
+        `public`: it came from a public client flow (None: as the stored one; a rotated token
+        keeps its kind).
 
         Returns False (and changes nothing) when the compare-and-swap found a different token.
         """
@@ -225,6 +229,10 @@ class TokenStore:
             fp = seed_fingerprint or (current.get("seed_fingerprint") if current else None)
             if fp:
                 entry["seed_fingerprint"] = fp
+            if public is None:
+                public = bool((current or {}).get("public", False))
+            if public:
+                entry["public"] = True
             accounts[mailbox.lower()] = entry
             self._write(accounts)
             return True

@@ -275,10 +275,16 @@ def test_device_code_declined_is_a_clear_failure(tmp_path, pki, idp, upstream):
     assert not (tmp_path / "state" / "tokens.enc").exists()
 
 
-def test_device_code_flow_with_a_confidential_app_is_refused_up_front(tmp_path, pki, idp, upstream):
+def test_device_code_flow_where_entra_refuses_public_client_flows(tmp_path, pki, idp, upstream):
+    """The session's app has a secret and 'Allow public client flows' off: Entra's own refusal."""
     proc = no_seed_config(tmp_path, pki, idp, upstream)
-    code, _out, err = AuthRun(proc.config_path, "--device").finish()
-    assert code == 1 and "needs a public client app" in err and "Traceback" not in err
+    run = AuthRun(proc.config_path, "--device")
+    idp.approve_device(run.wait_line(r"enter the code (\w+)").group(1), MAILBOX)
+    code, _out, err = run.finish()
+    assert code == 1 and "Traceback" not in err, err
+    assert "AADSTS7000218, public client flows are off" in err
+    assert "Allow public client flows: Yes" in err
+    assert not (tmp_path / "state" / "tokens.enc").exists()
 
 
 def accounts_json(config_path) -> dict[str, dict]:

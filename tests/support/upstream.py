@@ -67,6 +67,7 @@ import atexit
 import itertools
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -151,6 +152,7 @@ class MailUpstream:
         sendas_check: Literal["data", "mail"] = "data",
         debug: bool = False,
         dovecot_extra: str = "",
+        send_as: dict[str, Iterable[str]] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.pki = pki
@@ -161,6 +163,8 @@ class MailUpstream:
         self.sendas_check = sendas_check
         self.debug = debug
         self.dovecot_extra = dovecot_extra  # appended to dovecot.conf (the benchmark raises limits)
+        # Exchange's SendAs (Add-RecipientPermission): address -> the other logins that may send as it
+        self.send_as = {a.lower(): [x.lower() for x in logins] for a, logins in (send_as or {}).items()}
         self.name = _instance_name()
         self.host = "127.0.0.1"
         self.imap_port = 0
@@ -358,8 +362,11 @@ class MailUpstream:
             f"tempfail@{self.domain} 451 4.3.0 <tempfail@{self.domain}>: Temporary server error, "
             "please try again later\n"
         )
-        # every address is owned by the login of the same name: SendAs only for oneself
-        (etc / "postfix/sender_login.regexp").write_text("/^(.+)$/ ${1}\n")
+        # every address is owned by the login of the same name (SendAs only for oneself), except
+        # where send_as grants other logins too
+        granted = "".join(f"/^{re.escape(a)}$/ {','.join([a, *logins])}\n"
+                          for a, logins in self.send_as.items())
+        (etc / "postfix/sender_login.regexp").write_text(granted + "/^(.+)$/ ${1}\n")
         # Postfix re-reads a config file whose mtime is "now" until it looks settled (0.3 s a time,
         # ~2 s per start): date them in the past.
         past = time.time() - 60
