@@ -99,16 +99,18 @@ class StatusApp:
             return redirect("/?error=readonly")
         if sec.cross_site(req.headers):
             return text(403, "cross-site request refused")
-        throttle, now = self.src.throttle, self.src.monotonic()
-        if throttle.check(req.peer, ADMIN_USER, now).blocked:
+        # counted apart from mail logins (`http:` IPs), so a printer's failures on the same host
+        # do not lock the operator out of the page that lifts its block
+        throttle, now, ip = self.src.throttle, self.src.monotonic(), f"http:{req.peer}"
+        if throttle.check(ip, ADMIN_USER, now).blocked:
             log.warning("status_login_failed", peer=req.peer, reason="blocked")
             return redirect("/?error=blocked")
         if not sec.token_matches(self._token(), req.form().get("token", "")):
-            verdict = throttle.failed(req.peer, ADMIN_USER, now)
+            verdict = throttle.failed(ip, ADMIN_USER, now)
             log.warning("status_login_failed", peer=req.peer, reason="bad_token")
             await asyncio.sleep(verdict.delay)
             return redirect("/?error=token")
-        throttle.succeeded(req.peer, ADMIN_USER)
+        throttle.succeeded(ip, ADMIN_USER)
         key = self._key()
         assert key is not None
         cookie = sec.issue_session(key, self.src.clock())
