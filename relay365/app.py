@@ -44,6 +44,9 @@ from .states import AccountState
 from .tlsutil import server_context
 from .tokens.manager import TokenManager
 from .tokens.store import TokenStore
+from .web.collect import Sources
+from .web.model import ListenerRow
+from .web.routes import StatusApp
 
 log = structlog.get_logger("relay365.app")
 SPOOL_STUCK_AFTER = 3600.0  # /readyz reports degraded while the oldest queued message is older
@@ -87,6 +90,7 @@ class Relay:
         self.imap: ImapHandler | None = None
         self.pop3: Pop3Handler | None = None
         self._servers: dict[str, list[asyncio.Server]] = {}
+        self.status_page: StatusApp | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[bool]] = set()
@@ -100,6 +104,14 @@ class Relay:
         """Bound addresses by protocol (port 0 in the config becomes the real port here)."""
         return {proto: [sock.getsockname()[:2] for s in servers for sock in s.sockets]
                 for proto, servers in self._servers.items() if servers}
+
+    def listener_rows(self) -> list[ListenerRow]:
+        """What is bound, with the connections open now (for the status page)."""
+        now = {"smtp": self.smtp.active if self.smtp else 0,
+               "imap": self.imap.connections if self.imap else 0,
+               "pop3": self.pop3.connections if self.pop3 else 0}
+        return [ListenerRow(p, tuple(f"{h}:{port}" for h, port in a), now.get(p, 0))
+                for p, a in self.addresses.items()]
 
     async def _bind(self, proto: str) -> None:
         if proto == "smtp" and self.config.smtp is not None:
@@ -116,7 +128,12 @@ class Relay:
             self._servers["pop3"] = await bind_pop3(self.pop3)
         elif proto == "http" and self.config.http is not None:
             addr = self.config.http.listen
-            self._servers["http"] = [await serve_http(addr.host, addr.port, self.readiness)]
+            if self.status_page is None:
+                self.status_page = StatusApp(Sources(
+                    lambda: self.config, self.tokens, self.store, self.spool, self.auth.throttle,
+                    self.listener_rows, lambda: self.phase))
+            self._servers["http"] = [await serve_http(addr.host, addr.port, self.readiness,
+                                                      self.status_page)]
 
     def _unbind(self, proto: str) -> None:
         for server in self._servers.pop(proto, []):

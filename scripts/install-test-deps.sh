@@ -11,17 +11,18 @@
 set -eu
 
 PACKAGES="postfix dovecot-imapd dovecot-lmtpd dovecot-pop3d fetchmail getmail6 swaks isync curl ca-certificates libnet-ssleay-perl haproxy
-systemd libseccomp2 prometheus"
+systemd libseccomp2 prometheus chromium chromium-driver"
 # libnet-ssleay-perl: swaks' STARTTLS support; only a Recommends of swaks, so name it.
 # systemd (systemd-analyze verify/security), libseccomp2 (the unit's syscall filter around a real
 # relay) and prometheus (promtool checks contrib/'s alert rules): tests/test_packaging.py.
+# chromium + chromium-driver: the status page in a real browser (selenium), test_status_page.py.
 
 # What the tests execute; if all of it is present, apt is not touched at all.
 REQUIRED="/usr/sbin/postfix /usr/sbin/postconf /usr/sbin/postsuper /usr/lib/postfix/sbin/master
 /usr/sbin/dovecot /usr/bin/doveadm /usr/lib/dovecot/imap /usr/lib/dovecot/imap-login
 /usr/lib/dovecot/lmtp /usr/lib/dovecot/pop3 /usr/lib/dovecot/pop3-login
 /usr/bin/fetchmail /usr/bin/getmail /usr/lib/dovecot/auth /usr/bin/swaks /usr/bin/mbsync /usr/bin/curl
-/usr/sbin/haproxy /usr/bin/systemd-analyze /usr/bin/promtool"
+/usr/sbin/haproxy /usr/bin/systemd-analyze /usr/bin/promtool /usr/bin/chromium /usr/bin/chromedriver"
 
 what=
 log() { printf 'install-test-deps: %s\n' "$*" >&2; }

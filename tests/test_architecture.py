@@ -19,6 +19,8 @@ CORES = {
     "relay365.throttle", "relay365.proxyproto", "relay365.imap.core", "relay365.imap.parse",
     "relay365.smtp.policy", "relay365.smtp.data", "relay365.smtp.rewrite",
     "relay365.spool.schedule", "relay365.tokens.classify", "relay365.config.units",
+    "relay365.web.page", "relay365.web.sections", "relay365.web.chart", "relay365.web.markup",
+    "relay365.web.security", "relay365.web.model", "relay365.web.wire",
 }
 FORBIDDEN_IN_CORES = {"asyncio", "socket", "time", "logging", "structlog", "ssl", "selectors"}
 # Ring 3: the daemon shell; nothing inside the rings may import it.

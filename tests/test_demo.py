@@ -1,5 +1,6 @@
 """The README's first command: `relay365 demo` relays one message end to end without a tenant."""
 import os
+import re
 import subprocess
 import sys
 
@@ -14,3 +15,4 @@ def test_demo_once_relays_a_message_with_xoauth2():
     assert "MAIL FROM: scanner@contoso.example" in out
     assert "event=message_relayed" in out
     assert "Traceback" not in out
+    assert re.search(r"Status page: http://127\.0\.0\.1:\d+/ ", out), out[-1500:]

@@ -30,6 +30,7 @@ from .fakeo365 import FakeO365SMTP
 
 MAILBOX = "scanner@contoso.example"
 USER, PASSWORD = "scanner", "demo-password"
+ADMIN_TOKEN = "demo-admin-token"  # the status page's actions; a throwaway, like the rest
 
 
 class _Tap(logging.Handler):
@@ -76,6 +77,9 @@ def _write_config(workdir: Path, idp: FakeIdP, smtp_port: int, relay_port: int,
         smtp:
           listen: ["127.0.0.1:{relay_port}"]
           sender: rewrite
+        http:
+          listen: 127.0.0.1:0
+          admin_token: {ADMIN_TOKEN}
         """))
     return path
 
@@ -91,7 +95,7 @@ def _send_sample(port: int) -> None:
         s.send_message(msg)
 
 
-def _show(received, tap: _Tap, port: int, config_path: Path, out) -> None:
+def _show(received, tap: _Tap, port: int, config_path: Path, out, status_url: str = "") -> None:
     print("\n== what the Office 365 stand-in received ==", file=out)
     print(f"  TLS: {'yes' if received.tls else 'no'}   AUTH: {received.mechanism} as {received.mailbox}",
           file=out)
@@ -111,6 +115,7 @@ def _show(received, tap: _Tap, port: int, config_path: Path, out) -> None:
           swaks --server 127.0.0.1:{port} --auth PLAIN --auth-user {USER} --auth-password {PASSWORD} \\
                 --from me@printers.lan --to bob@contoso.example
           A printer: SMTP server = this host, port {port}, user {USER}, password {PASSWORD}, no TLS.
+          Status page: {status_url} (admin token for its actions: {ADMIN_TOKEN})
           Ctrl-C stops the demo.
         """), file=out)
 
@@ -140,7 +145,8 @@ async def _demo(keep_serving: bool, port: int, out) -> int:
             port = relay.addresses["smtp"][0][1]
             try:
                 await asyncio.to_thread(_send_sample, port)
-                _show(o365.messages[-1], tap, port, config_path, out)
+                http = relay.addresses.get("http", [("127.0.0.1", 0)])[0]
+                _show(o365.messages[-1], tap, port, config_path, out, f"http://{http[0]}:{http[1]}/")
                 if keep_serving:
                     await relay.serve()
             finally:
