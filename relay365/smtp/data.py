@@ -118,14 +118,16 @@ class DataReader:
         if self._skipping:  # the tail of an over-long line: never a line of its own
             self._skipping, self._line_start_after_crlf = False, crlf
             self.size += len(line)
+            if self.max_size is not None and self.size > self.max_size:
+                self.error = DataError.TOO_BIG
             return False
         if crlf and text == b"." and self._line_start_after_crlf:
             self.done = True
             return True
         after_crlf, self._line_start_after_crlf = self._line_start_after_crlf, crlf
         self.size += len(line)
-        if self.max_size is not None and self.size > self.max_size and self.error is None:
-            self.error = DataError.TOO_BIG
+        if self.max_size is not None and self.size > self.max_size:
+            self.error = DataError.TOO_BIG  # over SIZE wins over a long line, however it arrived
         if len(line) > self.max_line and self.error is None:
             self.error = DataError.LINE_TOO_LONG
         if self.error is not None:
@@ -140,6 +142,7 @@ class DataReader:
         """A line longer than the limit with no end yet: count it, drop it, remember the error."""
         self.size += length
         self._skipping = True
-        if self.error is None:
-            too_big = self.max_size is not None and self.size > self.max_size
-            self.error = DataError.TOO_BIG if too_big else DataError.LINE_TOO_LONG
+        if self.max_size is not None and self.size > self.max_size:
+            self.error = DataError.TOO_BIG
+        elif self.error is None:
+            self.error = DataError.LINE_TOO_LONG

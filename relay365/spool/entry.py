@@ -79,13 +79,45 @@ class Entry:
 
     @classmethod
     def from_json(cls, raw: bytes, path: Path) -> Entry:
-        data = json.loads(raw)
+        """Read a stored envelope; ValueError when it is not one (damaged, hand-edited wrong)."""
+        try:
+            data = json.loads(raw)
+        except RecursionError:  # "[[[[..." nests deeper than the parser goes
+            raise ValueError("envelope nests too deep") from None
+        if not isinstance(data, dict):
+            raise ValueError("envelope is not a JSON object")
         known = {f.name for f in fields(cls)} - {"path"}
         data = {k: v for k, v in data.items() if k in known}
         data["id"] = path.name  # the directory's name is the id (a move may have renamed it)
+        if not isinstance(data.get("rcpts"), list) or not isinstance(data.get("mail_options", []), list):
+            raise ValueError("envelope rcpts and mail_options must be lists")
         data["rcpts"] = tuple(data["rcpts"])
         data["mail_options"] = tuple(data.get("mail_options", ()))
-        return cls(**data, path=path)
+        entry = cls(**data, path=path)
+        _check_types(entry)
+        return entry
+
+
+_NUMBER = (int, float)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "mailbox": (str,), "mail_from": (str,), "received_at": _NUMBER, "size": (int,),
+    "attempts": (int,), "next_attempt": _NUMBER, "last_error": (str, type(None)),
+    "lifetime_start": (*_NUMBER, type(None)), "notice": (bool,), "failed_at": (*_NUMBER, type(None)),
+    "rcpt_errors": (dict,),
+}
+
+
+def _check_types(e: Entry) -> None:
+    """The worker sorts, compares and formats these: one wrong type in one hand-edited or damaged
+    envelope would otherwise stop the whole queue, every loop, not just that message."""
+    for name, types in _TYPES.items():
+        value = getattr(e, name)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ValueError(f"envelope {name} has the wrong type ({type(value).__name__})")
+    if not e.rcpts or not all(isinstance(r, str) for r in (*e.rcpts, *e.mail_options)):
+        raise ValueError("envelope rcpts must be a non-empty list of addresses")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in e.rcpt_errors.items()):
+        raise ValueError("envelope rcpt_errors must map addresses to replies")
 
 
 # -- test hook, and ids --------------------------------------------------------------------------

@@ -1,0 +1,21 @@
+"""One target under atheris (libFuzzer), coverage-guided over relay365 and aiosmtpd.
+Run by `fuzz/run --engine atheris`; by hand: python -m fuzz.atheris_main TARGET [libFuzzer flags] DIR"""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports(include=["relay365", "aiosmtpd", "fuzz"]):
+    from fuzz.targets import TARGETS
+
+
+def main() -> None:
+    target = TARGETS[sys.argv[1]]
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
