@@ -104,6 +104,14 @@ def fingerprint(secret: Secret | None) -> str | None:
     return hashlib.sha256(secret.reveal().encode()).hexdigest()[:16] if secret else None
 
 
+MAIL = "mail"  # the Office 365 mail resource (IMAP, POP, SMTP): the default
+GRAPH = "graph"  # Microsoft Graph (upstream.graph): the same refresh token redeems for it
+
+
+def _cache_key(key: str, resource: str) -> str:
+    return key if resource == MAIL else f"{key} {resource}"
+
+
 class TokenManager:
     def __init__(self, config: Config, store: TokenStore, *, clock: Callable[[], float] = time.time,
                  retry_delays: tuple[float, ...] = RETRY_DELAYS) -> None:
@@ -128,23 +136,27 @@ class TokenManager:
         for key in set(self._status) - {a.mailbox.lower() for a in config.accounts}:
             self._status.pop(key)
             self._cache.pop(key, None)
+            self._cache.pop(_cache_key(key, GRAPH), None)
 
     # -- the public interface ----------------------------------------------------------------
 
-    async def get(self, mailbox: str, *, rejected: Secret | None = None) -> AccessToken:
-        """A token with at least `margin` left. `rejected`: the upstream refused this one, get another."""
+    async def get(self, mailbox: str, *, rejected: Secret | None = None,
+                  resource: str = MAIL) -> AccessToken:
+        """A token with at least `margin` left. `rejected`: the upstream refused this one, get another.
+        `resource`: MAIL (Office 365 IMAP/POP/SMTP) or GRAPH; each has its own cached token."""
         key = mailbox.lower()
         if key in self._status:
             self._status[key].last_use = self._clock()
-        return await self._get(key, rejected=rejected)
+        return await self._get(key, rejected=rejected, resource=resource)
 
     async def _get(self, key: str, *, rejected: Secret | None = None,
-                   force: bool = False) -> AccessToken:
+                   force: bool = False, resource: str = MAIL) -> AccessToken:
         """`get` without counting as use; `force`: redeem even if the cached token is fresh."""
         account = self.config.account(key)
         if account is None:
             raise KeyError(key)
         status = self._status[key]
+        key = _cache_key(key, resource)  # one token and one flight per (account, resource)
         cached = self._cache.get(key)
         if cached and cached.token != rejected and not force and self._fresh(cached):
             return replace(cached, from_cache=True)
@@ -152,7 +164,8 @@ class TokenManager:
             self._cache.pop(key, None)
         flight = self._flights.get(key)
         if flight is None:  # the flight is a task of its own: a caller's cancellation cannot kill it
-            flight = asyncio.create_task(self._fly(account, status), name=f"token-flight:{key}")
+            flight = asyncio.create_task(self._fly(account, status, resource),
+                                         name=f"token-flight:{key}")
             self._flights[key] = flight
             flight.add_done_callback(lambda t, key=key: self._landed(key, t))
         return await asyncio.shield(flight)
@@ -167,7 +180,8 @@ class TokenManager:
 
     # -- one flight --------------------------------------------------------------------------
 
-    async def _fly(self, account: AccountConfig, status: AccountStatus) -> AccessToken:
+    async def _fly(self, account: AccountConfig, status: AccountStatus,
+                   resource: str = MAIL) -> AccessToken:
         now = self._clock()
         if status.error is not None and now < status.hold_until and (
                 not status.error.needs_auth or await self._stored_fp(account) == status.rt_seen):
@@ -176,7 +190,7 @@ class TokenManager:
         status.state = AccountState.REFRESHING
         for attempt, delay in enumerate((*self._retry_delays, None)):
             try:
-                token = await asyncio.to_thread(self._redeem, account)
+                token = await asyncio.to_thread(self._redeem, account, resource)
             except TokenError as exc:
                 if exc.transient and delay is not None:
                     log.info("token_retry", account=account.mailbox, code=exc.code, attempt=attempt + 1)
@@ -190,8 +204,8 @@ class TokenManager:
             metrics.TOKEN_REFRESHES.labels("ok", "").inc()
             status.state, status.error, status.failures = AccountState.OK, None, 0
             status.expires_at, status.last_refresh = token.expires_at, self._clock()
-            self._cache[account.mailbox.lower()] = token
-            log.info("token_refreshed", account=account.mailbox, flow=account.flow,
+            self._cache[_cache_key(account.mailbox.lower(), resource)] = token
+            log.info("token_refreshed", account=account.mailbox, flow=account.flow, resource=resource,
                      expires_in=int(token.expires_at - self._clock()))
             await self.save_status()
             return token
@@ -221,9 +235,10 @@ class TokenManager:
 
     # -- in a worker thread ------------------------------------------------------------------
 
-    def _redeem(self, account: AccountConfig) -> AccessToken:
+    def _redeem(self, account: AccountConfig, resource: str = MAIL) -> AccessToken:
         app_cfg = self.config.apps[account.app]
-        scopes = self.config.scopes_for(account)
+        scopes = (self.config.scopes_for(account) if resource == MAIL
+                  else self.config.graph_scopes_for(account))
         if account.flow == "client_credentials":
             result = self._call_msal(account, app_cfg, lambda app: app.acquire_token_for_client(scopes))
             return self._token(account, result)
