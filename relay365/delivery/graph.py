@@ -18,6 +18,7 @@ from ..graph.errors import GraphError
 from ..graph.mime import SENDMAIL_MAX_MIME, prepare
 from ..tokens.manager import TokenManager
 from .deliver import Outgoing, Refusal
+from .message import read_all
 
 log = structlog.get_logger("relay365.delivery.graph")
 
@@ -32,7 +33,7 @@ class GraphDeliverer:
             raise TokenError(account=message.mailbox, error="unknown_account", code=None,
                              transient=False, action="add the mailbox under accounts: or delete "
                                                      "its queued messages")
-        prepared = prepare(message.data, message.rcpts)
+        prepared = prepare(read_all(message.message), message.rcpts)
         if prepared.dropped:
             log.warning("graph_header_recipients_dropped", account=message.mailbox,
                         dropped=list(prepared.dropped))
@@ -49,12 +50,17 @@ class GraphDeliverer:
                         graph_code=exc.graph_code, request_id=exc.request_id,
                         transient=exc.transient, retry_after=exc.retry_after, action=exc.action)
             raise
+        metrics.UPSTREAM_LATENCY.labels("graph", "send").observe(time.monotonic() - started)
         metrics.MESSAGES.inc()
         metrics.BYTES.labels("graph", "up").inc(len(prepared.data))
         log.info("graph_sent", account=message.mailbox, request_id=answer.request_id,
                  rcpts=len(message.rcpts), bcc=len(prepared.bcc),
                  seconds=round(time.monotonic() - started, 3))
         return ()
+
+    def configure(self, config: Config) -> None:
+        self.config = config
+        self.client.configure(config)
 
     async def aclose(self) -> None:
         await self.client.aclose()

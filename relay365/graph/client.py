@@ -45,6 +45,10 @@ class GraphClient:
             timeout=httpx.Timeout(up.timeout, connect=up.connect_timeout))
         self._slots: dict[str, asyncio.Semaphore] = {}
 
+    def configure(self, config: Config) -> None:
+        """A reloaded config: base_url and accounts are read from it per request."""
+        self.config = config
+
     @property
     def base_url(self) -> str:
         return self.config.upstream.graph.base_url.rstrip("/")
