@@ -24,6 +24,12 @@ def _ago(ts: float | None, now: float) -> str:
     return f"{_span(s)} ago"
 
 
+def _via(row: dict[str, object]) -> str:
+    """`smtp`, `graph`, or `graph (auto)` once an auto account switched (SMTP AUTH off)."""
+    via = str(row.get("sending_via") or row.get("send_via") or "smtp")
+    return f"{via} (auto)" if row.get("send_via") == "auto" and via == "graph" else via
+
+
 def _span(s: int) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if s >= size:
@@ -43,6 +49,7 @@ def collect(config: Config, now: float | None = None) -> dict:
     rows = []
     for account in config.accounts:
         row = {"mailbox": account.mailbox, "flow": account.flow, "state": "unknown", "code": None,
+               "send_via": account.send_via,
                "action": None, "expires_at": None, "last_refresh": None, "last_use": None,
                **by_box.get(account.mailbox.lower(), {})}
         stored = store.get(account.mailbox) if account.flow == "refresh_token" else None
@@ -55,7 +62,8 @@ def collect(config: Config, now: float | None = None) -> dict:
 
 def render(report: dict, now: float | None = None) -> str:
     now = now or time.time()
-    head = ("MAILBOX", "FLOW", "STATE", "TOKEN EXPIRES", "LAST REFRESH", "REFRESH TOKEN AGE", "LAST USE")
+    head = ("MAILBOX", "FLOW", "STATE", "TOKEN EXPIRES", "LAST REFRESH", "REFRESH TOKEN AGE", "LAST USE",
+            "SENDS VIA")
     lines = [head]
     notes = []
     for r in report["accounts"]:
@@ -63,7 +71,8 @@ def render(report: dict, now: float | None = None) -> str:
         age = _ago(r.get("refresh_token_updated"), now).replace(" ago", "") if r.get(
             "refresh_token_updated") else "-"
         lines.append((r["mailbox"], r["flow"], state, _ago(r.get("expires_at"), now),
-                      _ago(r.get("last_refresh"), now), age, _ago(r.get("last_use"), now)))
+                      _ago(r.get("last_refresh"), now), age, _ago(r.get("last_use"), now),
+                      _via(r)))
         if r.get("action") and r["state"] != "ok":
             notes.append(f"  {r['mailbox']}: {r['action']}")
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]

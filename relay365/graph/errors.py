@@ -84,6 +84,8 @@ def from_response(status: int, headers: Mapping[str, str], body: bytes) -> Graph
             wait = DEFAULT_RETRY_AFTER
     elif status == 401:
         smtp, text, transient = 451, "4.7.0 Microsoft Graph refused the access token", True
+    elif code == "ErrorInvalidRecipients":
+        smtp, text, transient = 550, "5.1.1 Microsoft Graph refused a recipient address", False
     elif status == 403:
         smtp, text, transient = 550, "5.7.1 Microsoft Graph refused to send as this mailbox", False
     elif status >= 500:
