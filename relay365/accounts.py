@@ -28,6 +28,7 @@ class SavedRow(TypedDict, total=False):
     expires_at: float | None
     last_refresh: float | None
     last_use: float | None
+    send_via: str
 
 
 class Row(TypedDict):
@@ -40,6 +41,7 @@ class Row(TypedDict):
     expires_at: float | None
     last_refresh: float | None
     last_use: float | None
+    send_via: str  # smtp | graph | auto, or "graph (auto)" once auto switched
     refresh_token_updated: float | None
 
 
@@ -55,6 +57,12 @@ def _ago(ts: float | None, now: float) -> str:
     if s < 0:
         return f"in {_span(-s)}"
     return f"{_span(s)} ago"
+
+
+def _via(row: dict[str, object]) -> str:
+    """`smtp`, `graph`, or `graph (auto)` once an auto account switched (SMTP AUTH off)."""
+    via = str(row.get("sending_via") or row.get("send_via") or "smtp")
+    return f"{via} (auto)" if row.get("send_via") == "auto" and via == "graph" else via
 
 
 def _span(s: int) -> str:
@@ -92,7 +100,7 @@ def collect(config: Config, now: float | None = None) -> Report:
         saved: SavedRow = by_box.get(account.mailbox.lower(), {})
         row: Row = {"mailbox": account.mailbox, "flow": account.flow, "state": "unknown",
                     "code": None, "action": None, "expires_at": None, "last_refresh": None,
-                    "last_use": None, **saved,
+                    "last_use": None, "send_via": account.send_via, **saved,
                     "refresh_token_updated": stored.updated_at if stored else None}
         if account.flow == "refresh_token" and stored is None and not account.refresh_token:
             row["state"], row["action"] = "needs-auth", "no refresh token: run relay365 auth MAILBOX"
@@ -102,7 +110,8 @@ def collect(config: Config, now: float | None = None) -> Report:
 
 def render(report: Report, now: float | None = None) -> str:
     now = now or time.time()
-    head = ("MAILBOX", "FLOW", "STATE", "TOKEN EXPIRES", "LAST REFRESH", "REFRESH TOKEN AGE", "LAST USE")
+    head = ("MAILBOX", "FLOW", "STATE", "TOKEN EXPIRES", "LAST REFRESH", "REFRESH TOKEN AGE", "LAST USE",
+            "SENDS VIA")
     lines = [head]
     notes = []
     for r in report["accounts"]:
@@ -110,7 +119,8 @@ def render(report: Report, now: float | None = None) -> str:
         age = _ago(r.get("refresh_token_updated"), now).replace(" ago", "") if r.get(
             "refresh_token_updated") else "-"
         lines.append((r["mailbox"], r["flow"], state, _ago(r.get("expires_at"), now),
-                      _ago(r.get("last_refresh"), now), age, _ago(r.get("last_use"), now)))
+                      _ago(r.get("last_refresh"), now), age, _ago(r.get("last_use"), now),
+                      _via(r)))
         if r.get("action") and r["state"] != "ok":
             notes.append(f"  {r['mailbox']}: {r['action']}")
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]

@@ -30,7 +30,10 @@ import structlog
 from . import logs, metrics, sdnotify
 from .config import Config, ImapConfig, Pop3Config, SmtpConfig, load_config
 from .delivery import SmtpDeliverer
+from .delivery.graph import GraphDeliverer
+from .delivery.route import RoutedDeliverer
 from .errors import ConfigError
+from .graph.client import GraphClient
 from .httpapi import serve_http
 from .imap.server import ImapHandler, bind_imap
 from .localauth import LocalAuth
@@ -81,10 +84,12 @@ class Relay:
         self.auth = LocalAuth(config)
         # the spool runs whenever SMTP does: it also delivers what an earlier run accepted
         self.spool: SpoolWorker | None = None
+        # one HTTP client (connection reuse, 4 requests per mailbox) for every Graph send
+        self.graph = GraphDeliverer(config, self.tokens, client=GraphClient(config, self.tokens))
         if config.smtp is not None:
             self.spool = SpoolWorker(
                 SpoolQueue(config.state_dir, min_free_space=config.spool.min_free_space),
-                spool_deliver(SmtpDeliverer(config, self.tokens)), config.spool,
+                spool_deliver(self._deliverer(config)), config.spool,
                 held=make_token_hold(self.tokens))
         self.smtp: RelayHandler | None = None  # made once, at the first bind; reloads reuse it
         self.imap: ImapHandler | None = None
@@ -116,7 +121,8 @@ class Relay:
     async def _bind(self, proto: str) -> None:
         if proto == "smtp" and self.config.smtp is not None:
             if self.smtp is None:
-                self.smtp = RelayHandler(self.config, self.tokens, self.auth, self.spool)
+                self.smtp = RelayHandler(self.config, self.tokens, self.auth, self.spool,
+                                         self.graph)
             self._servers["smtp"] = await bind_smtp(self.smtp)
         elif proto == "imap" and self.config.imap is not None:
             if self.imap is None:
@@ -197,8 +203,14 @@ class Relay:
         if self.spool is not None:  # deliveries in progress get the rest of the drain time
             await self.spool.stop(timeout=max(1.0, drain_timeout))
         await self.tokens.save_status()
+        await self.graph.aclose()
         log.info("relay_stopped")
         self.notify.close()
+
+    def _deliverer(self, config: Config) -> RoutedDeliverer:
+        """The spool's way out: SMTP or Graph per account (send_via), one interface."""
+        self.graph.configure(config)
+        return RoutedDeliverer(self.tokens, SmtpDeliverer(config, self.tokens), self.graph)
 
     def active_sessions(self) -> int:
         return ((self.smtp.active if self.smtp else 0) + (self.imap.connections if self.imap else 0)
@@ -239,7 +251,7 @@ class Relay:
         self.tokens.configure(new)
         self.auth.configure(new)
         if self.spool is not None:
-            self.spool.configure(new.spool, spool_deliver(SmtpDeliverer(new, self.tokens)))
+            self.spool.configure(new.spool, spool_deliver(self._deliverer(new)))
         logs.set_level(new.log.level)
         if self.smtp is not None and new.smtp is not None:
             self.smtp.configure(new)

@@ -22,6 +22,7 @@ SHUTTING_DOWN = "421 4.3.2 Service shutting down"
 SENDER_OK = "250 2.1.0 Sender OK"
 RECIPIENT_OK = "250 2.1.5 Recipient OK"
 QUEUED_AS = "250 2.0.0 OK queued as"  # + the spool id
+GRAPH_ACCEPTED = "250 2.0.0 OK sent through Microsoft Graph"  # Graph answers 202, no text
 RESET_OK = "250 2.0.0 OK"
 NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
 NEED_MAIL = "503 5.5.1 Error: need MAIL command"

@@ -10,6 +10,7 @@ Everything else imports from here: `from relay365.config import Config, load_con
 
 from .load import load_config
 from .model import (
+                    CLOUD_GRAPH_HOSTS,
                     CLOUD_MAIL_HOSTS,
                     CLOUDS,
                     DELEGATED_SCOPES,
@@ -17,6 +18,7 @@ from .model import (
                     AppConfig,
                     Config,
                     Endpoint,
+                    GraphConfig,
                     LogConfig,
                     UpstreamConfig,
 )
@@ -33,9 +35,9 @@ from .services import (
 from .units import ListenAddr, parse_duration, parse_listen, parse_network, parse_size
 
 __all__ = [
-    "CLOUDS", "CLOUD_MAIL_HOSTS", "DELEGATED_SCOPES", "AccountConfig", "AppConfig", "Config",
-    "Endpoint", "HttpConfig", "ImapConfig", "LimitsConfig", "ListenAddr", "LogConfig", "Pop3Config",
-    "SmtpConfig",
+    "CLOUDS", "CLOUD_GRAPH_HOSTS", "CLOUD_MAIL_HOSTS", "DELEGATED_SCOPES", "AccountConfig",
+    "AppConfig", "Config", "Endpoint", "GraphConfig", "HttpConfig", "ImapConfig", "LimitsConfig",
+    "ListenAddr", "LogConfig", "Pop3Config", "SmtpConfig",
     "SpoolConfig", "UnauthenticatedNet", "UpstreamConfig", "UserConfig", "load_config",
     "parse_duration", "parse_listen", "parse_network", "parse_size",
 ]

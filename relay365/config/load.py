@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..passwords import check_hash_format
 from .loader import Loader
-from .model import CLOUD_MAIL_HOSTS, Config
+from .model import CLOUD_GRAPH_HOSTS, CLOUD_MAIL_HOSTS, Config, GraphConfig
 from .services import HttpConfig, ImapConfig, Pop3Config, SmtpConfig, UnauthenticatedNet, UserConfig
 
 
@@ -47,6 +47,9 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
             upstream = replace(upstream, imap=replace(upstream.imap, host=imap_host))
         if loader.line("upstream.pop3") is None:
             upstream = replace(upstream, pop3=replace(upstream.pop3, host=imap_host))
+        if loader.line("upstream.graph.base_url") is None:
+            graph = GraphConfig(f"https://{CLOUD_GRAPH_HOSTS[kind]}/v1.0")
+            upstream = replace(upstream, graph=graph)
     return replace(config, state_dir=state_dir, upstream=upstream, source=str(path))
 
 
@@ -138,6 +141,8 @@ def _check_apps(c: Config, at: At) -> Iterator[str]:
             yield f"apps.{name}.ca_file: no such file: {app.ca_file}{at(f'apps.{name}.ca_file')}"
     if c.upstream.ca_file and not c.upstream.ca_file.is_file():
         yield f"upstream.ca_file: no such file: {c.upstream.ca_file}{at('upstream.ca_file')}"
+    if not c.upstream.graph.base_url.startswith("https://"):
+        yield f"upstream.graph.base_url: must be an https:// URL{at('upstream.graph.base_url')}"
 
 
 def _check_unauthenticated(c: Config, smtp: SmtpConfig, at: At) -> Iterator[str]:

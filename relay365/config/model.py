@@ -30,6 +30,14 @@ CLOUD_MAIL_HOSTS = {
     "china": ("smtp.partner.outlook.cn", "partner.outlook.cn"),
     "consumers": ("smtp-mail.outlook.com", "outlook.office365.com"),
 }
+# Microsoft Graph per cloud: the default upstream.graph.base_url, and the token resource.
+CLOUD_GRAPH_HOSTS = {
+    "global": "graph.microsoft.com",
+    "usgov": "graph.microsoft.us",
+    "china": "microsoftgraph.chinacloudapi.cn",
+    "consumers": "graph.microsoft.com",
+}
+GRAPH_DELEGATED_SCOPES = ("Mail.Send", "Mail.ReadWrite")  # Mail.ReadWrite: drafts for large mail
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,17 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class GraphConfig:
+    base_url: str = "https://graph.microsoft.com/v1.0"  # default follows the apps' cloud
+
+    @property
+    def resource(self) -> str:
+        """The token audience: scheme and host of base_url (`https://graph.microsoft.com`)."""
+        scheme, _, rest = self.base_url.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     smtp: Endpoint = Endpoint("smtp.office365.com", 587, "starttls")
     imap: Endpoint = Endpoint("outlook.office365.com", 993, "implicit")
@@ -80,6 +99,7 @@ class UpstreamConfig:
     # keep a logged-in SMTP session this long after its client left, for the next client of the
     # same mailbox (saves a TLS handshake and an XOAUTH2 login per message); 0 turns it off
     smtp_pool_idle: float = duration(30.0)
+    graph: GraphConfig = GraphConfig()  # Microsoft Graph, for accounts with send_via graph/auto
 
     def __post_init__(self) -> None:
         check_ranges(self, positive=("connect_timeout", "timeout"), not_negative=("smtp_pool_idle",))
@@ -92,6 +112,10 @@ class AccountConfig:
     flow: Literal["refresh_token", "client_credentials"] = "refresh_token"
     refresh_token: Secret | None = None
     scopes: list[str] | None = None  # default: IMAP, POP and SMTP.Send of the app's cloud
+    # smtp: Office 365 SMTP; graph: Microsoft Graph sendMail (tenants with SMTP AUTH off);
+    # auto: SMTP until Office 365 answers 535 5.7.139 (SMTP AUTH disabled), then Graph
+    send_via: Literal["smtp", "graph", "auto"] = "smtp"
+    save_to_sent: bool = True  # Graph: leave a copy in the mailbox's Sent Items, as Outlook does
 
 
 @dataclass(frozen=True)
@@ -129,5 +153,13 @@ class Config:
         if account.scopes:
             return list(account.scopes)
         return [f"https://{app.scope_resource}/{s}" for s in DELEGATED_SCOPES]
+
+    def graph_scopes_for(self, account: AccountConfig) -> list[str]:
+        """Scopes of the Graph access token (another resource than Office 365 mail): the same
+        refresh token or client credentials redeem for either."""
+        resource = self.upstream.graph.resource
+        if account.flow == "client_credentials":
+            return [f"{resource}/.default"]
+        return [f"{resource}/{s}" for s in GRAPH_DELEGATED_SCOPES]
 
 

@@ -14,9 +14,10 @@ import structlog
 
 from .. import metrics, replies
 from ..config import Config, SmtpConfig
-from ..delivery import UpstreamSMTP, open_session
+from ..delivery import Deliverer, Outgoing, UpstreamSMTP, open_session
 from ..delivery.message import Body
 from ..delivery.pool import UpstreamPool
+from ..delivery.route import auth_disabled_error
 from ..errors import RelayError, TokenError, UpstreamError
 from ..spool.entry import SpoolError, SpoolFullError
 from ..spool.worker import SpoolWorker
@@ -35,8 +36,12 @@ class Outbound:
     spool: SpoolWorker | None
     pool: UpstreamPool
     upstream_tls: Any
+    graph: Deliverer | None  # Microsoft Graph, for accounts with send_via graph (or auto, switched)
 
-    async def _upstream_mail(self, state: Session, mail: core.UpstreamMail) -> core.Accepted | core.Failed:
+    async def _upstream_mail(self, state: Session, mail: core.UpstreamMail
+                             ) -> core.Accepted | core.Failed | core.ViaGraph:
+        if self.graph is not None and self.tokens.sends_via_graph(mail.mailbox):
+            return core.ViaGraph()
         try:
             upstream = await self._upstream(state, mail.mailbox)
             try:
@@ -49,16 +54,46 @@ class Outbound:
                 upstream = await self._upstream(state, mail.mailbox)
                 return accepted(await upstream.mail(mail.sender, list(mail.options)))
         except RelayError as exc:
+            if await self._switched_to_graph(state, mail.mailbox, exc):
+                return core.ViaGraph()
             return self._failed(state, exc, "mail")
 
-    def _relayed(self, state: Session, reply: str, size: int, seconds: float) -> core.Accepted:
+    async def _switched_to_graph(self, state: Session, mailbox: str, exc: RelayError) -> bool:
+        """send_via auto and Office 365 says SMTP AUTH is off: this message and later ones go
+        through Graph (the SMTP session, if any, is of no use to this mailbox any more)."""
+        if (self.graph is None or not auth_disabled_error(exc)
+                or not self.tokens.may_switch_to_graph(mailbox)):
+            return False
+        assert isinstance(exc, UpstreamError)
+        await self.tokens.switch_to_graph(mailbox, f"{exc.code} {replies.one_line(exc.text, 200)}")
+        up, state.upstream = state.upstream, None
+        if up is not None:
+            await up.close()
+        return self.tokens.sends_via_graph(mailbox)
+
+    async def _graph_send(self, state: Session, it: core.GraphSend,
+                          message: Body) -> core.Accepted | core.Failed:
+        """The whole message through Microsoft Graph: accepted for every recipient, or none."""
+        assert self.graph is not None
+        data = rewrite_message(message, it.rewrite_to) if it.rewrite_to else message
+        started = time.monotonic()
+        try:
+            await self.graph.deliver(Outgoing(it.mailbox, it.sender, it.rcpts, data))
+        except RelayError as exc:
+            return self._failed(state, exc, "graph", size=data.size)
+        return self._relayed(state, replies.GRAPH_ACCEPTED, data.size, time.monotonic() - started,
+                             via="graph")
+
+    def _relayed(self, state: Session, reply: str, size: int, seconds: float,
+                 via: str = "smtp") -> core.Accepted:
         """Office 365 took the message: count it, say so once."""
-        metrics.UPSTREAM_LATENCY.labels("smtp", "data").observe(seconds)
-        metrics.MESSAGES.inc()
-        metrics.BYTES.labels("smtp", "up").inc(size)
+        if via == "smtp":  # GraphDeliverer counts its own
+            metrics.UPSTREAM_LATENCY.labels("smtp", "data").observe(seconds)
+            metrics.MESSAGES.inc()
+            metrics.BYTES.labels("smtp", "up").inc(size)
         state.bytes += size
         p = state.policy
-        log.info("message_relayed", user=p.sender.user if p.sender else None,
+        log.info("message_relayed", via=via, user=p.sender.user if p.sender else None,
                  mailbox=p.sender.mailbox if p.sender else None,
                  recipients=len(server_rcpts(state)), size=size,
                  upstream_reply=replies.one_line(reply, 120), seconds=round(seconds, 3))

@@ -7,7 +7,7 @@ effect the core returns, and reports the outcome back:
 
     MAIL  -> mail(address, options)  -> Reply | UpstreamMail   -> mail_done(outcome)  -> Reply
     RCPT  -> rcpt(address)           -> Reply | UpstreamRcpt   -> rcpt_done(outcome)  -> Reply
-    DATA  -> end_of_data()           -> Reply | UpstreamData | SpoolIt
+    DATA  -> end_of_data()           -> Reply | UpstreamData | GraphSend | SpoolIt
              data_done(outcome)      -> Reply | SpoolIt          (the recipients Office 365 4xx'd)
              spool_done(outcome)     -> Reply
 
@@ -27,6 +27,10 @@ The rules it owns:
   message; `direct` passes each command on and the client hears Office 365's own reply;
   `fallback: spool` turns a reply that would be a 4xx into the spool - the whole transaction
   when the session failed, one recipient when only that recipient was 4xx'd. 5xx stays 5xx.
+- Graph: when the adapter answers UpstreamMail with `ViaGraph` (the account sends through
+  Microsoft Graph), MAIL and RCPT are answered here and the whole message goes in one `GraphSend`
+  at the end of DATA; Graph takes it for every recipient or for none, so its outcome is reported
+  with `data_done` like an SMTP DATA (and falls back to the spool the same way).
 - A 2xx to DATA only when Office 365 accepted (and every deferred recipient is spooled) or the
   spool holds the message: `Accepted` and `Spooled` are the only outcomes that produce one.
 - Shutdown: `in_transaction` tells the adapter whether the session may be told 421 at once.
@@ -98,6 +102,14 @@ class UpstreamData:
 
 
 @dataclass(frozen=True)
+class GraphSend:
+    mailbox: str
+    sender: str
+    rcpts: tuple[str, ...]
+    rewrite_to: str | None
+
+
+@dataclass(frozen=True)
 class SpoolIt:
     mailbox: str  # the accounts[] mailbox that will send it
     sender: str
@@ -108,7 +120,7 @@ class SpoolIt:
     reset_first: bool = False  # end the upstream's half-open transaction first
 
 
-Effect = Reply | UpstreamMail | UpstreamRcpt | UpstreamData | SpoolIt
+Effect = Reply | UpstreamMail | UpstreamRcpt | UpstreamData | GraphSend | SpoolIt
 
 
 # -- outcomes: what the adapter reports ----------------------------------------------------------
@@ -128,6 +140,11 @@ class Failed:
 
     reply: str
     lost: bool = False
+
+
+@dataclass(frozen=True)
+class ViaGraph:
+    """The account sends through Microsoft Graph: no upstream session, all at end of DATA."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,7 @@ class _Txn:
     rewrite_to: str | None  # the address From must carry, or None
     options: tuple[str, ...]
     spooled: bool
+    graph: bool = False  # the whole message goes through Graph at the end of DATA
     rcpts: list[str] = field(default_factory=list)  # every recipient the client was told 250
     deferred: list[str] = field(default_factory=list)  # fallback: those the upstream 4xx'd
     accepted: int = 0  # recipients the upstream accepted
@@ -228,9 +246,12 @@ class SmtpPolicy:
                 return Sender(net.mailbox, net.delivery, net.fallback, None, net.account)
         return None
 
-    def mail_done(self, outcome: Accepted | Failed) -> Reply:
+    def mail_done(self, outcome: Accepted | Failed | ViaGraph) -> Reply:
         txn = self._expect(Phase.MAIL_SENT)
         self.phase = Phase.IN_TRANSACTION
+        if isinstance(outcome, ViaGraph):
+            txn.graph = True
+            return Reply(replies.SENDER_OK)
         if isinstance(outcome, Accepted):
             return Reply(f"{outcome.code} {outcome.text}")
         self._refused(outcome.reply)
@@ -245,7 +266,7 @@ class SmtpPolicy:
     def rcpt(self, address: str) -> Reply | UpstreamRcpt:
         if self.phase is not Phase.IN_TRANSACTION or self._txn is None:
             return Reply(replies.NEED_MAIL)
-        if self._txn.spooled:
+        if self._txn.spooled or self._txn.graph:
             self._txn.rcpts.append(address)
             return Reply(replies.RECIPIENT_OK)
         return UpstreamRcpt(address)
@@ -269,13 +290,16 @@ class SmtpPolicy:
 
     # -- DATA ----------------------------------------------------------------------------------
 
-    def end_of_data(self, upstream_alive: bool) -> Reply | UpstreamData | SpoolIt:
+    def end_of_data(self, upstream_alive: bool) -> Reply | UpstreamData | GraphSend | SpoolIt:
         """The client sent the whole message. `upstream_alive`: the upstream session is still up."""
         txn = self._expect(Phase.IN_TRANSACTION)
         if not txn.rcpts:
             self.reset()
             return Reply(replies.NEED_RCPT)
         self.phase = Phase.DATA
+        if txn.graph and not txn.spooled:
+            assert self.sender is not None
+            return GraphSend(self.sender.mailbox, txn.sender, tuple(txn.rcpts), self._rewrite_to())
         if txn.spooled or txn.accepted == 0:  # all by the spool (also: every recipient deferred)
             return self._spool(txn.rcpts, reset_first=not txn.spooled)
         if not upstream_alive:

@@ -23,6 +23,7 @@ from aiosmtpd.smtp import Session as AiosmtpdSession
 
 from .. import metrics, replies
 from ..config import Config
+from ..delivery import Deliverer
 from ..delivery.message import Body
 from ..delivery.pool import UpstreamPool
 from ..errors import RelayError
@@ -44,8 +45,8 @@ log = structlog.get_logger("relay365.smtp")
 
 class RelayHandler(AuthHooks, Outbound):
     def __init__(self, config: Config, tokens: TokenManager, auth: LocalAuth,
-                 spool: SpoolWorker | None = None) -> None:
-        self.tokens, self.auth, self.spool = tokens, auth, spool
+                 spool: SpoolWorker | None = None, graph: Deliverer | None = None) -> None:
+        self.tokens, self.auth, self.spool, self.graph = tokens, auth, spool, graph
         self.limits = ConnectionLimits(config.limits.max_connections,
                                        config.limits.max_connections_per_ip)
         self.sessions: set[RelaySMTP] = set()

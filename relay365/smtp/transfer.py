@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 class Transfer:
     def __init__(self, handler: Outbound, state: Session, body: Body) -> None:
         self.handler, self.state, self.body = handler, state, body
-        self.effect: core.Reply | core.UpstreamData | core.SpoolIt = core.Reply(replies.NEED_RCPT)
+        self.effect: core.Reply | core.UpstreamData | core.GraphSend | core.SpoolIt = core.Reply(
+            replies.NEED_RCPT)
         self.stream: DataStream | None = None
         self.failed: core.Failed | None = None  # the upstream DATA failed before its end
         self.head: bytearray | None = None  # the header block, held back for the From rewrite
@@ -93,6 +94,9 @@ class Transfer:
         effect = self.effect
         if isinstance(effect, core.UpstreamData):
             effect = self.state.policy.data_done(await self._finish_upstream())
+        elif isinstance(effect, core.GraphSend):  # the account sends through Microsoft Graph
+            effect = self.state.policy.data_done(
+                await self.handler._graph_send(self.state, effect, self.body))
         while not isinstance(effect, core.Reply):
             assert isinstance(effect, core.SpoolIt), effect
             effect = self.state.policy.spool_done(

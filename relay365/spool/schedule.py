@@ -69,6 +69,12 @@ def verdict(exc: BaseException) -> Verdict:
     return Verdict.DEFER  # a bug must not lose mail: keep the message, retry it like a 4xx
 
 
+def wait_hint(exc: BaseException) -> float | None:
+    """The seconds the upstream asked us to wait (Graph's Retry-After on a 429/503), if any."""
+    value = getattr(exc, "retry_after", None)
+    return float(value) if isinstance(value, (int, float)) and value >= 0 else None
+
+
 def retry_delay(attempts: int, base: float, cap: float, rand: float) -> float:
     """Seconds to wait after the `attempts`-th failure (1 = the first). `rand` is in [0, 1)."""
     step = min(cap, base * 2.0 ** min(max(attempts, 1) - 1, 64))

@@ -49,6 +49,7 @@ from .schedule import (
     retry_delay,
     throttled,
     verdict,
+    wait_hint,
 )
 
 log = structlog.get_logger("relay365.spool")
@@ -325,7 +326,7 @@ class SpoolWorker:
             await self._dead(entry, error)
             return
         if what is Verdict.THROTTLED:
-            self._throttle(mb, entry, error, now)
+            self._throttle(mb, entry, error, now, wait_hint(exc))
             when = mb.paused_until
         elif what is Verdict.DEFER_MAILBOX:
             mb.failures += 1
@@ -337,10 +338,14 @@ class SpoolWorker:
                                      self.config.retry_cap, self._rand())
         await self._defer(entry, error, when, what)
 
-    def _throttle(self, mb: _Mailbox, entry: Entry, error: str, now: float) -> None:
+    def _throttle(self, mb: _Mailbox, entry: Entry, error: str, now: float,
+                  retry_after: float | None = None) -> None:
+        """Pause the mailbox; never shorter than the upstream's Retry-After (Graph's 429/503)."""
         mb.throttles += 1
         pause = retry_delay(mb.throttles, self.config.throttle_pause, self.config.retry_cap,
                             self._rand())
+        if retry_after is not None:
+            pause = max(retry_after, min(pause, retry_after * 2))
         mb.paused_until = max(mb.paused_until, now + pause)
         log.warning("spool_throttled", mailbox=entry.mailbox, id=entry.id, pause=round(pause, 3),
                     in_a_row=mb.throttles, error=error)

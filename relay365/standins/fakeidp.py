@@ -179,6 +179,12 @@ class FakeIdP(SignInFlows):
         with self._lock:
             return self._may_open(self._access.get(token), mailbox)
 
+    def token_scopes(self, token: str) -> frozenset[str]:
+        """The scopes a live access token was issued for (its resource: `https://graph.../Mail.Send`)."""
+        with self._lock:
+            at = self._access.get(token)
+            return at.scopes if self._may_open(at, None) and at else frozenset()
+
     def revoke_access_tokens(self) -> None:
         with self._lock:
             self._access.clear()

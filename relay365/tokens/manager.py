@@ -21,11 +21,11 @@ Theory of operation.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -38,7 +38,10 @@ from ..secret import Secret
 from ..states import AccountState
 from .http import TokenHTTPSession
 from .msalapp import call_msal
+from .status import AccessToken, AccountStatus, AccountView, fingerprint, view_of
 from .store import StoredToken, TokenStore
+
+__all__ = ["GRAPH", "MAIL", "AccessToken", "AccountView", "TokenManager", "fingerprint"]
 
 log = structlog.get_logger("relay365.tokens")
 
@@ -49,59 +52,12 @@ BACKGROUND_INTERVAL = 60.0
 STATUS_FILE = "accounts.json"
 
 
-@dataclass(frozen=True)
-class AccessToken:
-    token: Secret
-    expires_at: float
-    from_cache: bool = False
+MAIL = "mail"  # the Office 365 mail resource (IMAP, POP, SMTP): the default
+GRAPH = "graph"  # Microsoft Graph (upstream.graph): the same refresh token redeems for it
 
 
-@dataclass(frozen=True)
-class AccountView:
-    """What the rest of the relay may know about an account's tokens: no secrets, a copy."""
-
-    mailbox: str
-    flow: str
-    state: AccountState
-    code: str | None  # AADSTSnnnnn (or a word such as `network`) of the last failure
-    error: str | None
-    action: str | None  # what the operator should do about it
-    expires_at: float | None
-    last_refresh: float | None
-    last_use: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"mailbox": self.mailbox, "flow": self.flow, "state": str(self.state),
-                "code": self.code, "error": self.error, "action": self.action,
-                "expires_at": self.expires_at, "last_refresh": self.last_refresh,
-                "last_use": self.last_use}
-
-
-@dataclass
-class AccountStatus:
-    mailbox: str
-    flow: str
-    state: AccountState = AccountState.UNKNOWN
-    error: TokenError | None = None
-    expires_at: float | None = None
-    last_refresh: float | None = None
-    last_use: float | None = None
-    failures: int = 0
-    hold_until: float = 0.0
-    rt_seen: str | None = field(default=None, repr=False)  # fingerprint of the RT that failed
-
-
-def _view(st: AccountStatus) -> AccountView:
-    err = st.error
-    return AccountView(
-        st.mailbox, st.flow, st.state,
-        code=(f"AADSTS{err.code}" if isinstance(err.code, int) else err.code) if err else None,
-        error=err.error if err else None, action=err.action if err else None,
-        expires_at=st.expires_at, last_refresh=st.last_refresh, last_use=st.last_use)
-
-
-def fingerprint(secret: Secret | None) -> str | None:
-    return hashlib.sha256(secret.reveal().encode()).hexdigest()[:16] if secret else None
+def _cache_key(key: str, resource: str) -> str:
+    return key if resource == MAIL else f"{key} {resource}"
 
 
 class TokenManager:
@@ -111,11 +67,12 @@ class TokenManager:
         self._retry_delays = retry_delays
         self.store = store
         self._cache: dict[str, AccessToken] = {}
-        self._flights: dict[str, asyncio.Future] = {}
+        self._flights: dict[str, asyncio.Task[AccessToken]] = {}
         self._sessions: dict[str, TokenHTTPSession] = {}
-        self._http_caches: dict[str, dict] = {}
+        self._http_caches: dict[str, dict[str, Any]] = {}
         self._status: dict[str, AccountStatus] = {}
         self.configure(config)
+        self._restore_routes()
 
     def configure(self, config: Config) -> None:
         """Take a (re)loaded config; cached tokens of unchanged accounts stay valid."""
@@ -124,27 +81,35 @@ class TokenManager:
         for a in config.accounts:
             key = a.mailbox.lower()
             old = self._status.get(key)
-            self._status[key] = replace(old, flow=a.flow) if old else AccountStatus(a.mailbox, a.flow)
+            new = replace(old, flow=a.flow) if old else AccountStatus(a.mailbox, a.flow)
+            new.send_via = a.send_via
+            if a.send_via != "auto":
+                new.graph_since = new.graph_reason = None
+            self._status[key] = new
         for key in set(self._status) - {a.mailbox.lower() for a in config.accounts}:
             self._status.pop(key)
             self._cache.pop(key, None)
+            self._cache.pop(_cache_key(key, GRAPH), None)
 
     # -- the public interface ----------------------------------------------------------------
 
-    async def get(self, mailbox: str, *, rejected: Secret | None = None) -> AccessToken:
-        """A token with at least `margin` left. `rejected`: the upstream refused this one, get another."""
+    async def get(self, mailbox: str, *, rejected: Secret | None = None,
+                  resource: str = MAIL) -> AccessToken:
+        """A token with at least `margin` left. `rejected`: the upstream refused this one, get another.
+        `resource`: MAIL (Office 365 IMAP/POP/SMTP) or GRAPH; each has its own cached token."""
         key = mailbox.lower()
         if key in self._status:
             self._status[key].last_use = self._clock()
-        return await self._get(key, rejected=rejected)
+        return await self._get(key, rejected=rejected, resource=resource)
 
     async def _get(self, key: str, *, rejected: Secret | None = None,
-                   force: bool = False) -> AccessToken:
+                   force: bool = False, resource: str = MAIL) -> AccessToken:
         """`get` without counting as use; `force`: redeem even if the cached token is fresh."""
         account = self.config.account(key)
         if account is None:
             raise KeyError(key)
         status = self._status[key]
+        key = _cache_key(key, resource)  # one token and one flight per (account, resource)
         cached = self._cache.get(key)
         if cached and cached.token != rejected and not force and self._fresh(cached):
             return replace(cached, from_cache=True)
@@ -152,12 +117,13 @@ class TokenManager:
             self._cache.pop(key, None)
         flight = self._flights.get(key)
         if flight is None:  # the flight is a task of its own: a caller's cancellation cannot kill it
-            flight = asyncio.create_task(self._fly(account, status), name=f"token-flight:{key}")
+            flight = asyncio.create_task(self._fly(account, status, resource),
+                                         name=f"token-flight:{key}")
             self._flights[key] = flight
-            flight.add_done_callback(lambda t, key=key: self._landed(key, t))
+            flight.add_done_callback(functools.partial(self._landed, key))
         return await asyncio.shield(flight)
 
-    def _landed(self, key: str, flight: asyncio.Task) -> None:
+    def _landed(self, key: str, flight: asyncio.Task[AccessToken]) -> None:
         self._flights.pop(key, None)
         if not flight.cancelled():
             flight.exception()  # retrieved here, so an unawaited failure is not reported as lost
@@ -167,7 +133,8 @@ class TokenManager:
 
     # -- one flight --------------------------------------------------------------------------
 
-    async def _fly(self, account: AccountConfig, status: AccountStatus) -> AccessToken:
+    async def _fly(self, account: AccountConfig, status: AccountStatus,
+                   resource: str = MAIL) -> AccessToken:
         now = self._clock()
         if status.error is not None and now < status.hold_until and (
                 not status.error.needs_auth or await self._stored_fp(account) == status.rt_seen):
@@ -176,7 +143,7 @@ class TokenManager:
         status.state = AccountState.REFRESHING
         for attempt, delay in enumerate((*self._retry_delays, None)):
             try:
-                token = await asyncio.to_thread(self._redeem, account)
+                token = await asyncio.to_thread(self._redeem, account, resource)
             except TokenError as exc:
                 if exc.transient and delay is not None:
                     log.info("token_retry", account=account.mailbox, code=exc.code, attempt=attempt + 1)
@@ -190,8 +157,8 @@ class TokenManager:
             metrics.TOKEN_REFRESHES.labels("ok", "").inc()
             status.state, status.error, status.failures = AccountState.OK, None, 0
             status.expires_at, status.last_refresh = token.expires_at, self._clock()
-            self._cache[account.mailbox.lower()] = token
-            log.info("token_refreshed", account=account.mailbox, flow=account.flow,
+            self._cache[_cache_key(account.mailbox.lower(), resource)] = token
+            log.info("token_refreshed", account=account.mailbox, flow=account.flow, resource=resource,
                      expires_in=int(token.expires_at - self._clock()))
             await self.save_status()
             return token
@@ -221,9 +188,10 @@ class TokenManager:
 
     # -- in a worker thread ------------------------------------------------------------------
 
-    def _redeem(self, account: AccountConfig) -> AccessToken:
+    def _redeem(self, account: AccountConfig, resource: str = MAIL) -> AccessToken:
         app_cfg = self.config.apps[account.app]
-        scopes = self.config.scopes_for(account)
+        scopes = (self.config.scopes_for(account) if resource == MAIL
+                  else self.config.graph_scopes_for(account))
         if account.flow == "client_credentials":
             result = self._call_msal(account, app_cfg, lambda app: app.acquire_token_for_client(scopes))
             return self._token(account, result)
@@ -257,8 +225,8 @@ class TokenManager:
             return None, False, False
         return stored.refresh_token, False, stored.public
 
-    def _call_msal(self, account: AccountConfig, app_cfg: AppConfig, call,
-                   public: bool = False) -> dict:
+    def _call_msal(self, account: AccountConfig, app_cfg: AppConfig,
+                   call: Callable[[Any], Any], public: bool = False) -> dict[str, Any]:
         return call_msal(account.mailbox, app_cfg, self._session(account.app, app_cfg),
                          self._http_caches.setdefault(account.app, {}), call, public)
 
@@ -267,19 +235,56 @@ class TokenManager:
             self._sessions[name] = TokenHTTPSession(app_cfg.ca_file, app_cfg.timeout)
         return self._sessions[name]
 
-    def _token(self, account: AccountConfig, result: dict) -> AccessToken:
+    def _token(self, account: AccountConfig, result: dict[str, Any]) -> AccessToken:
         lifetime = float(result.get("expires_in") or 3600)
         return AccessToken(Secret(result["access_token"]), self._clock() + lifetime)
+
+    # -- which way an account's messages go (send_via) ------------------------------------------
+
+    def sends_via_graph(self, mailbox: str) -> bool:
+        """True for `send_via: graph`, and for `auto` once Office 365 said SMTP AUTH is off."""
+        st = self._status.get(mailbox.lower())
+        return st is not None and st.sending_via == "graph"
+
+    def may_switch_to_graph(self, mailbox: str) -> bool:
+        st = self._status.get(mailbox.lower())
+        return st is not None and st.send_via == "auto"
+
+    async def switch_to_graph(self, mailbox: str, reason: str) -> bool:
+        """`send_via: auto` and SMTP AUTH is off for the mailbox: from now on it sends through
+        Graph (kept in accounts.json across restarts). True when this call made the switch."""
+        st = self._status.get(mailbox.lower())
+        if st is None or st.send_via != "auto" or st.graph_since is not None:
+            return False
+        st.graph_since, st.graph_reason = self._clock(), reason
+        log.warning("send_via_switched", account=st.mailbox, to="graph", reason=reason,
+                    action="SMTP AUTH is disabled for this mailbox or tenant; messages now go "
+                           "through Microsoft Graph (needs Mail.Send)")
+        await self.save_status()
+        return True
+
+    def _restore_routes(self) -> None:
+        """An `auto` account that switched to Graph in an earlier run stays switched."""
+        try:
+            rows = json.loads((self.store.dir / STATUS_FILE).read_text()).get("accounts", [])
+        except (OSError, ValueError, AttributeError):
+            return
+        for row in rows if isinstance(rows, list) else []:
+            if not isinstance(row, dict) or not isinstance(row.get("graph_since"), (int, float)):
+                continue
+            st = self._status.get(str(row.get("mailbox", "")).lower())
+            if st is not None and st.send_via == "auto":
+                st.graph_since = float(row["graph_since"])
 
     # -- status for `relay365 accounts`, /readyz, metrics and the spool ------------------------
 
     def views(self) -> list[AccountView]:
         """Every configured account's state, in config order; no secrets."""
-        return [_view(st) for st in self._status.values()]
+        return [view_of(st) for st in self._status.values()]
 
     def view(self, mailbox: str) -> AccountView | None:
         st = self._status.get(mailbox.lower())
-        return _view(st) if st is not None else None
+        return view_of(st) if st is not None else None
 
     def needs_auth(self, mailbox: str) -> bool:
         """True while the account waits for the operator (`relay365 auth`): don't burn retries."""

@@ -22,6 +22,9 @@ Office 365 behaviour that tests can lean on:
 - SMTP needs STARTTLS before AUTH; only authenticated clients may send; a mailbox may only send as
   itself (Exchange's SendAs rule) - rejected after DATA by default, like Exchange (`sendas_check`).
 - `reject-me@<domain>` is refused with 550 5.1.1, `tempfail@<domain>` with 451 4.3.0, at RCPT.
+- The mailbox `smtp-off@<domain>` logs in, then gets Exchange's answer for a tenant or mailbox with
+  SMTP AUTH disabled, `535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is
+  disabled ...`, at MAIL FROM (Postfix's `check_sasl_access`; its AUTH reply code is fixed at 5.7.8).
 - Message size limit 36700160 (Exchange's 35 MB); AUTH lines up to 32 KiB (real tokens are long).
 - Every `<anything>@<domain>` mailbox exists; mail is stored as Maildir with CRLF line ends, i.e. the
   stored bytes are exactly what IMAP FETCH serves.
@@ -70,6 +73,7 @@ import pwd
 import re
 import shutil
 import signal
+import smtplib
 import socket
 import ssl
 import stat
@@ -284,6 +288,17 @@ class MailUpstream:
             os.chown(tmp, uid, gid)
             os.rename(tmp, box / "new" / name)
 
+    def lmtp_deliver(self, sender: str, rcpts: list[str], raw: bytes) -> None:
+        """Hand a message to the real Dovecot over LMTP (Return-Path, Delivered-To, Received added),
+        as Exchange stores what Graph accepted; raises if Dovecot refuses a recipient."""
+        # one transaction per recipient: LMTP answers DATA once per recipient, and smtplib
+        # reads only one of those answers
+        with smtplib.LMTP(str(self._path("run/lmtp"))) as lmtp:
+            for rcpt in rcpts:
+                refused = lmtp.sendmail(sender, [rcpt], _crlf(raw))
+                if refused:
+                    raise UpstreamError(f"LMTP refused {refused}")
+
     def clear(self) -> None:
         """Delete every mailbox and every queued message. Call with no IMAP session open."""
         for domain_dir in self._path("mail").iterdir():
@@ -362,6 +377,9 @@ class MailUpstream:
             f"tempfail@{self.domain} 451 4.3.0 <tempfail@{self.domain}>: Temporary server error, "
             "please try again later\n"
         )
+        (etc / "postfix/sasl_access").write_text(
+            f"smtp-off@{self.domain} 535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication "
+            "is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information.\n")
         # every address is owned by the login of the same name (SendAs only for oneself), except
         # where send_as grants other logins too
         granted = "".join(f"/^{re.escape(a)}$/ {','.join([a, *logins])}\n"
@@ -660,10 +678,11 @@ smtpd_sasl_path = private/auth
 smtpd_sasl_auth_enable = no
 smtpd_sasl_authenticated_header = no
 smtpd_sender_login_maps = regexp:{etc}/sender_login.regexp
-smtpd_delay_reject = {_yn(up.sendas_check == "data")}
+smtpd_delay_reject = no
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
 smtpd_recipient_restrictions = check_recipient_access texthash:{etc}/recipient_access, permit
-{sendas} = reject_sender_login_mismatch
+{"" if up.sendas_check == "mail" else "smtpd_sender_restrictions = check_sasl_access texthash:" + str(etc) + "/sasl_access"}
+{sendas} = {"check_sasl_access texthash:" + str(etc) + "/sasl_access, " if sendas.endswith("sender_restrictions") else ""}reject_sender_login_mismatch
 """
 
 

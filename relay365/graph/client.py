@@ -1,0 +1,102 @@
+"""An async client for the few Graph calls relay365 makes, on httpx.
+
+httpx (over aiohttp): one well-kept library with the same model for sync and async, connection
+pooling and HTTP keep-alive by default, an `ssl.SSLContext` taken as is (so Graph gets the same
+trust as the mail servers: `tlsutil.client_context(upstream.ca_file)`), and HTTPS_PROXY/NO_PROXY
+from the environment like requests (the token client) honours them. Every answer's request-id is
+kept for the log. At most MAILBOX_CONCURRENCY requests per mailbox are in flight (Exchange's
+MailboxConcurrency limit); a 401 gets one new token and one retry; everything else is raised as a
+`GraphError` for the caller (the spool waits Retry-After - nothing here loops on a 429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+from dataclasses import dataclass
+
+import httpx
+
+from ..config import Config
+from ..secret import Secret
+from ..tlsutil import client_context
+from ..tokens.manager import GRAPH, TokenManager
+from .errors import GraphError, from_response, timeout
+
+MAILBOX_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    request_id: str
+    body: bytes
+
+
+class GraphClient:
+    def __init__(self, config: Config, tokens: TokenManager, *,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.config = config
+        self.tokens = tokens
+        up = config.upstream
+        self._http = httpx.AsyncClient(
+            verify=tls or client_context(up.ca_file), trust_env=True,
+            timeout=httpx.Timeout(up.timeout, connect=up.connect_timeout))
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    def configure(self, config: Config) -> None:
+        """A reloaded config: base_url and accounts are read from it per request."""
+        self.config = config
+
+    @property
+    def base_url(self) -> str:
+        return self.config.upstream.graph.base_url.rstrip("/")
+
+    async def send_mime(self, mailbox: str, mime: bytes) -> Answer:
+        """`POST /users/{mailbox}/sendMail` with the base64 MIME message; 202 = accepted."""
+        return await self.request(mailbox, "POST", f"/users/{mailbox}/sendMail",
+                                  base64.b64encode(mime),
+                                  content_type="text/plain", what="sendMail")
+
+    async def request(self, mailbox: str, method: str, path: str, body: bytes, *,
+                      content_type: str, what: str) -> Answer:
+        rejected: Secret | None = None
+        for attempt in (1, 2):
+            token = await self.tokens.get(mailbox, resource=GRAPH, rejected=rejected)
+            headers = {"Authorization": f"Bearer {token.token.reveal()}",
+                       "Content-Type": content_type}
+            async with self._slot(mailbox):
+                answer = await self._send(method, self.base_url + path, body, headers, what)
+            if 200 <= answer.status < 300:
+                return answer
+            error = from_response(answer.status, answer.headers, answer.body)
+            if error.needs_new_token and attempt == 1:
+                rejected = token.token
+                continue
+            raise error
+        raise AssertionError("unreachable")
+
+    def _slot(self, mailbox: str) -> asyncio.Semaphore:
+        return self._slots.setdefault(mailbox.lower(), asyncio.Semaphore(MAILBOX_CONCURRENCY))
+
+    async def _send(self, method: str, url: str, body: bytes, headers: dict[str, str],
+                    what: str) -> _Raw:
+        try:
+            r = await self._http.request(method, url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            raise timeout(what) from None
+        except httpx.TransportError as exc:
+            raise GraphError(f"Graph {what}: {type(exc).__name__}: {exc}", code=451,
+                             text="4.4.1 Cannot reach Microsoft Graph, try again later",
+                             transient=True, status=0) from None
+        lowered = {k.lower(): v for k, v in r.headers.items()}
+        return _Raw(r.status_code, lowered.get("request-id", ""), r.content, lowered)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+@dataclass(frozen=True)
+class _Raw(Answer):
+    headers: dict[str, str]

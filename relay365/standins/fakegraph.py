@@ -1,0 +1,286 @@
+"""A local stand-in for Microsoft Graph's mail-sending endpoint, for tests and the demo.
+
+Theory of operation
+-------------------
+`FakeGraph` is an HTTPS server on 127.0.0.1 (stdlib `ThreadingHTTPServer`, one thread per
+connection, so it runs beside an asyncio loop or a subprocess relay alike). It answers
+`POST /v1.0/users/{mailbox}/sendMail` the way Graph does for a MIME send:
+
+* the bearer token must be live and for this mailbox (`check_token(token, mailbox)`, e.g.
+  `FakeIdP.valid_token`), and carry this server's resource with `Mail.Send` (delegated) or
+  `/.default` (app-only) (`token_scopes(token)`); else 401 `InvalidAuthenticationToken` or 403
+  `ErrorAccessDenied`;
+* the body is the base64 MIME message (`Content-Type: text/plain`); a request over `MAX_REQUEST`
+  (4 MB, Graph's cap) is 413 `ErrorMessageSizeExceeded`; a recipient whose local part is
+  `reject-me` gives 400 `ErrorInvalidRecipients`;
+* accepted: 202, empty body. The recipients are read from To, Cc and Bcc, the Bcc header is
+  removed from the copy, and `deliver(mailbox, recipients, mime)` hands it on (the tests give it
+  the real Dovecot's LMTP socket, so what a recipient gets is in a real mailbox); a copy is kept
+  in `sent_items[mailbox]`, as Exchange saves every MIME send to Sent Items.
+
+Every answer has a `request-id` header; errors have Graph's JSON shape (`error.code`,
+`error.message`, `error.innerError`). Faults: `fail_next(n, status, code, retry_after)` answers
+the next `n` sends with that error (429/503 with `Retry-After`), `delay` slows every answer.
+Counters: `requests` (one `GraphRequest` per request: path, mailbox, status, scopes, arrival
+time), `concurrent_max` (most requests in flight at once per mailbox). Nothing is logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import ssl
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from email import message_from_bytes
+from email.utils import getaddresses
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import ip_address
+from pathlib import Path
+from urllib.parse import unquote
+
+MAX_REQUEST = 4 * 1024 * 1024  # Graph's request size cap
+SOCKET_TIMEOUT = 30.0
+Deliver = Callable[[str, list[str], bytes], None]
+
+
+@dataclass(frozen=True)
+class GraphRequest:
+    method: str
+    path: str
+    mailbox: str
+    status: int
+    scopes: frozenset[str]
+    at: float  # time.time() when the request arrived
+    size: int  # request body bytes
+
+
+@dataclass(frozen=True)
+class Fault:
+    status: int
+    code: str
+    retry_after: float | None
+
+
+class FakeGraph:
+    def __init__(self, cert_file: str | Path, key_file: str | Path, *,
+                 check_token: Callable[[str, str], bool],
+                 token_scopes: Callable[[str], Iterable[str]],
+                 deliver: Deliver | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        if not ip_address(host).is_loopback:
+            raise ValueError("test servers bind only loopback addresses")
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._tls.load_cert_chain(str(cert_file), str(key_file))
+        self._addr = (host, port)
+        self.check_token, self.token_scopes, self.deliver = check_token, token_scopes, deliver
+        self.delay = 0.0
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+        self._in_flight: dict[str, int] = defaultdict(int)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.reset()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> FakeGraph:
+        self._server = _Server(self._addr, self)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True, name="fakegraph")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            if self._thread is not None:
+                self._thread.join()
+            self._server = self._thread = None
+
+    def __enter__(self) -> FakeGraph:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The resource (token audience) of this Graph; `base_url` is `{url}/v1.0`."""
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1.0"
+
+    # -- test controls ---------------------------------------------------------------------
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests: list[GraphRequest] = []
+            self.sent_items: dict[str, list[bytes]] = defaultdict(list)
+            self.concurrent_max: dict[str, int] = defaultdict(int)
+            self._faults.clear()
+        self.delay = 0.0
+
+    def fail_next(self, n: int = 1, status: int = 429, code: str = "ApplicationThrottled",
+                  retry_after: float | None = 2) -> None:
+        with self._lock:
+            self._faults.extend([Fault(status, code, retry_after)] * n)
+
+    def sends(self, status: int | None = None) -> list[GraphRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.path.endswith("/sendMail")
+                    and (status is None or r.status == status)]
+
+    # -- one request (in the connection's thread) -------------------------------------------
+
+    def handle(self, method: str, path: str, headers: dict[str, str],
+               body: bytes | None) -> tuple[int, dict[str, object] | None, dict[str, str]]:
+        mailbox = unquote(path.split("/users/", 1)[1].split("/", 1)[0]) if "/users/" in path else ""
+        token = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        scopes = frozenset(self.token_scopes(token)) if token else frozenset()
+        with self._lock:
+            self._in_flight[mailbox.lower()] += 1
+            now_in = self._in_flight[mailbox.lower()]
+            self.concurrent_max[mailbox.lower()] = max(self.concurrent_max[mailbox.lower()], now_in)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            status, error, extra = self._answer(method, path, mailbox, token, scopes, body)
+        finally:
+            with self._lock:
+                self._in_flight[mailbox.lower()] -= 1
+        with self._lock:
+            self.requests.append(GraphRequest(method, path, mailbox, status, scopes, time.time(),
+                                              len(body or b"")))
+        return status, error, extra
+
+    def _answer(self, method: str, path: str, mailbox: str, token: str, scopes: frozenset[str],
+                body: bytes | None) -> tuple[int, dict[str, object] | None, dict[str, str]]:
+        if method != "POST" or not path.startswith("/v1.0/users/") or not path.endswith("/sendMail"):
+            return _error(404, "ResourceNotFound", "Resource not found for the segment.")
+        if not token or not self.check_token(token, mailbox):
+            return _error(401, "InvalidAuthenticationToken", "Access token validation failure.")
+        if not any(s in (f"{self.url}/Mail.Send", f"{self.url}/.default") for s in scopes):
+            return _error(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+        if body is None:
+            return _error(413, "ErrorMessageSizeExceeded", "The request is larger than 4 MB.")
+        with self._lock:
+            fault = self._faults.pop(0) if self._faults else None
+        if fault is not None:
+            extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+            return _error(fault.status, fault.code, "Injected fault.", extra)
+        try:
+            mime = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return _error(400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.")
+        rcpts, copy = _recipients(mime)
+        if not rcpts:
+            return _error(400, "ErrorInvalidRecipients", "At least one recipient is not valid.")
+        if any(r.split("@")[0].lower() == "reject-me" for r in rcpts):
+            return _error(400, "ErrorInvalidRecipients", "At least one recipient is not valid., "
+                          "Recipient is not a valid SMTP address.")
+        if self.deliver is not None:
+            self.deliver(mailbox, rcpts, copy)
+        with self._lock:
+            self.sent_items[mailbox.lower()].append(copy)
+        return 202, None, {}
+
+
+def _recipients(mime: bytes) -> tuple[list[str], bytes]:
+    """To/Cc/Bcc addresses (Graph's recipients), and the message without its Bcc header."""
+    msg = message_from_bytes(mime)
+    values = [str(v) for h in ("to", "cc", "bcc") for v in msg.get_all(h, [])]
+    rcpts = list(dict.fromkeys(a for _, a in getaddresses(values) if "@" in a))
+    head_end = mime.find(b"\r\n\r\n")
+    head, rest = (mime[:head_end + 2], mime[head_end + 2:]) if head_end >= 0 else (mime, b"")
+    lines, out, skipping = head.split(b"\r\n"), [], False
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and skipping:
+            continue
+        skipping = line.lower().startswith(b"bcc:")
+        if not skipping:
+            out.append(line)
+    return rcpts, b"\r\n".join(out) + rest
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
+           ) -> tuple[int, dict[str, object] | None, dict[str, str]]:
+    inner = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "request-id": str(uuid.uuid4()),
+             "client-request-id": str(uuid.uuid4())}
+    return status, {"error": {"code": code, "message": message, "innerError": inner}}, headers or {}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, addr: tuple[str, int], graph: FakeGraph) -> None:
+        self.graph = graph
+        super().__init__(addr, _Handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # client resets and failed handshakes are the client's business
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = SOCKET_TIMEOUT
+    protocol_version = "HTTP/1.1"  # keep-alive, as Graph (the relay reuses connections)
+
+    def setup(self) -> None:
+        self.request = self.server.graph._tls.wrap_socket(self.request, server_side=True)
+        super().setup()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.request.close()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body: bytes | None = None
+        if length > MAX_REQUEST:  # read and dropped, so the client sees the 413, not a reset
+            while length > 0:
+                length -= len(self.rfile.read(min(length, 1 << 20)) or b"x" * length)
+        else:
+            body = self.rfile.read(length)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        graph = self.server.graph
+        try:
+            status, payload, extra = graph.handle(method, self.path.split("?", 1)[0], headers, body)
+        except Exception as exc:  # a bug in the fake: kept for the test, answered as Graph would
+            graph.errors.append(exc)
+            status, payload, extra = _error(500, "InternalServerError", "fake graph failed")
+        data = json.dumps(payload).encode() if payload is not None else b""
+        self.send_response(status)
+        self.send_header("request-id", str(uuid.uuid4()))
+        self.send_header("Content-Length", str(len(data)))
+        if payload is not None:
+            self.send_header("Content-Type", "application/json")
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
