@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NotRequired, TypedDict, cast
 
@@ -59,7 +60,7 @@ def _ago(ts: float | None, now: float) -> str:
     return f"{_span(s)} ago"
 
 
-def _via(row: dict[str, object]) -> str:
+def _via(row: Mapping[str, object]) -> str:
     """`smtp`, `graph`, or `graph (auto)` once an auto account switched (SMTP AUTH off)."""
     via = str(row.get("sending_via") or row.get("send_via") or "smtp")
     return f"{via} (auto)" if row.get("send_via") == "auto" and via == "graph" else via

@@ -186,7 +186,8 @@ class FakeGraph:
         try:
             mime = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
-            return _error(400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.")
+            return _error(400, "ErrorMimeContentInvalidBase64String",
+                          "Invalid base64 string for MIME content.")
         rcpts, copy = _recipients(mime)
         if not rcpts:
             return _error(400, "ErrorInvalidRecipients", "At least one recipient is not valid.")

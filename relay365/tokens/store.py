@@ -57,6 +57,7 @@ class _Entry(TypedDict):
     refresh_token: str
     updated_at: NotRequired[float]  # time.time() of the put
     seed_fingerprint: NotRequired[str]  # of the config's refresh_token this one descends from
+    public: NotRequired[bool]  # from a public-client flow (device code): refreshed without the secret
 
 
 class TokenStore:
@@ -230,7 +231,7 @@ class TokenStore:
             if fp:
                 entry["seed_fingerprint"] = fp
             if public is None:
-                public = bool((current or {}).get("public", False))
+                public = bool(current.get("public", False)) if current else False
             if public:
                 entry["public"] = True
             accounts[mailbox.lower()] = entry

@@ -20,8 +20,8 @@ from email.parser import BytesHeaderParser
 from .. import __version__
 from ..config import Config
 from ..sessions import RECENT, Recorder
+from ..spool.entry import Entry, NotFound, SpoolError, valid_id
 from ..spool.notice import read_head
-from ..spool.queue import Entry, NotFound, SpoolError, valid_id
 from ..spool.worker import SpoolWorker
 from ..states import AccountState
 from ..throttle import AuthThrottle
