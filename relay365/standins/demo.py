@@ -18,6 +18,7 @@ import tempfile
 import textwrap
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TextIO
 
 from ..app import Relay
 from ..config import load_config
@@ -26,7 +27,7 @@ from ..passwords import hash_password
 from ..runloop import run
 from .certs import make_test_certs
 from .fakeidp import FakeIdP
-from .fakeo365 import FakeO365SMTP
+from .fakeo365 import FakeO365SMTP, ReceivedMessage
 
 MAILBOX = "scanner@contoso.example"
 USER, PASSWORD = "scanner", "demo-password"
@@ -34,15 +35,16 @@ ADMIN_TOKEN = "demo-admin-token"  # the status page's actions; a throwaway, like
 
 
 class _Tap(logging.Handler):
-    """Keeps the relay's `message_relayed` log records, to show them next to what arrived."""
+    """Keeps the relay's `message_relayed` log events, to show them next to what arrived."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.records: list[logging.LogRecord] = []
+        self.events: list[dict[str, object]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        # structlog hands the stdlib its event dict as the record's msg (wrap_for_formatter)
         if isinstance(record.msg, dict) and record.msg.get("event") == "message_relayed":
-            self.records.append(record)
+            self.events.append(record.msg)
 
 
 def _pki(workdir: Path) -> tuple[Path, Path, Path]:
@@ -95,7 +97,8 @@ def _send_sample(port: int) -> None:
         s.send_message(msg)
 
 
-def _show(received, tap: _Tap, port: int, config_path: Path, out, status_url: str = "") -> None:
+def _show(received: ReceivedMessage, tap: _Tap, port: int, config_path: Path, out: TextIO,
+          status_url: str = "") -> None:
     print("\n== what the Office 365 stand-in received ==", file=out)
     print(f"  TLS: {'yes' if received.tls else 'no'}   AUTH: {received.mechanism} as {received.mailbox}",
           file=out)
@@ -103,8 +106,8 @@ def _show(received, tap: _Tap, port: int, config_path: Path, out, status_url: st
     for line in received.data.decode("utf-8", "replace").splitlines():
         if line.lower().startswith(("from:", "reply-to:", "subject:")):
             print(f"  {line}", file=out)
-    if tap.records:
-        ev = tap.records[-1].msg
+    if tap.events:
+        ev = tap.events[-1]
         print("\n== the relay's log line ==", file=out)
         print("  " + " ".join(f"{k}={ev[k]}" for k in ("event", "peer", "user", "mailbox",
                                                         "recipients", "size", "upstream_reply")
@@ -120,7 +123,7 @@ def _show(received, tap: _Tap, port: int, config_path: Path, out, status_url: st
         """), file=out)
 
 
-async def _demo(keep_serving: bool, port: int, out) -> int:
+async def _demo(keep_serving: bool, port: int, out: TextIO) -> int:
     with tempfile.TemporaryDirectory(prefix="relay365-demo-") as tmp:
         workdir = Path(tmp)
         ca_file, cert_file, key_file = _pki(workdir)
@@ -155,7 +158,7 @@ async def _demo(keep_serving: bool, port: int, out) -> int:
     return 0
 
 
-def run_demo(keep_serving: bool = True, port: int = 2525, out=None) -> int:
+def run_demo(keep_serving: bool = True, port: int = 2525, out: TextIO | None = None) -> int:
     try:
         return run(_demo(keep_serving, port, out or sys.stdout))
     except KeyboardInterrupt:

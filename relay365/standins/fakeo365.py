@@ -29,6 +29,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
@@ -87,7 +88,7 @@ def parse_xoauth2(blob: bytes) -> tuple[str, str] | None:
         return None
 
 
-class _Limits(dict):
+class _Limits(dict[str, int]):
     """Per-command line limits; commands not listed get RFC 5321's 512 (s4.5.3.1.4)."""
 
     def __missing__(self, command: str) -> int:
@@ -99,8 +100,13 @@ class _O365SMTP(SMTP):
     # __init__ then puts the per-line DATA limit back to the RFC value.
     line_length_limit = MAX_AUTH_LINE
 
-    def __init__(self, handler: _Handler, **kwargs) -> None:
-        super().__init__(handler, **kwargs)
+    def __init__(self, handler: _Handler, tls: ssl.SSLContext) -> None:
+        super().__init__(handler, hostname="fake.outlook.office365.com",
+                         ident="Microsoft ESMTP MAIL Service (relay365 fake)",
+                         tls_context=tls, require_starttls=True, auth_require_tls=True,
+                         auth_exclude_mechanism=["PLAIN", "LOGIN"],
+                         data_size_limit=DATA_SIZE_LIMIT, timeout=IDLE_TIMEOUT,
+                         loop=asyncio.get_running_loop())
         self.line_length_limit = MAX_DATA_LINE
         # aiosmtpd's default is a dict shared by every instance; give each session its own.
         self.command_size_limits = _Limits(AUTH=MAX_AUTH_LINE)
@@ -158,7 +164,13 @@ class _Handler:
         return "250 2.1.5 Recipient OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        mailbox = session.auth_data.mailbox
+        # aiosmtpd types auth_data as None; it holds whatever the AUTH hook returned
+        login = cast(object, session.auth_data)
+        if (not isinstance(login, _XOAuth2Login) or envelope.mail_from is None
+                or envelope.original_content is None):
+            # handle_MAIL refuses senders without a login, so DATA cannot get here without one
+            raise RuntimeError("DATA without an XOAUTH2 login, a sender or content")
+        mailbox = login.mailbox
         if envelope.mail_from.lower() != mailbox.lower():
             return (f"554 5.2.252 SendAsDenied; {mailbox} not allowed to send as "
                     f"{envelope.mail_from}")
@@ -199,12 +211,7 @@ class FakeO365SMTP:
         return self.port
 
     def _protocol(self) -> _O365SMTP:
-        return _O365SMTP(self._handler, hostname="fake.outlook.office365.com",
-                         ident="Microsoft ESMTP MAIL Service (relay365 fake)",
-                         tls_context=self._tls, require_starttls=True, auth_require_tls=True,
-                         auth_exclude_mechanism=["PLAIN", "LOGIN"],
-                         data_size_limit=DATA_SIZE_LIMIT, timeout=IDLE_TIMEOUT,
-                         loop=asyncio.get_running_loop())
+        return _O365SMTP(self._handler, self._tls)
 
     async def stop(self) -> None:
         if self._server is None:
@@ -219,7 +226,7 @@ class FakeO365SMTP:
                     await asyncio.sleep(0.01)
         except TimeoutError:
             for session in list(self._handler.sessions):
-                if session.transport is not None:
+                if isinstance(session.transport, asyncio.WriteTransport):
                     session.transport.abort()
         await self._server.wait_closed()
         self._server = None
@@ -228,7 +235,7 @@ class FakeO365SMTP:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     async def wait_for_messages(self, count: int = 1, timeout: float = 10.0
