@@ -23,8 +23,8 @@ from ..spool.entry import SpoolError, SpoolFullError
 from ..spool.worker import SpoolWorker
 from ..tokens.manager import TokenManager
 from . import policy as core
-from .protocol import Session
 from .rewrite import rewrite_message
+from .session import Session
 
 log = structlog.get_logger("relay365.smtp")
 

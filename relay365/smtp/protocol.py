@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
-import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
@@ -36,10 +35,10 @@ from ..states import ConnRefused, SmtpOutcome
 from ..tlsutil import nodelay
 from .data import DataError, DataReader
 from .policy import SmtpPolicy
+from .session import Session
 
 if TYPE_CHECKING:
     from ..config import SmtpConfig
-    from ..delivery import UpstreamSMTP
     from .transfer import Transfer
 
 
@@ -58,21 +57,6 @@ class Host(Protocol):
 log = structlog.get_logger("relay365.smtp")
 _conn_ids = itertools.count(1)
 READ_SIZE = 64 * 1024  # DATA is read in chunks this size
-
-
-class Session:
-    """Ours, per connection (aiosmtpd's own `session` object is its business)."""
-
-    __slots__ = ("auth_failures", "bytes", "conn_id", "peer", "policy", "reused", "started",
-                 "upstream")
-
-    def __init__(self, conn_id: int, peer: str, policy: SmtpPolicy) -> None:
-        self.conn_id, self.peer, self.policy = conn_id, peer, policy
-        self.started = time.monotonic()
-        self.upstream: UpstreamSMTP | None = None
-        self.reused = False  # the upstream session came from the pool
-        self.auth_failures = 0
-        self.bytes = 0
 
 
 class RelaySMTP(SMTP):

@@ -37,7 +37,8 @@ from ..tokens.manager import TokenManager
 from . import policy as core
 from .auth import AuthHooks
 from .outbound import Outbound, accepted
-from .protocol import RelaySMTP, Session
+from .protocol import RelaySMTP
+from .session import Session
 from .transfer import Transfer
 
 log = structlog.get_logger("relay365.smtp")

@@ -28,7 +28,7 @@ from .rewrite import HEAD_MAX, HEADER_END, rewrite_from
 
 if TYPE_CHECKING:
     from .outbound import Outbound
-    from .protocol import Session
+    from .session import Session
 
 
 class Transfer:

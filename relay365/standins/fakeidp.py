@@ -1,28 +1,21 @@
 """A local stand-in for the Microsoft identity platform (Entra ID), good enough for real msal.
 
-Theory of operation
--------------------
 `FakeIdP` is an HTTPS server on 127.0.0.1 (`jsonhttps.JSONHTTPSServer`: stdlib threads, so it works
 from sync tests and beside a running asyncio loop) in front of a small, lock-protected token state:
 
-* clients (`add_client`), each with an optional secret and the mailboxes its app-only tokens may open;
-* refresh tokens (`issue_refresh_token`), one use each when `rotate` is on;
-* access tokens: random opaque strings (Exchange-sized, ~1.6 kB) remembered with mailbox (None for
-  app-only), client, scopes and expiry, so `valid_token` can stand in for Exchange Online's check.
+clients (`add_client`: secret, the mailboxes app-only tokens may open), refresh tokens
+(`issue_refresh_token`, single use when `rotate`), and access tokens: opaque Exchange-sized strings
+remembered with mailbox, client, scopes and expiry, so `valid_token` can stand in for Exchange's check.
 
-Requests are matched against `routes`, a table of (method, path regex, handler); a handler gets a
-`Request` and returns a `Reply`, or `DROP` to close the connection unanswered. msal needs only two
+Requests are matched against `routes` (method, path regex, handler -> `Reply` or `DROP`). msal needs two
 routes (`/{tenant}/v2.0/.well-known/openid-configuration` and `/{tenant}/oauth2/v2.0/token`); Dovecot's
 oauth2 passdb uses `/introspect` (RFC 7662) and `/grant` (its password grant). `relay365 auth` uses
 the interactive ones, `/{tenant}/oauth2/v2.0/authorize` and `/{tenant}/oauth2/v2.0/devicecode`, with
-the `authorization_code` and device-code grants (`relay365.standins.signin`). Tokens for a
-signed-in user come with an unsigned JWT-shaped `id_token` (msal reads its claims without checking a
-signature) and, when msal asks, `client_info`, so msal knows the account.
+the `authorization_code` and device-code grants (`relay365.standins.signin`); a signed-in user's tokens
+come with an unsigned JWT-shaped `id_token` and `client_info`, so msal knows the account.
 
-Error replies have the shape of Entra ID's (`error`, `AADSTSnnnnn: ...` description, `error_codes`,
-`timestamp`, `trace_id`, `correlation_id`; `relay365.standins.entra`), because msal passes them
-through to its caller as a dict. Faults are injected with `fail_next`, `down` and `delay`. Nothing
-here logs: the request log keeps (path, grant_type, status) only, never a token or secret.
+Error replies have Entra ID's shape (`relay365.standins.entra`): msal passes them on as a dict.
+Faults: `fail_next`, `down`, `delay`. The request log keeps (path, grant_type, status), no secret.
 """
 
 from __future__ import annotations
@@ -39,6 +32,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeGuard
 from urllib.parse import unquote_plus
 
 from .entra import (
@@ -369,12 +363,16 @@ class FakeIdP(SignInFlows):
             "correlation_id": corr, "error_uri": f"{self.url}/error?code={e.code}",
         }, {} if e.retry_after is None else {"Retry-After": str(e.retry_after)})
 
+    def _for_dovecot(self, at: AccessToken | None, mailbox: str | None,
+                     req: Request) -> TypeGuard[AccessToken]:
+        service = req.headers.get("x-dovecot-auth-service", "")
+        return at is not None and self._may_open(at, mailbox) and scope_allows(at, service)
+
     def _introspect(self, req: Request) -> Reply:
         with self._lock:
             self.introspections += 1
             at = self._access.get(req.form.get("token", ""))
-            if (at is None or at.mailbox is None or not self._may_open(at, None)
-                    or not scope_allows(at, req.headers.get("x-dovecot-auth-service", ""))):
+            if at is None or at.mailbox is None or not self._for_dovecot(at, None, req):
                 return Reply(200, {"active": False})
             return Reply(200, {"active": True, "username": at.mailbox, "email": at.mailbox,
                                "scope": " ".join(sorted(at.scopes)), "client_id": at.client_id,
@@ -383,10 +381,8 @@ class FakeIdP(SignInFlows):
     def _password_grant(self, req: Request) -> Reply:
         mailbox, token = req.form.get("username", ""), req.form.get("password", "")
         with self._lock:
-            self.password_grants += 1
-            at = self._access.get(token)
-            if (req.form.get("grant_type") != "password" or at is None or not self._may_open(at, mailbox)
-                    or not scope_allows(at, req.headers.get("x-dovecot-auth-service", ""))):
+            self.password_grants, at = self.password_grants + 1, self._access.get(token)
+            if not self._for_dovecot(at, mailbox, req) or req.form.get("grant_type") != "password":
                 return Reply(400, {"error": "invalid_grant"})
             expires_in = max(0, int(at.expires_at - self.clock()))
         return Reply(200, {"access_token": token, "token_type": "Bearer",
