@@ -41,10 +41,11 @@ def test_rows_take_what_the_daemon_wrote(config):
     report = collect(config, now=NOW)
     assert report["written_at"] == NOW - 5
     mine, other = report["accounts"]
-    assert mine == {**saved, "refresh_token_updated": None}
+    assert mine == {**saved, "send_via": "smtp", "refresh_token_updated": None}
     assert other == {"mailbox": OTHER, "flow": "refresh_token", "state": "needs-auth", "code": None,
                      "action": "no refresh token: run relay365 auth MAILBOX", "expires_at": None,
-                     "last_refresh": None, "last_use": None, "refresh_token_updated": None}
+                     "last_refresh": None, "last_use": None, "send_via": "smtp",
+                     "refresh_token_updated": None}
     text = render(report, now=NOW)
     assert "needs-auth (AADSTS70008)" in text and "daemon status written 5s ago" in text
 
