@@ -97,6 +97,7 @@ def send(relay, subject: str) -> None:
 def test_operator_sees_the_stuck_message_and_retries_it_by_clicking(
         make_relay, tmp_path, pki, idp, upstream, gate, browser):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
     relay, base = start(make_relay, tmp_path, pki, idp, upstream, gate,
                         {"admin_token": ADMIN_TOKEN, "show_subjects": True})
     upstream.clear()
@@ -147,7 +148,7 @@ def test_operator_sees_the_stuck_message_and_retries_it_by_clicking(
     # the upstream is back: retry delivers the message into the real mailbox
     gate.open()
     browser.find_element(By.CSS_SELECTOR, "form[action='/action/retry'] button").click()
-    assert "due now" in browser.page_source
+    WebDriverWait(browser, 20).until(lambda b: "due now" in b.page_source)  # the 303 and the reload
     got = upstream.wait_for_messages(BOB, 1, timeout=20)
     assert b"0042" in got[0]
     for _ in range(2):  # the IP's block and the user's
