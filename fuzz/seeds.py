@@ -246,11 +246,11 @@ HAND_SMTP = {
     "printer-helo-auth-login": b"HELO scanner.lan\r\nAUTH LOGIN\r\nc2Nhbm5lcg==\r\ncHc=\r\n"
                                b"MAIL FROM:<scan@lan.local>\r\nRCPT TO:<bob@x.test>\r\nDATA\r\n"
                                b"Subject: scan\r\n\r\nscan\r\n.\r\nQUIT\r\n",
-    "bare-lf-device": b"EHLO dev\nMAIL FROM:<d@lan>\nRCPT TO:<bob@x.test>\nDATA\nSubject: lf\n\n..x\n.\nQUIT\n",
+    "bare-lf-device": b"EHLO dev\nMAIL FROM:<d@lan>\nRCPT TO:<bob@x.test>\nDATA\nSubject: lf\n\n..x\n.\nQUIT\n",  # noqa: E501
     "smuggling": b"EHLO x\r\nAUTH PLAIN AHNjYW5uZXIAcHc=\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
                  b"x\n.\r\nMAIL FROM:<evil@x>\r\n\r\n.\n\r\n.\r\nQUIT\r\n",
     "no-auth": b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nQUIT\r\n",
-    "bdat-utf8": b"EHLO x\r\nAUTH PLAIN AHNjYW5uZXIAcHc=\r\nMAIL FROM:<j\xc3\xb6@x> SMTPUTF8 BODY=8BITMIME SIZE=99\r\n"
+    "bdat-utf8": b"EHLO x\r\nAUTH PLAIN AHNjYW5uZXIAcHc=\r\nMAIL FROM:<j\xc3\xb6@x> SMTPUTF8 BODY=8BITMIME SIZE=99\r\n"  # noqa: E501
                  b"RCPT TO:<c@d> NOTIFY=NEVER\r\nBDAT 5 LAST\r\nhello\r\nRSET\r\nVRFY x\r\nNOOP\r\nHELP\r\n",
 }
 

@@ -9,8 +9,14 @@ from relay365 import replies
 from relay365.config import UnauthenticatedNet
 from relay365.imap import core as imap
 from relay365.pop3 import core as pop3
-from relay365.sasl import Credentials, SaslError, b64decode_strict, decode_plain, decode_text, \
-    decode_xoauth2_error
+from relay365.sasl import (
+    Credentials,
+    SaslError,
+    b64decode_strict,
+    decode_plain,
+    decode_text,
+    decode_xoauth2_error,
+)
 from relay365.secret import Secret
 from relay365.smtp import policy
 from relay365.smtp.data import DataError, DataReader

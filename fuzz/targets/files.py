@@ -63,7 +63,7 @@ def spool_record(data: bytes) -> None:
 
 def check_entry(e: Entry) -> None:
     def want(name: str, value: object, *types: type) -> None:
-        if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise AssertionError(f"Entry.{name} is {value!r}")
 
     want("id", e.id, str)
