@@ -19,7 +19,7 @@ def body(code, message="m"):
     (403, "ErrorSendAsDenied", 550, False),
     (413, "RequestEntityTooLarge", 552, False),
     (400, "ErrorMessageSizeExceeded", 552, False),
-    (400, "ErrorInvalidRecipients", 554, False),
+    (400, "ErrorInvalidRecipients", 550, False),  # 5.1.1, as Exchange says of a bad address
     (500, "InternalServerError", 451, True),
 ])
 def test_status_and_code_map_to_reply(status, code, smtp, transient):
