@@ -24,9 +24,6 @@ def test_short_fuzz_run(name):
 
 
 @pytest.mark.parametrize("line", [b"MAIL FROM:<", b"RCPT TO:<"])
-@pytest.mark.xfail(strict=True, reason="aiosmtpd's address parser raises IndexError on a lone '<': "
-                   "451 internal error and a traceback logged instead of 501; the fix belongs in "
-                   "relay365/smtp/protocol.py (see RELIABILITY.md)")
 def test_a_lone_angle_bracket_is_a_syntax_error(line, monkeypatch):
     monkeypatch.setitem(os.environ, "FUZZ_STRICT", "1")
     before = b"AUTH PLAIN AHNjYW5uZXIAcHc=\r\nMAIL FROM:<a@b>\r\n" if line.startswith(b"RCPT") else b""

@@ -48,6 +48,7 @@ class DataReader:
         self._partial = bytearray()  # the start of a line whose end has not arrived
         self._line_start_after_crlf = True  # the previous line ended in CRLF (or there was none)
         self._skipping = False  # inside an over-long line whose start was dropped
+        self._dropped_cr = False  # the dropped part of that line ended in CR
 
     def feed(self, data: bytes) -> bytes:
         """Content decoded from `data` (and what was pending); b"" when nothing completed."""
@@ -102,6 +103,7 @@ class DataReader:
                 self._partial = buf[start:]
                 if len(self._partial) > self.max_line:
                     self._oversized(len(self._partial))
+                    self._dropped_cr = self._partial.endswith(b"\r")  # half of a CRLF, maybe
                     self._partial = bytearray()
                 break
             line = bytes(buf[start:nl + 1])
@@ -116,6 +118,7 @@ class DataReader:
         crlf = line.endswith(b"\r\n")
         text = line[:-2] if crlf else line[:-1]
         if self._skipping:  # the tail of an over-long line: never a line of its own
+            crlf = crlf or (line == b"\n" and self._dropped_cr)  # its CR went with the dropped part
             self._skipping, self._line_start_after_crlf = False, crlf
             self.size += len(line)
             if self.max_size is not None and self.size > self.max_size:

@@ -144,6 +144,14 @@ class RelaySMTP(SMTP):
 
     # -- commands aiosmtpd gets wrong for us -----------------------------------------------------
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser raises IndexError on a lone `<` (found by fuzzing): that is
+        a syntax error (501 from aiosmtpd), not an internal error and a logged traceback."""
+        try:
+            return super()._getaddr(arg)
+        except IndexError:
+            return None, None
+
     async def smtp_AUTH(self, arg: str) -> None:
         """AUTH after HELO too: old devices never say EHLO (the capability is not advertised)."""
         if self.session is not None and self.session.host_name and not self.session.extended_smtp:

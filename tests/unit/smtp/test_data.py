@@ -113,3 +113,14 @@ def test_the_fast_path_takes_a_large_crlf_message_whole():
     reader = DataReader(None)
     out = reader.feed(body + b".\r\nQUIT\r\n")
     assert reader.done and out == body[:-5] + b".x\r\n" and reader.rest == b"QUIT\r\n"
+
+
+def test_an_over_long_line_cut_between_its_cr_and_lf_still_ends_before_the_marker():
+    """fuzz/findings/smtp_data-done-differs: the CR went with the dropped start of the line, and
+    the "." line after it was taken for content, so DATA never ended when cut there."""
+    data = b"x" * 200 + b"\r\n.\r\nNOOP\r\n"
+    for cut in range(1, len(data)):
+        reader = DataReader(None, max_line=200)
+        reader.feed(data[:cut])
+        reader.feed(data[cut:])
+        assert reader.done and reader.error is DataError.LINE_TOO_LONG and reader.rest == b"NOOP\r\n", cut
