@@ -79,6 +79,18 @@ def wait_for(check, timeout: float = 15.0):
     raise AssertionError("condition not met in time")
 
 
+def fresh(browser, by: str, selector: str, act=lambda el: el.text):
+    """`act` on the element, again if the page's auto-refresh replaced it in between (the page
+    reloads every few seconds unless an input has the focus)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    for _ in range(5):
+        try:
+            return act(browser.find_element(by, selector))
+        except StaleElementReferenceException:
+            time.sleep(0.2)
+    return act(browser.find_element(by, selector))
+
+
 def start(make_relay, tmp_path, pki, idp, upstream, gate, http: dict):
     config = spool_config(tmp_path, pki, idp, upstream, gate)
     config["accounts"].append({"mailbox": BROKEN, "refresh_token": "0.Arevoked-" + "x" * 40})
@@ -112,32 +124,32 @@ def test_operator_sees_the_stuck_message_and_retries_it_by_clicking(
 
     browser.get(base + "/")
     html = browser.page_source
-    accounts = browser.find_element(By.CSS_SELECTOR, "table.accounts").text
+    accounts = fresh(browser, By.CSS_SELECTOR, "table.accounts")
     assert BROKEN in accounts and "needs-auth" in accounts and "AADSTS" in accounts
     assert f"relay365 auth {BROKEN} -c {relay.config_path}" in accounts
-    waiting = browser.find_element(By.CSS_SELECTOR, "table.waiting").text
+    waiting = fresh(browser, By.CSS_SELECTOR, "table.waiting")
     assert entry["id"] in waiting and BOB in waiting and "<script>alert(1)</script>" in waiting
     assert not browser.find_elements(By.CSS_SELECTOR, "form[action='/action/retry']")
-    blocks = browser.find_element(By.CSS_SELECTOR, "table.blocks").text
+    blocks = fresh(browser, By.CSS_SELECTOR, "table.blocks")
     assert "127.0.0.1" in blocks
     for secret in (ADMIN_TOKEN, CLIENT_SECRET, PASSWORD, relay.config["accounts"][0]["refresh_token"],
                    relay.config["accounts"][1]["refresh_token"]):
         assert secret not in html
 
     # sessions: the printer's, and a filter that matches nothing
-    sessions = browser.find_element(By.CSS_SELECTOR, "table.sessions").text
+    sessions = fresh(browser, By.CSS_SELECTOR, "table.sessions")
     assert USER in sessions and "queued" in sessions
-    browser.find_element(By.CSS_SELECTOR, "form.filter input[name=user]").send_keys("nobody")
-    browser.find_element(By.CSS_SELECTOR, "form.filter button").click()
-    assert "no session matches" in browser.find_element(By.ID, "sessions").text
+    fresh(browser, By.CSS_SELECTOR, "form.filter input[name=user]", lambda el: el.send_keys("nobody"))
+    fresh(browser, By.CSS_SELECTOR, "form.filter button", lambda el: el.click())
+    assert "no session matches" in fresh(browser, By.ID, "sessions")
     browser.get(base + f"/?user={USER}")
-    assert USER in browser.find_element(By.CSS_SELECTOR, "table.sessions").text
+    assert USER in fresh(browser, By.CSS_SELECTOR, "table.sessions")
     browser.save_screenshot(str(tmp_path / "status-page.png"))
 
     # forged: no cookie, or a cookie without the CSRF token
     assert post(f"{base}/action/retry", {"id": entry["id"]})[0] == 403
-    browser.find_element(By.CSS_SELECTOR, "form.login input[name=token]").send_keys(ADMIN_TOKEN)
-    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    fresh(browser, By.CSS_SELECTOR, "form.login input[name=token]", lambda el: el.send_keys(ADMIN_TOKEN))
+    fresh(browser, By.CSS_SELECTOR, "form.login button", lambda el: el.click())
     assert "Logged in" in browser.page_source
     cookie = browser.get_cookie("relay365_admin")
     assert cookie is not None and cookie["sameSite"] == "Strict" and cookie["httpOnly"]
@@ -147,14 +159,14 @@ def test_operator_sees_the_stuck_message_and_retries_it_by_clicking(
 
     # the upstream is back: retry delivers the message into the real mailbox
     gate.open()
-    browser.find_element(By.CSS_SELECTOR, "form[action='/action/retry'] button").click()
+    fresh(browser, By.CSS_SELECTOR, "form[action='/action/retry'] button", lambda el: el.click())
     WebDriverWait(browser, 20).until(lambda b: "due now" in b.page_source)  # the 303 and the reload
     got = upstream.wait_for_messages(BOB, 1, timeout=20)
     assert b"0042" in got[0]
     for _ in range(2):  # the IP's block and the user's
-        browser.find_element(By.CSS_SELECTOR, "form[action='/action/unblock'] button").click()
+        fresh(browser, By.CSS_SELECTOR, "form[action='/action/unblock'] button", lambda el: el.click())
         assert "block was lifted" in browser.page_source
-    assert "no IP or user is blocked" in browser.find_element(By.ID, "listeners").text
+    assert "no IP or user is blocked" in fresh(browser, By.ID, "listeners")
     browser.save_screenshot(str(tmp_path / "status-page-after.png"))
 
 
