@@ -43,6 +43,7 @@ class Sources:
     listeners: Callable[[], list[ListenerRow]]
     phase: Callable[[], str]
     recorder: Recorder = field(default=RECENT)
+    subjects: dict[str, str | None] = field(default_factory=dict)  # by entry id: read once
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic  # the throttle counts in monotonic time
 
@@ -77,23 +78,37 @@ def _subject(entry: Entry) -> str | None:
     return None if value is None else " ".join(str(value).split())[:SUBJECT_LIMIT]
 
 
-def _row(entry: Entry, subjects: bool) -> QueueRow:
+def _row(entry: Entry, subject: str | None) -> QueueRow:
     return QueueRow(entry.id, entry.mailbox, entry.mail_from, entry.rcpts, entry.received_at,
                     entry.size, entry.attempts, entry.next_attempt, entry.last_error,
-                    entry.failed_at, _subject(entry) if subjects else None)
+                    entry.failed_at, subject)
 
 
-def _read_disk(src: Sources, config: Config, limit: int | None) -> tuple[dict[str, float], Queue]:
-    """In a thread: refresh-token ages and the queue's envelopes."""
+def _rows(entries: list[Entry], src: Sources, subjects: bool) -> tuple[QueueRow, ...]:
+    if not subjects:
+        return tuple(_row(e, None) for e in entries)
+    cache = src.subjects
+    for e in entries:
+        if e.id not in cache:  # a message's Subject never changes: read its head once
+            cache[e.id] = _subject(e)
+    return tuple(_row(e, cache[e.id]) for e in entries)
+
+
+def _read_disk(src: Sources, config: Config, limit: int | None,
+               waiting: list[Entry] | None) -> tuple[dict[str, float], Queue]:
+    """In a thread: refresh-token ages, dead letters and Subjects (the waiting messages come from
+    the spool worker's index: a page load never reads thousands of envelopes)."""
     ages = _rt_ages(src.store, [a.mailbox for a in config.accounts if a.flow == "refresh_token"])
-    if src.spool is None:
-        return ages, Queue(False)
+    if src.spool is None or waiting is None:
+        return ages, Queue(src.spool is not None)
     subjects = config.http is not None and config.http.show_subjects
-    waiting = src.spool.queue.entries("queue")
     failed = src.spool.queue.entries("failed")
     failed.sort(key=lambda e: -(e.failed_at or 0))  # the newest dead letter first
-    return ages, Queue(True, waiting=tuple(_row(e, subjects) for e in waiting[:limit]),
-                       failed=tuple(_row(e, subjects) for e in failed[:limit]))
+    shown = waiting[:limit] + failed[:limit]
+    for gone in set(src.subjects) - {e.id for e in shown}:
+        src.subjects.pop(gone, None)
+    return ages, Queue(True, waiting=_rows(waiting[:limit], src, subjects),
+                       failed=_rows(failed[:limit], src, subjects))
 
 
 def _account(view: AccountView, config: Config, ages: dict[str, float], rec: Recorder,
@@ -104,11 +119,14 @@ def _account(view: AccountView, config: Config, ages: dict[str, float], rec: Rec
 
 
 async def collect(src: Sources, *, peer: str = "", user: str = "",
-                  limit: int | None = MAX_ROWS) -> Status:
+                  limit: int | None = MAX_ROWS, queue_rows: bool = True) -> Status:
+    """Everything the page shows; `queue_rows=False` leaves out the queue's tables (an API call
+    that does not return them)."""
     config, now = src.config(), src.clock()
     views = src.tokens.views()
     depth, oldest = src.spool.stats() if src.spool is not None else (0, 0.0)
-    ages, queue = await asyncio.to_thread(_read_disk, src, config, limit)
+    waiting = src.spool.waiting() if src.spool is not None and queue_rows else None
+    ages, queue = await asyncio.to_thread(_read_disk, src, config, limit, waiting)
     if queue.enabled:
         queue = replace(queue, depth=depth, oldest_age=oldest)
     return Status(
@@ -148,6 +166,7 @@ async def retry(src: Sources, entry_id: str) -> str:
         raise ActionError("notfound", str(exc)) from None
     except (SpoolError, OSError) as exc:
         raise ActionError("bad", str(exc)) from None
+    spool.note(entry.id, entry)
     spool.rescan()
     return entry.id
 
@@ -161,6 +180,8 @@ async def delete(src: Sources, entry_id: str) -> str:
         raise ActionError("notfound", str(exc)) from None
     except (SpoolError, OSError) as exc:
         raise ActionError("bad", str(exc)) from None
+    if where == "queue":
+        spool.note(entry_id, None)
     spool.rescan()
     return where
 

@@ -79,7 +79,7 @@ class StatusApp:
                             PAGE_HEADERS)
         if req.path in ("/api/accounts", "/api/queue", "/api/sessions", "/api/limits"):
             status = await data.collect(self.src, peer=q.get("peer", ""), user=q.get("user", ""),
-                                        limit=None)
+                                        limit=None, queue_rows=req.path == "/api/queue")
             return _json(200, {"now": status.now, **_api_body(req.path, as_json(status))})
         return None
 

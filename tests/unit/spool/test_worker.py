@@ -138,6 +138,35 @@ def test_stats_give_depth_and_the_oldest_age(q):
     assert depth == 2 and 99 < age < 110
 
 
+def test_waiting_comes_from_the_index_oldest_first_and_note_updates_it_at_once(q, monkeypatch):
+    """The status page lists the queue from here: no envelope is read for it, and its own retry or
+    delete shows on the next load, not after the next rescan."""
+    old, new = put(q, 1, now=time.time() - 50), put(q, 2, now=time.time() - 100)
+
+    async def main():
+        w = SpoolWorker(q, Deliverer(), SpoolConfig(rescan_interval=60, min_free_space=0),
+                        held=lambda mailbox: True)
+        await w.start()
+        try:
+            reads = []
+            monkeypatch.setattr(q, "read", lambda path: reads.append(path))
+            first = [e.id for e in w.waiting()]
+            monkeypatch.undo()
+            entry = q.retry(old, 12345.0)
+            w.note(old, entry)
+            due = {e.id: e.next_attempt for e in w.waiting()}
+            q.delete(new)
+            w.note(new, None)
+            return reads, first, due, [e.id for e in w.waiting()]
+        finally:
+            await w.stop()
+
+    reads, first, due, after = run(main())
+    assert reads == [] and first == [new, old]
+    assert due[old] == 12345.0
+    assert after == [old]
+
+
 def test_one_worker_per_spool(q, tmp_path):
     async def main():
         w = SpoolWorker(q, Deliverer(), FAST)
