@@ -652,8 +652,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="every workload, small: a smoke run of ~3 min")
-    ap.add_argument("--only", choices=["pop3", "big", "smtp"], help="run only these workloads "
-                    "(big: concurrent large messages, peak RSS and CPU of each proxy; smtp: the SMTP rows)")
+    ap.add_argument("--only", choices=["pop3", "big", "smtp", "imap"], help="run only these workloads "
+                    "(big: concurrent large messages, peak RSS and CPU of each proxy; "
+                    "smtp: the SMTP rows; imap: IMAP logins, latency, FETCH and held sessions)")
     ap.add_argument("--no-emailproxy", action="store_true", help="relay365 and direct only")
     ap.add_argument("--profile", metavar="DIR", type=Path,
                     help="profile relay365 with py-spy during FETCH, SMTP and IMAP logins, "
@@ -680,6 +681,9 @@ def main() -> int:
                 return print_table(rows, targets, reps) or 0
             if args.only == "big":
                 return print_table(big_rows(world, targets, reps, scale), targets, reps) or 0
+            if args.only == "imap":
+                rows = imap_rows(world, targets, reps, scale) + held_rows(world, proxies, scale)
+                return print_table(rows, targets, reps) or 0
             rows = smtp_rows(world, targets, reps, scale, burst_n=100 if args.quick else 500)
             if args.only == "smtp":
                 return print_table(rows, targets, reps) or 0
