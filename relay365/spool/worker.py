@@ -161,13 +161,11 @@ class SpoolWorker:
         return len(self._entries), max(0.0, self._clock() - oldest)
 
     def note(self, entry_id: str, entry: Entry | None) -> None:
-        """An entry changed on disk by someone else in this process (the status page's actions):
-        the index has it now, not after the next rescan."""
-        self._record(entry_id, entry)
-        self._wake.set()
+        """The status page changed this entry on disk: index it now, not at the next rescan."""
+        self._record(entry_id, entry)  # the caller's rescan() wakes the loop
 
     def waiting(self) -> list[Entry]:
-        """The messages waiting, oldest first, from the worker's index (no disk read)."""
+        """The messages waiting, oldest first, from the index (no disk read)."""
         return sorted(self._entries.values(), key=lambda e: (e.received_at, e.id))
 
     # -- the loop ------------------------------------------------------------------------------------
