@@ -136,9 +136,12 @@ class RelayHandler(AuthHooks, Outbound):
         return replies.RESET_OK
 
     async def _reset(self, server: RelaySMTP) -> None:
+        """RSET, EHLO, HELO: the upstream hears RSET only when it has a transaction open (clients
+        that RSET before every message would otherwise pay a round trip to Office 365 each)."""
         state = _state(server)
+        open_upstream = state.policy.in_transaction
         state.policy.reset()
-        if state.upstream is not None:
+        if open_upstream and state.upstream is not None:
             await state.upstream.rset()
 
     async def handle_MAIL(self, server: RelaySMTP, session: AiosmtpdSession, envelope: Envelope,

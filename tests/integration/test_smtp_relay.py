@@ -353,3 +353,35 @@ def test_pool_off(make_relay, upstream):
     send(relay.smtp_port, f"a {uuid.uuid4()}")
     send(relay.smtp_port, f"b {uuid.uuid4()}")
     assert len(relay.find("upstream_connected")) == 2 and not relay.find("upstream_reused")
+
+
+def test_rset_between_messages_costs_office_365_nothing(make_relay, upstream):
+    """Clients that RSET (or EHLO again) before every message: the upstream session has no
+    transaction open then, so it hears no RSET. Postfix's disconnect line counts the commands."""
+    relay = make_relay(smtp={}, upstream_extra={"smtp_pool_idle": 0})
+    marker = uuid.uuid4().hex
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as s:
+        s.login(USER, PASSWORD)
+        for n in range(3):
+            assert s.rset()[0] == 250
+            s.sendmail("a@lan.local", [f"bob@{DOMAIN}"], message(f"{marker} {n}"))
+        s.ehlo()
+        # a transaction the client abandons: that one the upstream must hear ended
+        assert s.mail("a@lan.local")[0] == 250
+        assert s.rcpt(f"bob@{DOMAIN}")[0] == 250
+        assert s.rset()[0] == 250
+        s.sendmail("a@lan.local", [f"bob@{DOMAIN}"], message(f"{marker} after"))
+    for n in range(3):
+        delivered(upstream, f"bob@{DOMAIN}", f"{marker} {n}")
+    delivered(upstream, f"bob@{DOMAIN}", f"{marker} after")
+    relay.stop()
+    summary = ""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        lines = [ln for ln in upstream.logs().splitlines()
+                 if "disconnect from" in ln and "data=4" in ln]
+        if lines:
+            summary = lines[-1]
+            break
+        time.sleep(0.2)
+    assert "mail=5 rcpt=5 data=4 rset=1 " in summary, summary
