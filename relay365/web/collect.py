@@ -113,7 +113,10 @@ def _read_disk(src: Sources, config: Config, limit: int | None,
 
 def _account(view: AccountView, config: Config, ages: dict[str, float], rec: Recorder,
              now: float) -> AccountRow:
-    return AccountRow(view.mailbox, view.flow, "SMTP", str(view.state), view.code, view.error,
+    via = "Graph" if view.sending_via == "graph" else "SMTP"
+    if view.send_via == "auto":
+        via += " (auto)"
+    return AccountRow(view.mailbox, view.flow, via, str(view.state), view.code, view.error,
                       view.action, fix_command(view, config), view.expires_at, view.last_refresh,
                       ages.get(view.mailbox), view.last_use, rec.messages_today(view.mailbox, now))
 
