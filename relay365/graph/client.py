@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -58,6 +60,31 @@ class GraphClient:
         return await self.request(mailbox, "POST", f"/users/{mailbox}/sendMail",
                                   base64.b64encode(mime),
                                   content_type="text/plain", what="sendMail")
+
+    async def call(self, mailbox: str, method: str, path: str, payload: dict[str, Any] | None,
+                   *, what: str) -> dict[str, Any]:
+        """A JSON request; the JSON answer (an empty dict for an empty one, as 202 and 204)."""
+        body = json.dumps(payload).encode() if payload is not None else b""
+        answer = await self.request(mailbox, method, path, body, content_type="application/json",
+                                    what=what)
+        try:
+            found = json.loads(answer.body) if answer.body else {}
+        except ValueError:
+            found = None
+        if not isinstance(found, dict):
+            raise GraphError(f"Graph {what}: an answer that is not a JSON object", code=451,
+                             text="4.4.0 Microsoft Graph answered nonsense, try again later",
+                             transient=True, status=answer.status, request_id=answer.request_id)
+        return found
+
+    async def upload(self, mailbox: str, url: str, piece: bytes, content_range: str) -> Answer:
+        """One PUT of an upload session (its URL carries its own authorisation: no bearer)."""
+        headers = {"Content-Range": content_range, "Content-Type": "application/octet-stream"}
+        async with self._slot(mailbox):
+            answer = await self._send("PUT", url, piece, headers, "upload")
+        if 200 <= answer.status < 300:
+            return answer
+        raise from_response(answer.status, answer.headers, answer.body)
 
     async def request(self, mailbox: str, method: str, path: str, body: bytes, *,
                       content_type: str, what: str) -> Answer:
