@@ -17,6 +17,8 @@ DEFAULT_SCOPE = f"{OUTLOOK}/.default"
 OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 
 DESCRIPTIONS = {
+    28000: "Provided value for the input parameter scope is not valid because it contains more "
+           "than one resource.",
     65001: "The user or administrator has not consented to use the application.",
     70000: "Provided grant is invalid or malformed.",
     70003: "The app requested an unsupported grant type.",
@@ -104,6 +106,22 @@ class OAuthError(Exception):
         self.codes = code if isinstance(code, tuple) else (code,)
         self.error, self.code, self.status = error, self.codes[0], status
         self.description = description or DESCRIPTIONS.get(self.code, "Injected failure.")
+
+
+def token_scopes(consented: frozenset[str] | None, requested: str) -> frozenset[str]:
+    """The scopes of an access token: those asked for at the token endpoint (else every one
+    consented), which must be consented (AADSTS65001) and of one resource (AADSTS28000). With
+    none asked for and several resources consented (a device code), the first one's."""
+    wanted = frozenset(requested.split()) - OIDC_SCOPES
+    if consented is not None and not wanted <= consented:
+        raise OAuthError("invalid_grant", 65001)
+    scopes = wanted or consented or frozenset()
+    resources = sorted({s.rpartition("/")[0] for s in scopes if "/" in s})
+    if len(resources) > 1:
+        if wanted:
+            raise OAuthError("invalid_scope", 28000)
+        scopes = frozenset(s for s in scopes if s.rpartition("/")[0] == resources[0])
+    return scopes
 
 
 def b64url(data: bytes) -> str:

@@ -50,6 +50,7 @@ from .entra import (
     b64url,
     oid,
     scope_allows,
+    token_scopes,
 )
 from .jsonhttps import DROP, JSONHTTPSServer, JSONObject, Reply, Request, Route, route
 from .signin import SignInFlows
@@ -294,10 +295,7 @@ class FakeIdP(SignInFlows):
         client_id = self._authenticate_client(req, public=rt is not None and rt.public)
         if rt is None or rt.client_id not in (None, client_id):
             raise OAuthError("invalid_grant", 70000)
-        wanted = frozenset(req.form.get("scope", "").split()) - OIDC_SCOPES
-        if rt.scopes is not None and not wanted <= rt.scopes:
-            raise OAuthError("invalid_grant", 65001)
-        scopes = wanted or rt.scopes or frozenset()
+        scopes = token_scopes(rt.scopes, req.form.get("scope", ""))
         new = old
         if self.rotate:
             del self._refresh[old]
@@ -316,8 +314,9 @@ class FakeIdP(SignInFlows):
                      nonce: str | None = None, public: bool = False) -> JSONObject:
         """Access, refresh and id token for a user who just signed in (code or device flow)."""
         rt = "0.A" + secrets.token_urlsafe(96)
-        self._refresh[rt] = RefreshToken(mailbox, client_id, None, public)
-        resource = scopes - OIDC_SCOPES
+        # what was consented at sign-in; the access token is for one resource of it
+        self._refresh[rt] = RefreshToken(mailbox, client_id, scopes - OIDC_SCOPES, public)
+        resource = token_scopes(scopes - OIDC_SCOPES, req.form.get("scope", ""))
         body = self._token_body(self._new_access_token(mailbox, client_id, resource), resource)
         body["refresh_token"] = rt
         body["id_token"] = self._id_token(mailbox, client_id, nonce)
