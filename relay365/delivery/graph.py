@@ -79,7 +79,7 @@ class GraphDeliverer:
 
     def _sent(self, message: Outgoing, how: str, started: float) -> tuple[Refusal, ...]:
         metrics.UPSTREAM_LATENCY.labels("graph", "send").observe(time.monotonic() - started)
-        metrics.MESSAGES.inc()
+        metrics.MESSAGES.inc(via="graph")
         metrics.BYTES.labels("graph", "up").inc(message.message.size)
         return ()
 

@@ -15,16 +15,18 @@ import asyncio
 import base64
 import json
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from .. import metrics
 from ..config import Config
 from ..secret import Secret
 from ..tlsutil import client_context
 from ..tokens.manager import GRAPH, TokenManager
-from .errors import GraphError, from_response, timeout
+from .errors import GraphError, from_response, graph_code, timeout
 
 MAILBOX_CONCURRENCY = 4
 
@@ -109,14 +111,20 @@ class GraphClient:
 
     async def _send(self, method: str, url: str, body: bytes, headers: dict[str, str],
                     what: str) -> _Raw:
+        started = time.monotonic()
         try:
             r = await self._http.request(method, url, content=body, headers=headers)
         except httpx.TimeoutException:
+            metrics.GRAPH_ERRORS.labels("0", "timeout").inc()
             raise timeout(what) from None
         except httpx.TransportError as exc:
+            metrics.GRAPH_ERRORS.labels("0", "unreachable").inc()
             raise GraphError(f"Graph {what}: {type(exc).__name__}: {exc}", code=451,
                              text="4.4.1 Cannot reach Microsoft Graph, try again later",
                              transient=True, status=0) from None
+        metrics.GRAPH_LATENCY.labels(what).observe(time.monotonic() - started)
+        if r.status_code >= 400:
+            metrics.GRAPH_ERRORS.labels(str(r.status_code), graph_code(r.content)[0] or "-").inc()
         lowered = {k.lower(): v for k, v in r.headers.items()}
         return _Raw(r.status_code, lowered.get("request-id", ""), r.content, lowered)
 
