@@ -37,21 +37,21 @@ class GraphDeliverer:
         self.client = client or GraphClient(config, tokens)
 
     async def deliver(self, message: Outgoing) -> tuple[Refusal, ...]:
-        if self.config.account(message.mailbox) is None:
+        account = self.config.account(message.mailbox)
+        if account is None:
             raise TokenError(account=message.mailbox, error="unknown_account", code=None,
                              transient=False, action="add the mailbox under accounts: or delete "
                                                      "its queued messages")
-        account = self.config.account(message.mailbox)
-        save_to_sent = account is None or account.save_to_sent
+        save_to_sent = account.save_to_sent
         started = time.monotonic()
         try:
             if save_to_sent and message.message.size <= SENDMAIL_MAX_MIME + SENDMAIL_SLACK:
                 prepared = prepare(read_all(message.message), message.rcpts)
                 if prepared.fits_sendmail:
                     await self._sendmail(message, prepared)
-                    return self._sent(message, "sendMail", started)
+                    return self._sent(message, started)
             await self._draft(message, save_to_sent)
-            return self._sent(message, "draft", started)
+            return self._sent(message, started)
         except GraphError as exc:
             log.warning("graph_send_failed", account=message.mailbox, status=exc.status,
                         graph_code=exc.graph_code, request_id=exc.request_id,
@@ -77,7 +77,7 @@ class GraphDeliverer:
                  bcc=sent.bcc, size=message.message.size, attachments=sent.attachments,
                  uploaded=sent.uploaded, requests=sent.requests, save_to_sent=save_to_sent)
 
-    def _sent(self, message: Outgoing, how: str, started: float) -> tuple[Refusal, ...]:
+    def _sent(self, message: Outgoing, started: float) -> tuple[Refusal, ...]:
         metrics.UPSTREAM_LATENCY.labels("graph", "send").observe(time.monotonic() - started)
         metrics.MESSAGES.inc(via="graph")
         metrics.BYTES.labels("graph", "up").inc(message.message.size)
