@@ -1,6 +1,7 @@
 """relay365 side by side with a direct connection and with email-oauth2-proxy, in one run.
 
     .venv/bin/python -m bench.run [--reps 3] [--quick] [--no-emailproxy] [--profile DIR]
+                                  [--only pop3|big|graph]
 
 Starts the integration tests' upstream (real Dovecot IMAPS + Postfix submission, XOAUTH2 through
 the fake identity platform) on loopback, relay365 in front of it, and email-oauth2-proxy (PyPI
@@ -652,9 +653,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="every workload, small: a smoke run of ~3 min")
-    ap.add_argument("--only", choices=["pop3", "big", "smtp", "imap"], help="run only these workloads "
-                    "(big: concurrent large messages, peak RSS and CPU of each proxy; "
-                    "smtp: the SMTP rows; imap: IMAP logins, latency, FETCH and held sessions)")
+    ap.add_argument("--only", choices=["pop3", "big", "smtp", "imap", "graph"],
+                    help="run only these workloads (big: concurrent large messages, peak RSS and "
+                    "CPU of each proxy; smtp: the SMTP rows; imap: IMAP logins, latency, FETCH and "
+                    "held sessions; graph: one 20 MiB message via Microsoft Graph, relay CPU and "
+                    "peak RSS)")
     ap.add_argument("--no-emailproxy", action="store_true", help="relay365 and direct only")
     ap.add_argument("--profile", metavar="DIR", type=Path,
                     help="profile relay365 with py-spy during FETCH, SMTP and IMAP logins, "
@@ -668,6 +671,11 @@ def main() -> int:
     targets = ["direct", "relay"] + ([] if args.no_emailproxy or args.profile else ["emailproxy"])
     proxies = [t for t in targets if t != "direct"]
     started = time.monotonic()
+    if args.only == "graph":  # relay365 alone, against the Graph stand-in: no Dovecot, no emailproxy
+        from bench.graph import graph_rows
+
+        with tempfile.TemporaryDirectory(prefix="relay365-bench-") as tmp:
+            return print_table(graph_rows(Path(tmp), reps), ["relay"], reps) or 0
     with tempfile.TemporaryDirectory(prefix="relay365-bench-") as tmp:
         world = World(Path(tmp), emailproxy="emailproxy" in targets)
         try:

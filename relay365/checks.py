@@ -1,4 +1,5 @@
-"""`relay365 check --upstream`: one line per account - token, SMTP login, IMAP login - then one
+"""`relay365 check --upstream`: one line per account - token, SMTP login, IMAP login, and for
+accounts that send via Graph (graph, auto) a Graph token and whether it carries Mail.Send - then one
 line per user whose mailbox is opened with another account's token (a shared mailbox): that
 account's token logs in to the user's mailbox over IMAP (and POP3 when configured), and a failure
 names the Exchange permission that is missing and the PowerShell line that grants it."""
@@ -11,9 +12,10 @@ from typing import Any
 from .config import Config
 from .delivery import open_session
 from .errors import RelayError, TokenError, UpstreamAuthError
+from .graph.claims import mail_send
 from .replies import for_exception
 from .tlsutil import client_context
-from .tokens.manager import TokenManager
+from .tokens.manager import GRAPH, TokenManager
 from .tokens.store import TokenStore
 
 
@@ -25,6 +27,16 @@ async def _smtp(config: Config, tokens: TokenManager, mailbox: str) -> str:
         return "FAILED " + for_exception(exc)
     await up.close()
     return "ok"
+
+
+async def _graph(tokens: TokenManager, mailbox: str) -> str:
+    """A Graph token, and whether it carries Mail.Send (nothing is sent)."""
+    try:
+        token = await tokens.get(mailbox, resource=GRAPH)
+    except TokenError as exc:
+        code = f"AADSTS{exc.code}" if isinstance(exc.code, int) else exc.code
+        return f"FAILED token {exc.error} ({code}): {exc.action}"
+    return mail_send(token.token.reveal())[1]
 
 
 async def _imap(config: Config, tokens: TokenManager, mailbox: str) -> str:
@@ -107,10 +119,13 @@ async def check_upstream(config: Config, only: str | None = None) -> int:
             failed += 1
             continue
         parts.append(f"token: ok (expires in {int((token.expires_at - time.time()) / 60)} min)")
-        smtp = await _smtp(config, tokens, account.mailbox)
+        smtp = ("not used (send_via: graph)" if account.send_via == "graph"
+                else await _smtp(config, tokens, account.mailbox))
         imap = await _imap(config, tokens, account.mailbox)
         parts += [f"smtp: {smtp}", f"imap: {imap}"]
-        failed += smtp.startswith("FAILED") or imap.startswith("FAILED")
+        if account.send_via != "smtp":
+            parts.append(f"graph: {await _graph(tokens, account.mailbox)}")
+        failed += any(p.split(": ", 1)[-1].startswith("FAILED") for p in parts[2:])
         print("  ".join(parts))
     failed += await _check_users(config, tokens, only)
     return 1 if failed else 0

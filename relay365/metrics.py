@@ -36,13 +36,14 @@ class PerMinute:
     def __init__(self, counter: Counter, kind: sessions.Kind) -> None:
         self.counter, self.kind = counter, kind
 
-    def inc(self, amount: float = 1) -> None:
-        self.counter.inc(amount)
+    def inc(self, amount: float = 1, **labels: str) -> None:
+        (self.counter.labels(**labels) if labels else self.counter).inc(amount)
         sessions.RECENT.count(self.kind, time.time(), amount)
 
 
-MESSAGES = PerMinute(Counter("relay365_messages_relayed", "Messages accepted by the upstream",
-                             registry=REGISTRY), "relayed")
+# via: smtp (Office 365 SMTP) or graph (Microsoft Graph)
+MESSAGES = PerMinute(Counter("relay365_messages_relayed", "Messages accepted by the upstream, by way",
+                             ["via"], registry=REGISTRY), "relayed")
 SPOOLED = PerMinute(Counter("relay365_messages_spooled",
                             "Messages accepted into the spool for later delivery",
                             registry=REGISTRY), "spooled")
@@ -60,6 +61,13 @@ UPSTREAM_LATENCY = Histogram(
     "relay365_upstream_seconds", "Upstream latency: connect+TLS+XOAUTH2 login, and DATA",
     ["proto", "stage"], registry=REGISTRY,
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+GRAPH_LATENCY = Histogram(
+    "relay365_graph_request_seconds", "Microsoft Graph request latency, by call (sendMail, "
+    "createDraft, upload, ...)", ["call"], registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+GRAPH_ERRORS = Counter("relay365_graph_errors", "Microsoft Graph answers that were errors, by HTTP "
+                       "status (0: none came) and Graph error code", ["status", "code"],
+                       registry=REGISTRY)
 TOKEN_REFRESHES = Counter("relay365_token_refreshes", "Token requests, by outcome and AADSTS code",
                           ["outcome", "code"], registry=REGISTRY)
 

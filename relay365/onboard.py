@@ -60,6 +60,12 @@ class Onboarding:
         self.session = TokenHTTPSession(self.app_cfg.ca_file, self.app_cfg.timeout)
         self.cache: dict[str, Any] = {}
         self.scopes = self.config.scopes_for(self.account)
+        # send_via graph/auto: the same sign-in consents to Graph's Mail.Send (and Mail.ReadWrite,
+        # for drafts). A token is for one resource (else AADSTS28000): the sign-in asks for both,
+        # the code is redeemed for the mail scopes, and store() redeems once for Graph to check
+        self.graph_scopes = (self.config.graph_scopes_for(self.account)
+                             if self.account.send_via != "smtp" else [])
+        self.consent = self.scopes + [s for s in self.graph_scopes if s not in self.scopes]
         self.public = False  # the token came from a public client flow run with a confidential app
 
     def say(self, text: str) -> None:
@@ -95,7 +101,8 @@ class Onboarding:
             raise OnboardError("the redirect's state does not match this sign-in (a stale or "
                                "forged redirect); start again")
         try:
-            return self._msal(lambda a: a.acquire_token_by_auth_code_flow(flow, params))
+            return self._msal(lambda a: a.acquire_token_by_auth_code_flow(flow, params,
+                                                                          scopes=self.scopes))
         except TokenError as exc:
             if exc.error != "invalid_grant":
                 raise
@@ -113,7 +120,7 @@ class Onboarding:
             # msal recommends response_mode=form_post; the nativeclient page (paste mode) only
             # shows a code it got in the query, so the query it is - PKCE protects the code anyway
             warnings.filterwarnings("ignore", "response_mode='form_post' is recommended")
-            flow: Result = app.initiate_auth_code_flow(self.scopes, redirect_uri=redirect_uri,
+            flow: Result = app.initiate_auth_code_flow(self.consent, redirect_uri=redirect_uri,
                                                login_hint=self.account.mailbox,
                                                prompt="select_account")
         if "auth_uri" not in flow:
@@ -128,7 +135,7 @@ class Onboarding:
         # always as a public client: with a client_secret, the same registration's public side
         self.public = self.app_cfg.client_secret is not None
         app = build_app(self.app_cfg, self.session, self.cache, public=True)
-        flow: Result = app.initiate_device_flow(scopes=self.scopes)
+        flow: Result = app.initiate_device_flow(scopes=self.consent)
         if "user_code" not in flow:
             raise OnboardError(f"the device-code flow could not start: "
                                f"{flow.get('error')}: {str(flow.get('error_description', ''))[:300]} "
@@ -180,6 +187,8 @@ class Onboarding:
         if not rt:
             raise OnboardError("the identity platform returned no refresh token: add the "
                                "offline_access permission to the app registration")
+        if self.graph_scopes:
+            rt = self.check_graph(Secret(rt)).reveal()
         store = TokenStore(self.config.state_dir)
         with store.account_lock(self.account.mailbox):
             # keep the config's seed fingerprint, so an old seed never overrides this token
@@ -188,6 +197,24 @@ class Onboarding:
         kind = " (a public client's: refreshed without the client secret)" if self.public else ""
         self.say(f"Stored a refresh token for {self.account.mailbox} in {store.path} "
                  f"(encrypted){kind}.")
+
+
+    def check_graph(self, refresh_token: Secret) -> Secret:
+        """The token redeems for Microsoft Graph (consent given): the refresh token to keep."""
+        names = ", ".join(s.rpartition("/")[2] for s in self.graph_scopes)
+        try:
+            got = self._msal(lambda a: a.acquire_token_by_refresh_token(refresh_token.reveal(),
+                                                                        self.graph_scopes),
+                             public=self.public)
+        except TokenError as exc:
+            raise OnboardError(
+                f"{self.account.mailbox}: the sign-in worked, but the token is refused for Microsoft "
+                f"Graph ({_code(exc)}), which send_via: {self.account.send_via} needs. Add the "
+                f"delegated Microsoft Graph permissions {names} to the app registration, grant "
+                f"admin consent (or sign in again and accept), and run relay365 auth again. "
+                f"Nothing was stored") from None
+        self.say(f"Microsoft Graph: consented ({names}), for send_via: {self.account.send_via}.")
+        return Secret(str(got.get("refresh_token") or refresh_token.reveal()))
 
 
 PUBLIC_FLOWS_SETTING = ("turn on 'Allow public client flows' in the app registration (Entra admin "

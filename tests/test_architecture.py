@@ -21,6 +21,8 @@ CORES = {
     "relay365.spool.schedule", "relay365.tokens.classify", "relay365.config.units",
     "relay365.web.page", "relay365.web.sections", "relay365.web.chart", "relay365.web.markup",
     "relay365.web.security", "relay365.web.model", "relay365.web.wire",
+    "relay365.graph.mime", "relay365.graph.errors", "relay365.graph.parts", "relay365.graph.draft",
+    "relay365.graph.claims",
 }
 FORBIDDEN_IN_CORES = {"asyncio", "socket", "time", "logging", "structlog", "ssl", "selectors"}
 # Ring 3: the daemon shell; nothing inside the rings may import it.

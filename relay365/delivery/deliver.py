@@ -81,7 +81,7 @@ class SmtpDeliverer:
                     refusals.append(Refusal(rcpt, exc.code, exc.text, exc.transient))
             if len(refusals) < len(message.rcpts):
                 await up.send(message.message)
-                metrics.MESSAGES.inc()
+                metrics.MESSAGES.inc(via="smtp")
                 metrics.BYTES.labels("smtp", "up").inc(message.message.size)
             return tuple(refusals)
         finally:

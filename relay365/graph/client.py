@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import ssl
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
+from .. import metrics
 from ..config import Config
 from ..secret import Secret
 from ..tlsutil import client_context
 from ..tokens.manager import GRAPH, TokenManager
-from .errors import GraphError, from_response, timeout
+from .errors import GraphError, from_response, graph_code, timeout
 
 MAILBOX_CONCURRENCY = 4
 
@@ -59,6 +63,31 @@ class GraphClient:
                                   base64.b64encode(mime),
                                   content_type="text/plain", what="sendMail")
 
+    async def call(self, mailbox: str, method: str, path: str, payload: dict[str, Any] | None,
+                   *, what: str) -> dict[str, Any]:
+        """A JSON request; the JSON answer (an empty dict for an empty one, as 202 and 204)."""
+        body = json.dumps(payload).encode() if payload is not None else b""
+        answer = await self.request(mailbox, method, path, body, content_type="application/json",
+                                    what=what)
+        try:
+            found = json.loads(answer.body) if answer.body else {}
+        except ValueError:
+            found = None
+        if not isinstance(found, dict):
+            raise GraphError(f"Graph {what}: an answer that is not a JSON object", code=451,
+                             text="4.4.0 Microsoft Graph answered nonsense, try again later",
+                             transient=True, status=answer.status, request_id=answer.request_id)
+        return found
+
+    async def upload(self, mailbox: str, url: str, piece: bytes, content_range: str) -> Answer:
+        """One PUT of an upload session (its URL carries its own authorisation: no bearer)."""
+        headers = {"Content-Range": content_range, "Content-Type": "application/octet-stream"}
+        async with self._slot(mailbox):
+            answer = await self._send("PUT", url, piece, headers, "upload")
+        if 200 <= answer.status < 300:
+            return answer
+        raise from_response(answer.status, answer.headers, answer.body)
+
     async def request(self, mailbox: str, method: str, path: str, body: bytes, *,
                       content_type: str, what: str) -> Answer:
         rejected: Secret | None = None
@@ -82,14 +111,20 @@ class GraphClient:
 
     async def _send(self, method: str, url: str, body: bytes, headers: dict[str, str],
                     what: str) -> _Raw:
+        started = time.monotonic()
         try:
             r = await self._http.request(method, url, content=body, headers=headers)
         except httpx.TimeoutException:
+            metrics.GRAPH_ERRORS.labels("0", "timeout").inc()
             raise timeout(what) from None
         except httpx.TransportError as exc:
+            metrics.GRAPH_ERRORS.labels("0", "unreachable").inc()
             raise GraphError(f"Graph {what}: {type(exc).__name__}: {exc}", code=451,
                              text="4.4.1 Cannot reach Microsoft Graph, try again later",
                              transient=True, status=0) from None
+        metrics.GRAPH_LATENCY.labels(what).observe(time.monotonic() - started)
+        if r.status_code >= 400:
+            metrics.GRAPH_ERRORS.labels(str(r.status_code), graph_code(r.content)[0] or "-").inc()
         lowered = {k.lower(): v for k, v in r.headers.items()}
         return _Raw(r.status_code, lowered.get("request-id", ""), r.content, lowered)
 

@@ -100,3 +100,33 @@ def prepare(data: bytes, rcpts: tuple[str, ...] | list[str]) -> Prepared:
     if bcc:
         out.append(b"Bcc: " + ", ".join(bcc).encode("utf-8") + eol)
     return Prepared(b"".join(out) + rest, tuple(dict.fromkeys(dropped)), bcc)
+
+
+@dataclass(frozen=True)
+class Addressing:
+    """Who a Graph draft goes to, by the same rules as `prepare`."""
+
+    to: tuple[tuple[str, str], ...]  # (display name, address) kept from To
+    cc: tuple[tuple[str, str], ...]
+    bcc: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+def addressing(head: bytes, rcpts: tuple[str, ...] | list[str]) -> Addressing:
+    """To/Cc as the header has them, less what is not in the envelope; the rest of the envelope
+    as Bcc. Reads only the message's header block."""
+    fields, _ = split_head(head + b"\r\n")
+    wanted = {r.lower() for r in rcpts}
+    kept: dict[bytes, list[tuple[str, str]]] = {b"to": [], b"cc": []}
+    dropped: list[str] = []
+    for field in fields:
+        name = _name(field)
+        if name in RECIPIENT_HEADERS:
+            for pair in _addresses([field]):
+                if pair[1].lower() not in wanted:
+                    dropped.append(pair[1])
+                elif name in kept:
+                    kept[name].append(pair)
+    visible = {a.lower() for pairs in kept.values() for _, a in pairs}
+    bcc = tuple(dict.fromkeys(r for r in rcpts if r.lower() not in visible))
+    return Addressing(tuple(kept[b"to"]), tuple(kept[b"cc"]), bcc, tuple(dict.fromkeys(dropped)))

@@ -89,7 +89,7 @@ class Outbound:
         """Office 365 took the message: count it, say so once."""
         if via == "smtp":  # GraphDeliverer counts its own
             metrics.UPSTREAM_LATENCY.labels("smtp", "data").observe(seconds)
-            metrics.MESSAGES.inc()
+            metrics.MESSAGES.inc(via="smtp")
             metrics.BYTES.labels("smtp", "up").inc(size)
         state.bytes += size
         p = state.policy

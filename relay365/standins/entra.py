@@ -8,6 +8,8 @@ The records (`Client`, `RefreshToken`, `AuthCode`, `DeviceCode`, `AccessToken`) 
 from __future__ import annotations
 
 import base64
+import json
+import secrets
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -17,6 +19,8 @@ DEFAULT_SCOPE = f"{OUTLOOK}/.default"
 OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 
 DESCRIPTIONS = {
+    28000: "Provided value for the input parameter scope is not valid because it contains more "
+           "than one resource.",
     65001: "The user or administrator has not consented to use the application.",
     70000: "Provided grant is invalid or malformed.",
     70003: "The app requested an unsupported grant type.",
@@ -57,6 +61,7 @@ class Client:
     # "Allow public client flows": a registration with a secret may also run the device-code
     # flow without it; the refresh tokens it gets are then redeemed without the secret too
     public_flows: bool = False
+    roles: frozenset[str] = frozenset({"Mail.Send"})  # application permissions (Graph's `roles`)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,43 @@ class OAuthError(Exception):
         self.codes = code if isinstance(code, tuple) else (code,)
         self.error, self.code, self.status = error, self.codes[0], status
         self.description = description or DESCRIPTIONS.get(self.code, "Injected failure.")
+
+
+MAIL_RESOURCES = ("https://outlook.", "https://partner.outlook.")
+
+
+def mint(length: int, issuer: str, mailbox: str | None, client: Client | None, client_id: str,
+         scopes: frozenset[str], now: float) -> str:
+    """A new access token: for Office 365 mail an opaque string of `length` (Exchange's are
+    opaque to clients), for any other resource (Graph) an unsigned JWT with Entra's `aud`, `scp`
+    (delegated) or `roles` (app-only) claims, which `relay365 check --upstream` reads."""
+    if not scopes or any(s.startswith(MAIL_RESOURCES) for s in scopes):
+        return secrets.token_urlsafe(length)[:length]
+    claims: dict[str, object] = {
+        "aud": next(iter(scopes)).rpartition("/")[0], "iss": issuer, "iat": int(now),
+        "exp": int(now) + 3600, "appid": client_id, "uti": secrets.token_urlsafe(16)}
+    if mailbox is None:
+        claims["roles"] = sorted(client.roles) if client else []
+    else:
+        claims["upn"], claims["scp"] = mailbox, " ".join(sorted(s.rpartition("/")[2] for s in scopes))
+    header = {"typ": "JWT", "alg": "none"}
+    return ".".join([b64url(json.dumps(header).encode()), b64url(json.dumps(claims).encode()), ""])
+
+
+def token_scopes(consented: frozenset[str] | None, requested: str) -> frozenset[str]:
+    """The scopes of an access token: those asked for at the token endpoint (else every one
+    consented), which must be consented (AADSTS65001) and of one resource (AADSTS28000). With
+    none asked for and several resources consented (a device code), the first one's."""
+    wanted = frozenset(requested.split()) - OIDC_SCOPES
+    if consented is not None and not wanted <= consented:
+        raise OAuthError("invalid_grant", 65001)
+    scopes = wanted or consented or frozenset()
+    resources = sorted({s.rpartition("/")[0] for s in scopes if "/" in s})
+    if len(resources) > 1:
+        if wanted:
+            raise OAuthError("invalid_scope", 28000)
+        scopes = frozenset(s for s in scopes if s.rpartition("/")[0] == resources[0])
+    return scopes
 
 
 def b64url(data: bytes) -> str:

@@ -1,4 +1,4 @@
-"""A local stand-in for Microsoft Graph's mail-sending endpoint, for tests and the demo.
+"""A local stand-in for Microsoft Graph's mail-sending endpoints, for tests and the demo.
 
 Theory of operation
 -------------------
@@ -18,6 +18,12 @@ connection, so it runs beside an asyncio loop or a subprocess relay alike). It a
   the real Dovecot's LMTP socket, so what a recipient gets is in a real mailbox); a copy is kept
   in `sent_items[mailbox]`, as Exchange saves every MIME send to Sent Items.
 
+Large messages: drafts (`POST .../messages`), attachments, upload sessions (`PUT /upload/{token}`
+with its Content-Range rules) and `.../send` are `graphdrafts.Drafts` (`self.drafts`, with its
+`session_ttl` and the `pieces` it accepted); drafts need `Mail.ReadWrite` (or app-only
+`/.default`). A sent draft is delivered like a MIME send, and kept in `sent_items` unless it asked
+to be deleted after submission.
+
 Every answer has a `request-id` header; errors have Graph's JSON shape (`error.code`,
 `error.message`, `error.innerError`). Faults: `fail_next(n, status, code, retry_after)` answers
 the next `n` sends with that error (429/503 with `Retry-After`), `delay` slows every answer.
@@ -30,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import ssl
 import threading
 import time
@@ -44,9 +51,14 @@ from ipaddress import ip_address
 from pathlib import Path
 from urllib.parse import unquote
 
+from .graphdrafts import Drafts, Sent
+
 MAX_REQUEST = 4 * 1024 * 1024  # Graph's request size cap
 SOCKET_TIMEOUT = 30.0
 Deliver = Callable[[str, list[str], bytes], None]
+# the draft calls relay365 makes: DELETE messages/{id}, POST .../attachments,
+# .../attachments/createUploadSession, .../send
+_DRAFT = re.compile(r"^messages/[A-Za-z0-9_-]+(/attachments(/createUploadSession)?|/send)?$")
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,7 @@ class FakeGraph:
 
     def start(self) -> FakeGraph:
         self._server = _Server(self._addr, self)
+        self.drafts.upload_url = f"{self.url}/upload"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         daemon=True, name="fakegraph")
         self._thread.start()
@@ -132,6 +145,7 @@ class FakeGraph:
             self.requests: list[GraphRequest] = []
             self.sent_items: dict[str, list[bytes]] = defaultdict(list)
             self.concurrent_max: dict[str, int] = defaultdict(int)
+            self.drafts = Drafts(f"{self.url}/upload" if self._server else "")
             self._faults.clear()
         self.delay = 0.0
 
@@ -159,7 +173,8 @@ class FakeGraph:
         try:
             if self.delay:
                 time.sleep(self.delay)
-            status, error, extra = self._answer(method, path, mailbox, token, scopes, body)
+            status, error, extra = self._answer(method, path, mailbox, token, scopes, body,
+                                                headers.get("content-range", ""))
         finally:
             with self._lock:
                 self._in_flight[mailbox.lower()] -= 1
@@ -169,12 +184,20 @@ class FakeGraph:
         return status, error, extra
 
     def _answer(self, method: str, path: str, mailbox: str, token: str, scopes: frozenset[str],
-                body: bytes | None) -> tuple[int, dict[str, object] | None, dict[str, str]]:
-        if method != "POST" or not path.startswith("/v1.0/users/") or not path.endswith("/sendMail"):
+                body: bytes | None, content_range: str
+                ) -> tuple[int, dict[str, object] | None, dict[str, str]]:
+        if path.startswith("/upload/"):  # an upload session's URL: its token is its authority
+            if method != "PUT" or body is None:
+                return _error(413 if body is None else 405, "InvalidRequest", "PUT a piece.")
+            with self._lock:
+                return self.drafts.put(path.rsplit("/", 1)[1], content_range, body, time.time())
+        rest = path.split("/users/", 1)[1].split("/", 1)[1] if path.startswith("/v1.0/users/") else ""
+        if (method, rest) not in (("POST", "sendMail"), ("POST", "messages")) and not _DRAFT.match(rest):
             return _error(404, "ResourceNotFound", "Resource not found for the segment.")
         if not token or not self.check_token(token, mailbox):
             return _error(401, "InvalidAuthenticationToken", "Access token validation failure.")
-        if not any(s in (f"{self.url}/Mail.Send", f"{self.url}/.default") for s in scopes):
+        need = ("Mail.Send",) if rest == "sendMail" else ("Mail.ReadWrite",)
+        if not any(s in [f"{self.url}/{n}" for n in (*need, ".default")] for s in scopes):
             return _error(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
         if body is None:
             return _error(413, "ErrorMessageSizeExceeded", "The request is larger than 4 MB.")
@@ -183,22 +206,54 @@ class FakeGraph:
         if fault is not None:
             extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             return _error(fault.status, fault.code, "Injected fault.", extra)
+        if rest == "sendMail":
+            return self._send_mime(mailbox, body)
+        return self._draft_call(method, rest, mailbox, body)
+
+    def _send_mime(self, mailbox: str, body: bytes
+                   ) -> tuple[int, dict[str, object] | None, dict[str, str]]:
         try:
             mime = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             return _error(400, "ErrorMimeContentInvalidBase64String",
                           "Invalid base64 string for MIME content.")
         rcpts, copy = _recipients(mime)
+        return self._deliver(mailbox, rcpts, copy, keep=True)
+
+    def _deliver(self, mailbox: str, rcpts: list[str], mime: bytes, *, keep: bool
+                 ) -> tuple[int, dict[str, object] | None, dict[str, str]]:
         if not rcpts:
             return _error(400, "ErrorInvalidRecipients", "At least one recipient is not valid.")
         if any(r.split("@")[0].lower() == "reject-me" for r in rcpts):
             return _error(400, "ErrorInvalidRecipients", "At least one recipient is not valid., "
                           "Recipient is not a valid SMTP address.")
         if self.deliver is not None:
-            self.deliver(mailbox, rcpts, copy)
-        with self._lock:
-            self.sent_items[mailbox.lower()].append(copy)
+            self.deliver(mailbox, rcpts, mime)
+        if keep:
+            with self._lock:
+                self.sent_items[mailbox.lower()].append(mime)
         return 202, None, {}
+
+    def _draft_call(self, method: str, rest: str, mailbox: str, body: bytes
+                    ) -> tuple[int, dict[str, object] | None, dict[str, str]]:
+        try:
+            payload = json.loads(body) if body else {}
+        except ValueError:
+            return _error(400, "BadRequest", "Unable to read JSON request payload.")
+        parts = rest.split("/")
+        with self._lock:
+            if parts == ["messages"]:
+                return self.drafts.create(mailbox, payload)
+            if method == "DELETE" and len(parts) == 2:
+                return self.drafts.delete(mailbox, parts[1])
+            if parts[2:] == ["attachments"]:
+                return self.drafts.attach(mailbox, parts[1], payload)
+            if parts[2:] == ["attachments", "createUploadSession"]:
+                return self.drafts.open_session(mailbox, parts[1], payload, time.time())
+            sent = self.drafts.send(mailbox, parts[1])
+        if not isinstance(sent, Sent):
+            return sent
+        return self._deliver(mailbox, sent.rcpts, sent.mime, keep=sent.keep)
 
 
 def _recipients(mime: bytes) -> tuple[list[str], bytes]:
@@ -259,6 +314,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._handle("GET")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
 
     def _handle(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)

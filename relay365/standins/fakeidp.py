@@ -4,8 +4,8 @@
 from sync tests and beside a running asyncio loop) in front of a small, lock-protected token state:
 
 clients (`add_client`: secret, the mailboxes app-only tokens may open), refresh tokens
-(`issue_refresh_token`, single use when `rotate`), and access tokens: opaque Exchange-sized strings
-remembered with mailbox, client, scopes and expiry, so `valid_token` can stand in for Exchange's check.
+(`issue_refresh_token`, single use when `rotate`), and access tokens (`entra.mint`: opaque for mail,
+JWTs for Graph) remembered with mailbox, client, scopes and expiry, for `valid_token`'s check.
 
 Requests are matched against `routes` (method, path regex, handler -> `Reply` or `DROP`). msal needs two
 routes (`/{tenant}/v2.0/.well-known/openid-configuration` and `/{tenant}/oauth2/v2.0/token`); Dovecot's
@@ -48,8 +48,10 @@ from .entra import (
     OAuthError,
     RefreshToken,
     b64url,
+    mint,
     oid,
     scope_allows,
+    token_scopes,
 )
 from .jsonhttps import DROP, JSONHTTPSServer, JSONObject, Reply, Request, Route, route
 from .signin import SignInFlows
@@ -85,9 +87,8 @@ class FakeIdP(SignInFlows):
         self._full_access: set[tuple[str, str]] = set()  # (mailbox, delegate), lower case
         self.sign_in_as: str | None = None  # who signs in at /authorize (None: the login_hint)
         self.authorize_error: tuple[str, int] | None = None  # (error, AADSTS code) for /authorize
-        self.device_code_lifetime = 900
+        self.device_code_lifetime, self.device_interval = 900, 1
         self.auth_code_lifetime = 600  # Entra ID's codes live about ten minutes
-        self.device_interval = 1
         self.routes: list[Route] = [
             Route("GET", re.compile(r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration"),
                   self._openid_configuration),
@@ -210,7 +211,8 @@ class FakeIdP(SignInFlows):
         return client is not None and mailbox.lower() in client.app_mailboxes
 
     def _new_access_token(self, mailbox: str | None, client_id: str, scopes: frozenset[str]) -> str:
-        token = secrets.token_urlsafe(self.token_length)[: self.token_length]
+        token = mint(self.token_length, self.url, mailbox, self._clients.get(client_id), client_id,
+                     scopes, self.clock())
         self._access[token] = AccessToken(mailbox, client_id, scopes,
                                            self.clock() + self.access_token_lifetime)
         return token
@@ -294,10 +296,7 @@ class FakeIdP(SignInFlows):
         client_id = self._authenticate_client(req, public=rt is not None and rt.public)
         if rt is None or rt.client_id not in (None, client_id):
             raise OAuthError("invalid_grant", 70000)
-        wanted = frozenset(req.form.get("scope", "").split()) - OIDC_SCOPES
-        if rt.scopes is not None and not wanted <= rt.scopes:
-            raise OAuthError("invalid_grant", 65001)
-        scopes = wanted or rt.scopes or frozenset()
+        scopes = token_scopes(rt.scopes, req.form.get("scope", ""))
         new = old
         if self.rotate:
             del self._refresh[old]
@@ -316,8 +315,9 @@ class FakeIdP(SignInFlows):
                      nonce: str | None = None, public: bool = False) -> JSONObject:
         """Access, refresh and id token for a user who just signed in (code or device flow)."""
         rt = "0.A" + secrets.token_urlsafe(96)
-        self._refresh[rt] = RefreshToken(mailbox, client_id, None, public)
-        resource = scopes - OIDC_SCOPES
+        # what was consented at sign-in; the access token is for one resource of it
+        self._refresh[rt] = RefreshToken(mailbox, client_id, scopes - OIDC_SCOPES, public)
+        resource = token_scopes(scopes - OIDC_SCOPES, req.form.get("scope", ""))
         body = self._token_body(self._new_access_token(mailbox, client_id, resource), resource)
         body["refresh_token"] = rt
         body["id_token"] = self._id_token(mailbox, client_id, nonce)

@@ -19,6 +19,7 @@ import secrets
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 from urllib.parse import urlencode
 
@@ -59,6 +60,11 @@ def _pending(devices: dict[str, DeviceCode], user_code: str) -> DeviceCode:
 
 
 class SignInFlows:
+    def set_app_roles(self: _IdP, client_id: str, roles: set[str]) -> None:
+        """The application permissions an app was granted (the `roles` of its app-only tokens)."""
+        with self._lock:
+            self._clients[client_id] = replace(self._clients[client_id], roles=frozenset(roles))
+
     def approve_device(self: _IdP, user_code: str, as_user: str) -> None:
         """The user entered `user_code` at the verification page and signed in as `as_user`."""
         with self._lock:

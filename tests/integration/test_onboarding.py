@@ -394,3 +394,67 @@ def test_device_code_nobody_enters_is_a_clear_failure(tmp_path, pki, idp, upstre
     code, _out, err = AuthRun(proc.config_path, "--device", "--no-verify").finish()
     assert code == 1 and "expired before anyone signed in" in err and "--device" in err
     assert "Traceback" not in err and not (tmp_path / "state" / "tokens.enc").exists()
+
+
+# -- accounts that send through Microsoft Graph ---------------------------------------------------
+
+GRAPH_RESOURCE = "https://127.0.0.1:9"  # the token audience only: --no-verify talks to no Graph
+
+
+def graph_account_config(tmp_path, pki, idp, upstream, send_via: str = "graph") -> RelayProcess:
+    proc = no_seed_config(tmp_path, pki, idp, upstream)
+    proc.config["upstream"]["graph"] = {"base_url": f"{GRAPH_RESOURCE}/v1.0"}
+    proc.config["accounts"][0]["send_via"] = send_via
+    proc.write_config()
+    return proc
+
+
+@pytest.mark.parametrize("send_via", ["graph", "auto"])
+def test_auth_for_a_graph_account_asks_graph_consent_and_checks_it(tmp_path, pki, idp, upstream,
+                                                                    send_via):
+    proc = graph_account_config(tmp_path, pki, idp, upstream, send_via)
+    run = AuthRun(proc.config_path, "--no-verify")
+    url = run.wait_line(AUTHORIZE).group(1)
+    scopes = set(parse_qs(urlsplit(url).query)["scope"][0].split())
+    assert scopes >= {f"{GRAPH_RESOURCE}/Mail.Send", f"{GRAPH_RESOURCE}/Mail.ReadWrite", "offline_access",
+                      "https://outlook.office.com/SMTP.Send"}
+    run.answer(browser(pki, url))
+    code, out, err = run.finish()
+    assert code == 0, out + err
+    assert f"Microsoft Graph: consented (Mail.Send, Mail.ReadWrite), for send_via: {send_via}" in out
+    assert (tmp_path / "state" / "tokens.enc").exists()
+
+
+def test_auth_for_an_smtp_account_asks_no_graph_scope(tmp_path, pki, idp, upstream):
+    proc = no_seed_config(tmp_path, pki, idp, upstream)
+    run = AuthRun(proc.config_path, "--no-verify")
+    url = run.wait_line(AUTHORIZE).group(1)
+    assert "Mail.Send" not in parse_qs(urlsplit(url).query)["scope"][0]
+    run.answer(browser(pki, url))
+    code, out, err = run.finish()
+    assert code == 0 and "Microsoft Graph" not in out, out + err
+
+
+def test_imported_token_without_graph_consent_is_refused_for_a_graph_account(tmp_path, pki, idp,
+                                                                              upstream):
+    proc = graph_account_config(tmp_path, pki, idp, upstream)
+    mail_only = idp.issue_refresh_token(MAILBOX, scopes=[
+        f"https://outlook.office.com/{s}" for s in ("IMAP.AccessAsUser.All", "POP.AccessAsUser.All",
+                                                     "SMTP.Send")])
+    result = auth(proc.config_path, "--refresh-token-stdin", "--no-verify", stdin=mail_only + "\n")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "refused for Microsoft Graph (AADSTS65001)" in result.stderr
+    assert "Mail.Send, Mail.ReadWrite" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "state" / "tokens.enc").exists()
+
+
+def test_device_code_flow_for_a_graph_account_consents_to_graph(tmp_path, pki, idp, upstream):
+    proc = public_client_config(tmp_path, pki, idp, upstream)
+    proc.config["upstream"]["graph"] = {"base_url": f"{GRAPH_RESOURCE}/v1.0"}
+    proc.config["accounts"][0]["send_via"] = "graph"
+    proc.write_config()
+    run = AuthRun(proc.config_path, "--device", "--no-verify")
+    idp.approve_device(run.wait_line(r"enter the code (\w+)").group(1), MAILBOX)
+    code, out, err = run.finish()
+    assert code == 0, out + err
+    assert "Microsoft Graph: consented (Mail.Send, Mail.ReadWrite), for send_via: graph" in out

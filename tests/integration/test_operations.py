@@ -61,7 +61,7 @@ def test_metrics_and_readyz_degrade_on_invalid_grant(make_relay, upstream, idp):
     assert status == 200 and json.loads(body)["status"] == "ready"
     time.sleep(0.2)
     m = samples(get(base + "/metrics")[1])
-    assert m[("relay365_messages_relayed_total", ())] == 1
+    assert m[("relay365_messages_relayed_total", (("via", "smtp"),))] == 1
     assert m[("relay365_auth_failures_total", (("proto", "smtp"), ("reason", "bad_password")))] == 1
     assert m[("relay365_sessions_total", (("outcome", "relayed"), ("proto", "smtp")))] >= 1
     assert m[("relay365_token_refreshes_total", (("code", ""), ("outcome", "ok")))] == 1
