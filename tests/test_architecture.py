@@ -21,6 +21,7 @@ CORES = {
     "relay365.spool.schedule", "relay365.tokens.classify", "relay365.config.units",
     "relay365.web.page", "relay365.web.sections", "relay365.web.chart", "relay365.web.markup",
     "relay365.web.security", "relay365.web.model", "relay365.web.wire",
+    "relay365.alerts.core", "relay365.alerts.conditions", "relay365.alerts.render",
 }
 FORBIDDEN_IN_CORES = {"asyncio", "socket", "time", "logging", "structlog", "ssl", "selectors"}
 # Ring 3: the daemon shell; nothing inside the rings may import it.
