@@ -12,8 +12,10 @@ per channel (`mail`, `webhook`), which conditions it has announced, and plans th
 Level, not edge, is what is remembered: a notice is marked announced only when the adapter reports
 it sent (`sent`). A failed send (`failed`) backs the channel off (1 min, doubling to 1 h) and the same
 difference is planned again later, so an alert is never lost to a webhook outage, and never doubled.
-The announced sets are saved to the state directory (`to_json` / `from_json`), so a restart neither
-repeats a START nor misses a CLEAR.
+The announced sets are saved to the state directory (`to_json` / `restore`), so a restart neither
+repeats a START nor misses a CLEAR. Each channel's book belongs to its destination (a fingerprint of
+the webhook URL, the mail recipients): pointed elsewhere, a channel starts over and the new
+destination hears every condition active now.
 
 Rate limit: at most `max_per_hour` notices per channel in any hour; the rest wait (`Plan.held`) and
 go out as the hour frees up. A condition that starts and clears while it waits is never sent: the
@@ -22,6 +24,7 @@ operator is told what is true, not every flap.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -100,8 +103,14 @@ class Plan:
     held: dict[str, int]  # channel -> notices waiting for the rate limit
 
 
+Channels = Mapping[str, str] | tuple[str, ...]
+"""Channel name -> its destination (a fingerprint of the URL, the recipients); a bare tuple of
+names has no destination to compare."""
+
+
 @dataclass
 class _Channel:
+    dest: str = ""
     announced: dict[str, Announced] = field(default_factory=dict)
     sent: list[float] = field(default_factory=list)  # send times within the last hour
     retry_at: float = 0.0
@@ -111,15 +120,18 @@ class _Channel:
 class AlertBook:
     """What has been announced where; plans notices. Time comes in as `now`."""
 
-    def __init__(self, channels: tuple[str, ...], max_per_hour: int) -> None:
+    def __init__(self, channels: Channels, max_per_hour: int) -> None:
         self.max_per_hour = max_per_hour
-        self._channels: dict[str, _Channel] = {c: _Channel() for c in channels}
+        self._channels: dict[str, _Channel] = {c: _Channel(d) for c, d in _dests(channels).items()}
 
-    def configure(self, channels: tuple[str, ...], max_per_hour: int) -> None:
-        """A reload: a channel kept keeps its book; a new one starts empty (it hears every
-        condition active now); a removed one is forgotten."""
+    def configure(self, channels: Channels, max_per_hour: int) -> None:
+        """A reload: a channel kept with the same destination keeps its book; a new one, or one
+        that now goes elsewhere, starts empty (it hears every condition active now); a removed
+        one is forgotten."""
         self.max_per_hour = max_per_hour
-        self._channels = {c: self._channels.get(c, _Channel()) for c in channels}
+        old = self._channels
+        self._channels = {c: old[c] if c in old and old[c].dest == d else _Channel(d)
+                          for c, d in _dests(channels).items()}
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -167,10 +179,12 @@ class AlertBook:
     # -- the file in the state directory ---------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
+        def row(a: Announced) -> dict[str, Any]:
+            return {"kind": a.kind.value, "subject": a.subject, "title": a.title, "stage": a.stage,
+                    "since": a.since}
+
         return {"version": STATE_VERSION, "channels": {
-            name: {"announced": {k: {"kind": a.kind.value, "subject": a.subject, "title": a.title,
-                                     "stage": a.stage, "since": a.since}
-                                 for k, a in ch.announced.items()},
+            name: {"dest": ch.dest, "announced": {k: row(a) for k, a in ch.announced.items()},
                    "sent": list(ch.sent)}
             for name, ch in self._channels.items()}}
 
@@ -183,10 +197,14 @@ class AlertBook:
             return False
         for name, ch in self._channels.items():
             saved = channels.get(name)
-            if isinstance(saved, dict):
+            if isinstance(saved, dict) and saved.get("dest", "") == ch.dest:
                 ch.announced = _announced(saved.get("announced"))
                 ch.sent = [float(t) for t in saved.get("sent", []) if isinstance(t, int | float)]
         return True
+
+
+def _dests(channels: Channels) -> dict[str, str]:
+    return dict(channels) if isinstance(channels, Mapping) else {c: "" for c in channels}
 
 
 def _difference(channel: str, announced: dict[str, Announced], obs: Observation,

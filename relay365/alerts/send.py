@@ -12,6 +12,7 @@ that does not need the operator. An account that needs re-auth cannot send the a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -41,6 +42,7 @@ class WebhookSender:
     def __init__(self, cfg: WebhookConfig, hostname: str) -> None:
         self.cfg, self.hostname = cfg, hostname
         self.host = urlsplit(cfg.url.reveal()).hostname or "?"  # what logs may say about the URL
+        self.dest = hashlib.sha256(cfg.url.reveal().encode()).hexdigest()[:16]
         self._client = httpx.AsyncClient(verify=client_context(cfg.ca_file), timeout=cfg.timeout,
                                          follow_redirects=False)
 
@@ -83,6 +85,7 @@ class MailSender:
                  views: Callable[[], Sequence[AccountView]], hostname: str) -> None:
         self.cfg, self.config, self.deliverer, self.hostname = cfg, config, deliverer, hostname
         self._views = views  # the token manager's, read at each send
+        self.dest = ",".join(sorted(r.lower() for r in cfg.mail_to))
 
     async def send(self, notice: Notice) -> None:
         sender = pick_sender(self.cfg, self.config, self._views())

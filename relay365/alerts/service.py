@@ -39,6 +39,7 @@ LOCK_FILE = "alerts.lock"
 
 class Sender(Protocol):
     channel: str
+    dest: str  # where it goes, as a fingerprint: a new destination hears every active condition
 
     async def send(self, notice: Notice) -> None: ...
     async def aclose(self) -> None: ...
@@ -87,7 +88,8 @@ class AlertService:
                                               self.hostname)
         if config.alerts is not None and cfg.webhook is not None:
             self.senders["webhook"] = WebhookSender(cfg.webhook, self.hostname)
-        self.book.configure(tuple(self.senders), cfg.max_per_hour)
+        self.book.configure({name: sender.dest for name, sender in self.senders.items()},
+                            cfg.max_per_hour)
         self._wake.set()
 
     async def start(self) -> None:

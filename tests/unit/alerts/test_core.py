@@ -189,3 +189,19 @@ def test_no_channel_ever_sends_more_than_max_per_hour(script, limit):
         sent += [now for _ in tick(book, now, *_observed(indexes))]
     for i, t in enumerate(sent):
         assert len([u for u in sent[i:] if u - t < HOUR]) <= limit
+
+
+def test_a_channel_that_now_goes_elsewhere_starts_over_even_across_a_restart():
+    book = AlertBook({"webhook": "url-1"}, max_per_hour=20)
+    tick(book, T0, AUTH)
+    book.configure({"webhook": "url-1"}, 20)
+    assert tick(book, T0 + 60, AUTH) == []
+    book.configure({"webhook": "url-2"}, 20)  # a reload with another webhook URL
+    assert tick(book, T0 + 120, AUTH) == [("webhook", Phase.START, AUTH.key)]
+    saved = json.loads(json.dumps(book.to_json()))
+    other = AlertBook({"webhook": "url-3"}, max_per_hour=20)  # restarted with yet another
+    other.restore(saved)
+    assert tick(other, T0 + 180, AUTH) == [("webhook", Phase.START, AUTH.key)]
+    same = AlertBook({"webhook": "url-2"}, max_per_hour=20)
+    same.restore(saved)
+    assert tick(same, T0 + 180, AUTH) == []
