@@ -21,6 +21,8 @@ DESCRIPTIONS = {
     70000: "Provided grant is invalid or malformed.",
     70003: "The app requested an unsupported grant type.",
     70008: "The provided authorization code or refresh token has expired due to inactivity.",
+    7000222: "The provided client secret keys for the app are expired. Create new keys for your "
+             "app, or consider using certificate credentials for added security.",
     70016: "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
     70019: "Verification code expired.",
     50126: "Error validating credentials due to invalid username or password.",
@@ -57,6 +59,7 @@ class Client:
     # "Allow public client flows": a registration with a secret may also run the device-code
     # flow without it; the refresh tokens it gets are then redeemed without the secret too
     public_flows: bool = False
+    secret_expires_at: float | None = None  # then the secret is refused: AADSTS7000222
 
 
 @dataclass(frozen=True)

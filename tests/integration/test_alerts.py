@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import CLIENT_SECRET, DOMAIN, MAILBOX, PASSWORD, USER, relay_config
+from tests.integration.conftest import CLIENT_ID, CLIENT_SECRET, DOMAIN, MAILBOX, PASSWORD, USER, relay_config
 from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -91,13 +91,23 @@ def test_needs_auth_start_and_clear_reach_the_webhook_once_each(tmp_path, pki, i
     assert [e["key"] for e in relay.find("alert_sent")].count(f"needs_auth:{MAILBOX}") == 2
 
 
+@pytest.fixture
+def expired_secret(idp):
+    """The app's secret expired a minute ago: the fake identity platform answers AADSTS7000222."""
+    idp.add_client(CLIENT_ID, secret=CLIENT_SECRET, app_mailboxes=[f"app@{DOMAIN}"],
+                   secret_expires_at=time.time() - 60)
+    yield
+    idp.add_client(CLIENT_ID, secret=CLIENT_SECRET, app_mailboxes=[f"app@{DOMAIN}"])
+
+
 def test_an_expired_client_secret_aadsts7000222_is_an_alert(tmp_path, pki, idp, upstream, hook,
-                                                             make_relay):
-    idp.fail_next(1, "invalid_client", [7000222], status=401, retry_after=0)
+                                                             make_relay, expired_secret):
     relay = make_relay(alerts_config(tmp_path, pki, idp, upstream, hook))
     (start,) = hook.wait(kind="needs_auth", status="started")
     assert "AADSTS7000222" in start["title"] and "client secret expired" in start["action"]
     assert start["command"] == f"relay365 check -c {relay.config_path} --upstream"
+    assert ("/contoso.test/oauth2/v2.0/token", "refresh_token", 401, True) in [
+        (r.path, r.grant_type, r.status, r.with_secret) for r in idp.request_log]
     no_secret_in(hook)
 
 
