@@ -167,3 +167,40 @@ def test_a_webhook_that_fails_is_logged_and_the_relay_keeps_relaying(tmp_path, p
     assert failed["channel"] == "webhook" and failed["error"] == "webhook 127.0.0.1: HTTP 500"
     assert "s3cretpath" not in relay.log_path.read_text() and HOOK_TOKEN not in relay.log_path.read_text()
     assert relay.proc is not None and relay.proc.poll() is None
+
+
+def test_a_stuck_spool_starts_and_clears(tmp_path, pki, idp, upstream, hook, make_relay):
+    from tests.integration.test_spool_relay import FAST_RETRIES, Gate
+
+    gate = Gate(upstream.smtp_port)  # shut: Office 365 is unreachable
+    config = alerts_config(tmp_path, pki, idp, upstream, hook)
+    config["upstream"]["smtp"]["port"] = gate.port
+    config["users"][0]["delivery"] = "spool"
+    config["spool"] = FAST_RETRIES
+    config["alerts"]["spool_oldest_after"] = "2s"
+    try:
+        relay = make_relay(config)
+        send(relay.smtp_port, f"stuck {uuid.uuid4()}")
+        (start,) = hook.wait(kind="spool_stuck", status="started")
+        assert "1 queued message" in start["title"] and "relay365 queue list -c" in start["command"]
+        gate.open()
+        hook.wait(kind="spool_stuck", status="cleared", timeout=30)
+        assert len(hook.bodies(kind="spool_stuck")) == 2
+    finally:
+        gate.shut()
+
+
+def test_alerts_added_by_a_reload_announce_what_is_wrong_now(tmp_path, pki, idp, upstream, hook,
+                                                             make_relay):
+    config = alerts_config(tmp_path, pki, idp, upstream, hook)
+    alerts = config.pop("alerts")
+    idp.fail_next(1, "invalid_grant", [70008], retry_after=0)
+    relay = make_relay(config)
+    relay.wait_log("token_failed")
+    assert relay.wait_log("alerts_started")["channels"] == []
+    config["alerts"] = alerts
+    relay.write_config(config)
+    relay.proc.send_signal(signal.SIGHUP)
+    relay.wait_log("reloaded")
+    (start,) = hook.wait(kind="needs_auth", status="started")
+    assert start["subject"] == MAILBOX
