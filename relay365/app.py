@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from . import logs, metrics, sdnotify
+from .alerts.service import AlertService
 from .config import Config, ImapConfig, Pop3Config, SmtpConfig, load_config
 from .delivery import SmtpDeliverer
 from .delivery.graph import GraphDeliverer
@@ -91,6 +92,8 @@ class Relay:
                 SpoolQueue(config.state_dir, min_free_space=config.spool.min_free_space),
                 spool_deliver(self._deliverer(config)), config.spool,
                 held=make_token_hold(self.tokens))
+        # always there (a reload may add an alerts: section); idle without one
+        self.alerts = AlertService(config, self.tokens, self.spool, self._deliverer(config))
         self.smtp: RelayHandler | None = None  # made once, at the first bind; reloads reuse it
         self.imap: ImapHandler | None = None
         self.pop3: Pop3Handler | None = None
@@ -155,6 +158,7 @@ class Relay:
             await self._bind(proto)
         self._register_gauges()
         self._keeper = asyncio.create_task(self.tokens.maintain(), name="token-keeper")
+        await self.alerts.start()
         self.phase = "ready"
         listeners = {p: [f"{h}:{port}" for h, port in a] for p, a in self.addresses.items()}
         log.info("relay_started", listeners=listeners, accounts=len(self.config.accounts),
@@ -202,6 +206,7 @@ class Relay:
             await self.smtp.drain()
         if self.spool is not None:  # deliveries in progress get the rest of the drain time
             await self.spool.stop(timeout=max(1.0, drain_timeout))
+        await self.alerts.stop()
         await self.tokens.save_status()
         await self.graph.aclose()
         log.info("relay_stopped")
@@ -252,6 +257,7 @@ class Relay:
         self.auth.configure(new)
         if self.spool is not None:
             self.spool.configure(new.spool, spool_deliver(self._deliverer(new)))
+        self.alerts.configure(new, self._deliverer(new))
         logs.set_level(new.log.level)
         if self.smtp is not None and new.smtp is not None:
             self.smtp.configure(new)

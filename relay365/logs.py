@@ -3,7 +3,8 @@
 aiosmtpd and msal log through the standard library; they are routed into the same processors so a
 JSON log stays JSON. aiosmtpd logs raw client lines at DEBUG (AUTH data among them), so its level
 never goes below ERROR (its INFO lines echo client commands, its WARNINGs are deprecation
-notes); msal's HTTP-level chatter stays at WARNING.
+notes); msal's HTTP-level chatter stays at WARNING, and so does httpx's: its INFO line is the
+request URL, and a webhook's URL is its credential (Slack, Teams).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from structlog.typing import Processor
 from .secret import Secret
 
 _QUIET = {"mail.log": logging.ERROR, "msal": logging.WARNING, "urllib3": logging.WARNING,
-          "asyncio": logging.WARNING}
+          "asyncio": logging.WARNING, "httpx": logging.WARNING, "httpcore": logging.WARNING}
 
 
 def _redact(_: object, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

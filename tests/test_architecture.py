@@ -23,6 +23,7 @@ CORES = {
     "relay365.web.security", "relay365.web.model", "relay365.web.wire",
     "relay365.graph.mime", "relay365.graph.errors", "relay365.graph.parts", "relay365.graph.draft",
     "relay365.graph.claims",
+    "relay365.alerts.core", "relay365.alerts.conditions", "relay365.alerts.render",
 }
 FORBIDDEN_IN_CORES = {"asyncio", "socket", "time", "logging", "structlog", "ssl", "selectors"}
 # Ring 3: the daemon shell; nothing inside the rings may import it.

@@ -8,6 +8,7 @@
 Everything else imports from here: `from relay365.config import Config, load_config`.
 """
 
+from .alerts import AlertsConfig, WebhookConfig
 from .load import load_config
 from .model import (
                     CLOUD_GRAPH_HOSTS,
@@ -36,8 +37,8 @@ from .units import ListenAddr, parse_duration, parse_listen, parse_network, pars
 
 __all__ = [
     "CLOUDS", "CLOUD_GRAPH_HOSTS", "CLOUD_MAIL_HOSTS", "DELEGATED_SCOPES", "AccountConfig",
-    "AppConfig", "Config", "Endpoint", "GraphConfig", "HttpConfig", "ImapConfig", "LimitsConfig",
-    "ListenAddr", "LogConfig", "Pop3Config", "SmtpConfig",
-    "SpoolConfig", "UnauthenticatedNet", "UpstreamConfig", "UserConfig", "load_config",
+    "AlertsConfig", "AppConfig", "Config", "Endpoint", "GraphConfig", "HttpConfig", "ImapConfig",
+    "LimitsConfig", "ListenAddr", "LogConfig", "Pop3Config", "SmtpConfig",
+    "SpoolConfig", "UnauthenticatedNet", "UpstreamConfig", "UserConfig", "WebhookConfig", "load_config",
     "parse_duration", "parse_listen", "parse_network", "parse_size",
 ]

@@ -85,6 +85,7 @@ def _cross_check(c: Config, loader: Loader) -> Iterator[str]:
     if c.smtp:
         yield from _check_unauthenticated(c, c.smtp, at)
     yield from _check_fallback(c, at)
+    yield from _check_alerts(c, at)
     if c.smtp is None and c.imap is None and c.pop3 is None:
         yield "smtp, imap, pop3: no listener configured; add an smtp:, imap: or pop3: section" + at("")
 
@@ -184,3 +185,24 @@ def _check_tls(proto: str, svc: SmtpConfig | ImapConfig | Pop3Config, at: At) ->
     elif not svc.allow_plaintext_auth:
         yield (f"{proto}.allow_plaintext_auth: false needs tls: starttls or implicit, "
                f"or no client could log in{at(f'{proto}.allow_plaintext_auth')}")
+
+
+def _check_alerts(c: Config, at: At) -> Iterator[str]:
+    a = c.alerts
+    if a is None:
+        return
+    if not a.mail_to and a.webhook is None:
+        yield "alerts: give mail_to, webhook or both (nobody would be told)" + at("alerts")
+    for i, rcpt in enumerate(a.mail_to):
+        if "@" not in rcpt or " " in rcpt.strip():
+            yield f"alerts.mail_to[{i}]: not an email address: {rcpt!r}{at(f'alerts.mail_to[{i}]')}"
+    if a.from_account is not None and c.account(a.from_account) is None:
+        known = ", ".join(x.mailbox for x in c.accounts) or "none"
+        yield (f"alerts.from_account: no account {a.from_account!r} under accounts (accounts: "
+               f"{known}){at('alerts.from_account')}")
+    if a.webhook is not None:
+        if not a.webhook.url.reveal().startswith(("https://", "http://")):
+            yield f"alerts.webhook.url: must be an https:// (or http://) URL{at('alerts.webhook.url')}"
+        if a.webhook.ca_file and not a.webhook.ca_file.is_file():
+            yield (f"alerts.webhook.ca_file: no such file: {a.webhook.ca_file}"
+                   f"{at('alerts.webhook.ca_file')}")

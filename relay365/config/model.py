@@ -7,11 +7,13 @@ them.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from ..secret import Secret
+from .alerts import AlertsConfig, date_field
 from .services import HttpConfig, ImapConfig, LimitsConfig, Pop3Config, SmtpConfig, SpoolConfig, UserConfig
 from .units import check_ranges, duration
 
@@ -55,6 +57,8 @@ class AppConfig:
     authority: str | None = None  # default: the cloud's login host
     ca_file: Path | None = None
     timeout: float = duration(30.0)
+    # the secret's expiry date (Entra portal, Certificates & secrets): alerts warn ahead of it
+    client_secret_expires: datetime.date | None = field(default=None, metadata=date_field())
 
     @property
     def authority_url(self) -> str:
@@ -137,6 +141,7 @@ class Config:
     token_refresh_margin: float = duration(600.0)  # Exchange HVE refuses tokens with under ~10 min left
     # redeem quiet refresh tokens this often (90-day inactivity limit)
     token_keepalive: float = duration(3 * 86400.0)
+    alerts: AlertsConfig | None = None  # tell someone before mail stops (mail_to, webhook)
     source: str = field(default="<memory>", metadata={"internal": True})
 
     def account(self, mailbox: str) -> AccountConfig | None:

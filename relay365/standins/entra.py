@@ -25,6 +25,8 @@ DESCRIPTIONS = {
     70000: "Provided grant is invalid or malformed.",
     70003: "The app requested an unsupported grant type.",
     70008: "The provided authorization code or refresh token has expired due to inactivity.",
+    7000222: "The provided client secret keys for the app are expired. Create new keys for your "
+             "app, or consider using certificate credentials for added security.",
     70016: "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
     70019: "Verification code expired.",
     50126: "Error validating credentials due to invalid username or password.",
@@ -62,6 +64,7 @@ class Client:
     # flow without it; the refresh tokens it gets are then redeemed without the secret too
     public_flows: bool = False
     roles: frozenset[str] = frozenset({"Mail.Send"})  # application permissions (Graph's `roles`)
+    secret_expires_at: float | None = None  # then the secret is refused: AADSTS7000222
 
 
 @dataclass(frozen=True)

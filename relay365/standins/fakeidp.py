@@ -15,7 +15,7 @@ the `authorization_code` and device-code grants (`relay365.standins.signin`); a 
 come with an unsigned JWT-shaped `id_token` and `client_info`, so msal knows the account.
 
 Error replies have Entra ID's shape (`relay365.standins.entra`): msal passes them on as a dict.
-Faults: `fail_next`, `down`, `delay`. The request log keeps (path, grant_type, status), no secret.
+Faults: `fail_next`, `down`, `delay`, `secret_expires_at`. Request log: (path, grant_type, status), no secret.
 """
 
 from __future__ import annotations
@@ -133,14 +133,15 @@ class FakeIdP(SignInFlows):
     def add_client(self, client_id: str, secret: str | None = None,
                    app_mailboxes: list[str] | tuple[str, ...] = (),
                    redirect_uris: list[str] | tuple[str, ...] | None = None, *,
-                   public_flows: bool = False) -> None:
-        """Register an app. `redirect_uris` as in the app registration (None: accept any); like
-        Entra ID, a registered `http://localhost` (or 127.0.0.1) URI matches any port.
-        `public_flows`: the portal's "Allow public client flows" (device code without the secret)."""
+                   public_flows: bool = False, secret_expires_at: float | None = None) -> None:
+        """Register an app. `redirect_uris` as registered (None: any; `http://localhost` or 127.0.0.1
+        matches any port, as in Entra ID). `public_flows`: "Allow public client flows" (device code
+        without the secret). `secret_expires_at`: then the secret is refused (AADSTS7000222)."""
         with self._lock:
             self._clients[client_id] = Client(
                 secret, frozenset(m.lower() for m in app_mailboxes),
-                None if redirect_uris is None else frozenset(redirect_uris), public_flows)
+                None if redirect_uris is None else frozenset(redirect_uris), public_flows,
+                secret_expires_at)
 
     def grant_full_access(self, mailbox: str, delegate: str, granted: bool = True) -> None:
         """Exchange's `Add-MailboxPermission -Identity mailbox -User delegate -AccessRights
@@ -288,6 +289,8 @@ class FakeIdP(SignInFlows):
             raise OAuthError("invalid_client", 7000218, 401)
         if client.secret is None or not hmac.compare_digest(given.encode(), client.secret.encode()):
             raise OAuthError("invalid_client", 7000215, 401)
+        if client.secret_expires_at is not None and client.secret_expires_at <= self.clock():
+            raise OAuthError("invalid_client", 7000222, 401)
         return client_id
 
     def _refresh_grant(self, req: Request) -> JSONObject:
@@ -347,13 +350,11 @@ class FakeIdP(SignInFlows):
                   "sub": b64url(uuid.uuid5(uuid.NAMESPACE_URL, client_id + mailbox).bytes),
                   "tid": self.tenant_id, "uti": secrets.token_urlsafe(16), "ver": "2.0",
                   **({"nonce": nonce} if nonce else {})}
-        header = {"typ": "JWT", "alg": "none"}
-        return ".".join([b64url(json.dumps(header).encode()),
+        return ".".join([b64url(json.dumps({"typ": "JWT", "alg": "none"}).encode()),
                          b64url(json.dumps(claims).encode()), ""])
 
     def _error(self, req: Request, e: OAuthError) -> Reply:
-        now = self.clock()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(now))
+        stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(self.clock()))
         trace, corr = str(uuid.uuid4()), req.headers.get("client-request-id") or str(uuid.uuid4())
         return Reply(e.status, {
             "error": e.error,
@@ -389,8 +390,7 @@ class FakeIdP(SignInFlows):
                            "expires_in": expires_in, "username": mailbox, "active": True})
 
     def _app(self, req: Request) -> Reply | None:
-        if self.delay:
-            time.sleep(self.delay)
+        time.sleep(self.delay)  # 0: no pause
         reply = route(self.routes, req)
         with self._lock:
             secret = "client_secret" in req.form or req.headers.get("authorization", "")[:6] == "Basic "

@@ -35,6 +35,8 @@ class AccountView:
     send_via: str = "smtp"  # the config's accounts[].send_via
     sending_via: str = "smtp"  # the way messages go now (auto: graph once SMTP AUTH was refused)
     graph_since: float | None = None  # auto: when Office 365 said SMTP AUTH is off
+    # the last failure is one the operator must fix (not transient): re-auth, an expired secret
+    attention: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"mailbox": self.mailbox, "flow": self.flow, "state": str(self.state),
@@ -74,7 +76,8 @@ def view_of(st: AccountStatus) -> AccountView:
         code=(f"AADSTS{err.code}" if isinstance(err.code, int) else err.code) if err else None,
         error=err.error if err else None, action=err.action if err else None,
         expires_at=st.expires_at, last_refresh=st.last_refresh, last_use=st.last_use,
-        send_via=st.send_via, sending_via=st.sending_via, graph_since=st.graph_since)
+        send_via=st.send_via, sending_via=st.sending_via, graph_since=st.graph_since,
+        attention=err is not None and not err.transient)
 
 
 def fingerprint(secret: Secret | None) -> str | None:

@@ -176,7 +176,7 @@ def replaced(old: str, new: str) -> str:
      "max_message_size, max_session_time, proxy_protocol, sender, timeout, tls, trusted_proxies, "
      "unauthenticated)", "zzz:"),
     (GOOD + "source: elsewhere.yaml\n", "source",
-     "unknown key (allowed: accounts, apps, drain_timeout, http, imap, limits, log, pop3, smtp, "
+     "unknown key (allowed: accounts, alerts, apps, drain_timeout, http, imap, limits, log, pop3, smtp, "
      "spool, state_dir, token_keepalive, token_refresh_margin, upstream, users)", "source:"),
     (replaced("  default: {client_id: x, tenant: t.test}\n",
               "  default: {client_id: x, tenant: t.test}\n  default: {client_id: y}\n"),
@@ -236,7 +236,7 @@ def test_every_problem_is_reported_in_one_run(tmp_path):
         "tenant: t.test}", "tenant: t.test, shade: blue}")
     assert problems(text, tmp_path) == [
         f"apps.default.shade: unknown key (allowed: authority, ca_file, client_id, client_secret, "
-        f"cloud, tenant, timeout) (line {line_of(text, 'shade')})",
+        f"client_secret_expires, cloud, tenant, timeout) (line {line_of(text, 'shade')})",
         f"smtp.max_message_size: not a size: 'huge' (examples: 35MB, 512KB, 1048576) "
         f"(line {line_of(text, 'huge')})",
         f"smtp.unauthenticated[0].network: not an IP network: 'nonsense' (examples: 192.168.10.0/24, "
@@ -485,7 +485,7 @@ def test_every_key_of_the_model_is_in_the_example():
                 continue
             if origin is list and dataclasses.is_dataclass(typing.get_args(t)[0]):
                 yield from walk(typing.get_args(t)[0], (sub or [{}])[0], path + "[0].")
-            elif origin is dict:
+            elif origin is dict and dataclasses.is_dataclass(typing.get_args(t)[1]):
                 for name, value in (sub or {"x": {}}).items():
                     yield from walk(typing.get_args(t)[1], value, f"{path}.{name}.")
             elif dataclasses.is_dataclass(t):

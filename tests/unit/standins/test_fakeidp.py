@@ -160,6 +160,19 @@ def test_client_authentication_failures(idp, http, make_app, code):
         rt, scopes=[SMTP_SEND])
 
 
+def test_an_expired_secret_is_aadsts7000222_until_a_new_one_is_registered(idp, http):
+    rt = idp.issue_refresh_token("bob@contoso.com")
+    idp.add_client("conf-app", "s3cret", secret_expires_at=time.time() - 1)
+    for call in (lambda app: app.acquire_token_by_refresh_token(rt, scopes=[SMTP_SEND]),
+                 lambda app: app.acquire_token_for_client(scopes=[DEFAULT_SCOPE])):
+        result = call(confidential(idp, http))
+        assert (result["error"], result["error_codes"]) == ("invalid_client", [7000222])
+        assert result["error_description"].startswith("AADSTS7000222: The provided client secret")
+    idp.add_client("conf-app", "n3w-s3cret", secret_expires_at=time.time() + 86400)
+    assert "access_token" in confidential(idp, http, secret="n3w-s3cret").acquire_token_by_refresh_token(
+        rt, scopes=[SMTP_SEND])
+
+
 def test_client_secret_basic_is_accepted(idp, http):
     basic = base64.b64encode(b"conf-app:s3cret").decode()
     response = http.post(f"{idp.url}/t/oauth2/v2.0/token",
