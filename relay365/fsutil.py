@@ -14,6 +14,7 @@ Synchronous on purpose (fsync blocks): callers on the event loop run these in a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -49,7 +50,14 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def _open_lock(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        # flock needs no write access: in a read-only state_dir an existing lock still locks, so
+        # readers and the flush of a held token keep their mutual exclusion
+        if exc.errno not in (errno.EROFS, errno.EACCES):
+            raise
+        return os.open(path, os.O_RDONLY)
 
 
 @contextlib.contextmanager
