@@ -18,6 +18,7 @@ import errno
 import fcntl
 import os
 import secrets
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,8 +32,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write, fsync, rename over `path`, fsync the directory."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o600,
+                 before_rename: Callable[[], None] | None = None) -> None:
+    """Write, fsync, rename over `path`, fsync the directory. `before_rename`: a test's crash
+    point, between the fsynced temp file and the rename."""
     # unique per writer: two threads of one process may write the same file (outside any lock)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -41,6 +44,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -89,3 +94,19 @@ def try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+_crash_hits: dict[str, int] = {}
+
+
+def crash_point(env: str, name: str) -> None:
+    """Tests only: SIGKILL this process here if `$env` is `name` or `name:<nth time>`."""
+    want = os.environ.get(env)
+    if not want:
+        return
+    point, _, nth = want.partition(":")
+    if point != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

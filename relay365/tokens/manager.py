@@ -33,14 +33,14 @@ import structlog
 from .. import metrics
 from ..config import AccountConfig, AppConfig, Config
 from ..errors import TokenError
-from ..fsutil import write_atomic
+from ..fsutil import crash_point, write_atomic
 from ..secret import Secret
 from ..states import AccountState
 from .http import TokenHTTPSession
 from .msalapp import call_msal
 from .pending import Pending
 from .status import AccessToken, AccountStatus, AccountView, fingerprint, view_of
-from .store import StoredToken, StoreError, TokenStore
+from .store import CRASH_ENV, StoredToken, StoreError, TokenStore
 
 __all__ = ["GRAPH", "MAIL", "AccessToken", "AccountView", "TokenManager", "fingerprint"]
 
@@ -219,6 +219,7 @@ class TokenManager:
                 account, app_cfg, lambda app: app.acquire_token_by_refresh_token(rt.reveal(), scopes),
                 public=public)
             token = self._token(account, result)
+            crash_point(CRASH_ENV, "after_idp_answer")  # tests: the platform rotated, nothing stored
             new_rt = result.get("refresh_token")
             if new_rt and (new_rt != rt.reveal() or seeded):
                 held = self._pending.get(account.mailbox.lower())
