@@ -18,15 +18,20 @@ module, since the cases stop and start them) and the fake identity platform with
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import email
 import imaplib
+import shutil
 import smtplib
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from relay365.standins.jsonhttps import Route
+from relay365.tokens.store import TokenStore
 from tests.integration.conftest import DOMAIN, MAILBOX, PASSWORD, PASSWORD_HASH, USER, relay_config
 from tests.integration.test_smtp_relay import delivered, message, send
 from tests.support.upstream import MailUpstream, missing_binaries
@@ -214,3 +219,114 @@ def test_identity_platform_slow_or_failing_is_a_4xx_in_time_then_recovers(
     assert _recovers(relay.smtp_port, within=40) < 40
     assert relay.proc.poll() is None
     no_errors(relay)
+
+
+# -- state_dir read-only while running --------------------------------------------------------
+
+def _remount(relay, state: Path, mode: str) -> None:
+    """Remount the relay's private bind mount of state_dir (inside its mount namespace only)."""
+    done = subprocess.run(["nsenter", "-t", str(relay.proc.pid), "-m", "mount", "-o",
+                           f"remount,bind,{mode}", str(state)], timeout=10, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def _live(idp, state: Path) -> bool:
+    stored = TokenStore(state).get(MAILBOX)
+    return stored is not None and stored.refresh_token.reveal() in idp._refresh
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("nsenter") is None,
+                    reason="needs util-linux unshare and nsenter")
+def test_state_dir_read_only_while_running(make_relay, tmp_path, pki, idp, upstream):
+    config = relay_config(tmp_path, pki, idp, upstream, smtp={},
+                          upstream_extra={"smtp_pool_idle": 0})
+    config["users"].append({**config["users"][0], "username": "spooler", "delivery": "spool"})
+    config["spool"] = {"min_free_space": 0}
+    state = Path(config["state_dir"])
+    (state / "spool").mkdir(parents=True)
+    relay = make_relay(config, start=False)
+    # Root ignores file modes: a read-only bind mount in the relay's own mount namespace is
+    # honest (EROFS for root too) and touches nothing outside it. The spool below stays a
+    # writable mount of its own: the worker holds its lock open for writing for the daemon's
+    # lifetime, and the kernel refuses to remount a mount with writers read-only ("busy").
+    relay.prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" "$0" && mount --bind "$0/spool" "$0/spool" && exec "$@"',
+                    str(state)]
+    relay.start()
+    relay.wait_log("token_refreshed")
+    _remount(relay, state, "ro")
+    try:
+        idp.revoke_access_tokens()  # the next login needs a new token: the refresh token rotates
+        subject = f"read-only state {uuid.uuid4()}"
+        send(relay.smtp_port, subject)  # still relayed: the new access token is good
+        delivered(upstream, BOB, subject)
+        failed = relay.wait_log("token_store_failed")
+        assert "Read-only file system" in failed["error"] and "held in memory" in failed["action"]
+        assert not _live(idp, state)  # on disk: the token the platform retired
+        spooled = f"spooled meanwhile {uuid.uuid4()}"
+        send(relay.smtp_port, spooled, login=("spooler", PASSWORD))  # the held token sends it
+        delivered(upstream, BOB, spooled)
+    finally:
+        _remount(relay, state, "rw")
+    relay.wait_log("token_store_recovered", timeout=15)
+    assert _live(idp, state)
+    relay.kill()  # and the rotation survives a kill -9 now
+    relay.prefix = []
+    relay.start()
+    again = f"after read-only {uuid.uuid4()}"
+    idp.revoke_access_tokens()
+    send(relay.smtp_port, again)
+    delivered(upstream, BOB, again)
+    no_errors(relay)
+
+
+# -- kill -9 during a token rotation -----------------------------------------------------------
+
+def _entra_keeps_used_refresh_tokens(idp, monkeypatch) -> None:
+    """Entra ID: a redeemed refresh token is not revoked (the new one is to be used, the old one
+    still works until it expires); the fake retires it by default (single use)."""
+    grant = idp._refresh_grant
+
+    def keep_the_old_one(req):
+        old = req.form.get("refresh_token", "")
+        rt = idp._refresh.get(old)
+        body = grant(req)
+        if rt is not None:
+            idp._refresh[old] = rt
+        return body
+
+    monkeypatch.setattr(idp, "_refresh_grant", keep_the_old_one)
+
+
+@pytest.mark.parametrize(("point", "platform", "survives"), [
+    ("after_idp_answer", "entra", True),
+    ("store_before_rename", "entra", True),
+    ("store_after_rename", "single_use", True),
+    ("store_before_rename", "single_use", False),  # the one window: rotated, not yet renamed
+])
+def test_kill_9_during_a_token_rotation(make_relay, tmp_path, pki, idp, upstream, monkeypatch,
+                                       point, platform, survives):
+    if platform == "entra":
+        _entra_keeps_used_refresh_tokens(idp, monkeypatch)
+    config = relay_config(tmp_path, pki, idp, upstream, smtp={})
+    relay = make_relay(config, start=False, env={"RELAY365_TOKEN_CRASH_AT": point})
+    with contextlib.suppress(AssertionError):  # it may die before or after relay_started
+        relay.start()
+    assert relay.proc.wait(15) == -9  # killed at the point, by the keeper's first refresh
+    relay.proc = None
+    state = Path(config["state_dir"])
+    stored = TokenStore(state).get(MAILBOX)  # the store is whole either way
+    assert (stored is not None) == (point == "store_after_rename")
+    relay.env.pop("RELAY365_TOKEN_CRASH_AT")
+    relay.start()
+    subject = f"after kill -9 at {point} {uuid.uuid4()}"
+    if survives:
+        send(relay.smtp_port, subject)
+        delivered(upstream, BOB, subject)
+        assert _live(idp, state)
+    else:
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            send(relay.smtp_port, subject)
+        assert 400 <= refused.value.smtp_code < 500
+        assert relay.wait_log("token_failed")["code"] == "AADSTS70000"  # needs relay365 auth
