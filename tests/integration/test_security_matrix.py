@@ -171,3 +171,122 @@ def test_open_relay_what_reached_upstream(upstream):
         time.sleep(0.1)  # LMTP delivery follows the queueing
     assert len(bob) == sum(expected.values())
     assert all(m.startswith(f"Return-Path: <{MAILBOX}>".encode()) for m in bob)
+
+
+# -- password guessing ---------------------------------------------------------------------------
+
+class ProxyIMAP(imaplib.IMAP4):
+    def __init__(self, host: str, port: int, proxy_src: str) -> None:
+        self.proxy_src = proxy_src
+        super().__init__(host, port, timeout=30)
+
+    def _create_socket(self, timeout):
+        sock = super()._create_socket(timeout)
+        sock.sendall(proxy_header(self.proxy_src))
+        return sock
+
+
+class ProxyPOP3(poplib.POP3):
+    def __init__(self, host: str, port: int, proxy_src: str) -> None:
+        self.proxy_src = proxy_src
+        super().__init__(host, port, timeout=30)
+
+    def _create_socket(self, timeout):
+        sock = super()._create_socket(timeout)
+        sock.sendall(proxy_header(self.proxy_src))
+        return sock
+
+
+def _port(relay, proto: str, src: str) -> tuple[str, int]:
+    """IPv6 sources come in over ::1, IPv4 ones over 127.0.0.1 (each with its PROXY header)."""
+    return ("::1", relay.ports[proto][1]) if ":" in src else ("127.0.0.1", relay.ports[proto][0])
+
+
+def login(relay, proto: str, src: str, user: str, password: str) -> str:
+    """One login attempt; the server's answer as text ("OK" when it let us in)."""
+    host, port = _port(relay, proto, src)
+    if proto == "smtp":
+        with ProxySMTP(host, port, timeout=30, proxy_src=src) as s:
+            s.ehlo()
+            s.user, s.password = user, password
+            try:
+                return "OK" if s.auth("PLAIN", s.auth_plain)[0] == 235 else "?"
+            except smtplib.SMTPAuthenticationError as exc:
+                return f"{exc.smtp_code} {exc.smtp_error.decode()}"
+    if proto == "imap":
+        imap = ProxyIMAP(host, port, src)
+        try:
+            imap.login(user, password)
+            return "OK"
+        except imaplib.IMAP4.error as exc:
+            return str(exc)
+        finally:
+            with contextlib.suppress(imaplib.IMAP4.error, OSError):
+                imap.logout()
+    pop = ProxyPOP3(host, port, src)
+    try:
+        pop.user(user)
+        pop.pass_(password)
+        return "OK"
+    except poplib.error_proto as exc:
+        return str(exc)
+    finally:
+        with contextlib.suppress(poplib.error_proto, OSError):
+            pop.quit()
+        pop.close()
+
+
+BLOCK_AFTER = 4
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, pki, idp, upstream):
+    tmp = tmp_path_factory.mktemp("guarded")
+    listen = {"listen": ["127.0.0.1:0", "[::1]:0"], "proxy_protocol": True,
+              "trusted_proxies": ["127.0.0.1/32", "::1/128"]}
+    config = relay_config(tmp, pki, idp, upstream, smtp=listen, imap=listen, pop3=listen,
+                          limits={"auth_failure_delay": 0.01, "auth_max_delay": 0.02,
+                                  "auth_block_after": BLOCK_AFTER, "auth_block_seconds": 120})
+    config["users"].append({**config["users"][0], "username": "other"})
+    with running(tmp, config, "guarded") as relay:
+        yield relay
+
+
+PROTOS = ("smtp", "imap", "pop3")
+
+
+def test_one_budget_per_client_across_protocols_an_ipv6_client_by_its_64(guarded):
+    net = "2001:db8:a:1"
+    for i, proto in enumerate(["smtp", "imap", "pop3", "smtp"]):  # a new address every time
+        assert login(guarded, proto, f"{net}::{i + 1}", f"nobody{i}", "guess") != "OK"
+    blocked = guarded.wait_log("auth_blocked", by="ip")
+    assert blocked["peer"] == f"{net}::4"
+    for proto in PROTOS:  # the whole /64, every protocol, even with the right password
+        assert login(guarded, proto, f"{net}:ffff::99", USER, PASSWORD) != "OK"
+    for proto in PROTOS:  # the next /64 is another client
+        assert login(guarded, proto, "2001:db8:a:2::1", USER, PASSWORD) == "OK"
+
+
+def test_a_blocked_client_learns_nothing_about_which_users_exist(guarded):
+    for i, proto in enumerate(PROTOS):
+        src = f"198.18.{i}.1"
+        # failing: an existing user's wrong password and an unknown user hear the same
+        assert login(guarded, proto, src, "other", "wrong") == login(guarded, proto, src, "ghost",
+                                                                     "wrong")
+        for n in range(BLOCK_AFTER - 2):
+            login(guarded, proto, src, f"ghost{n}", "wrong")
+        # blocked: the same answer for the right password, a wrong one and an unknown user
+        heard = {login(guarded, proto, src, "other", PASSWORD),
+                 login(guarded, proto, src, "other", "wrong"),
+                 login(guarded, proto, src, "ghost", "wrong")}
+        assert len(heard) == 1 and "OK" not in heard, heard
+        assert not {"other", "ghost", "exist", "unknown"} & set(heard.pop().lower().split())
+
+
+def test_one_budget_per_user_across_protocols_and_addresses(guarded):
+    for i, proto in enumerate(["smtp", "imap", "pop3", "imap"]):  # four clients, one user
+        assert login(guarded, proto, f"203.0.113.{i + 1}", USER, "guess") != "OK"
+    assert guarded.wait_log("auth_blocked", by="user")["user"] == USER
+    for proto in PROTOS:
+        assert login(guarded, proto, "203.0.113.50", USER, PASSWORD) != "OK"
+        assert login(guarded, proto, "203.0.113.50", "other", PASSWORD) == "OK"
