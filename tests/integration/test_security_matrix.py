@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.request
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,142 @@ def test_one_budget_per_user_across_protocols_and_addresses(guarded):
     for proto in PROTOS:
         assert login(guarded, proto, "203.0.113.50", USER, PASSWORD) != "OK"
         assert login(guarded, proto, "203.0.113.50", "other", PASSWORD) == "OK"
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def old_tls_client(maximum: ssl.TLSVersion):
+    with warnings.catch_warnings():  # TLSVersion.TLSv1/TLSv1_1 are deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.minimum_version, ctx.maximum_version = ssl.TLSVersion.TLSv1, maximum
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    yield ctx
+
+
+def _handshake(port: int, ctx: ssl.SSLContext, starttls: bool) -> str:
+    """The TLS version agreed with 127.0.0.1:port, or the error."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        if starttls:
+            raw.recv(512)
+            raw.sendall(b"EHLO probe\r\n")
+            while not raw.recv(4096).rstrip().split(b"\r\n")[-1][:4] == b"250 ":
+                pass
+            raw.sendall(b"STARTTLS\r\n")
+            assert raw.recv(512).startswith(b"220")
+        try:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                return tls.version() or "?"
+        except (ssl.SSLError, OSError) as exc:
+            return f"refused: {type(exc).__name__}"
+
+
+@pytest.fixture(scope="module")
+def tls_relay(tmp_path_factory, pki, idp, upstream):
+    tmp = tmp_path_factory.mktemp("tls")
+    files = {"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)}
+    config = relay_config(tmp, pki, idp, upstream, smtp={"tls": "starttls", **files},
+                          imap={"tls": "implicit", **files}, pop3={"tls": "implicit", **files})
+    with running(tmp, config, "tls") as relay:
+        yield relay
+
+
+def test_this_client_can_speak_tls_1_1_at_all(tmp_path):
+    """The control for the next test: against a server that allows it, 1.1 is agreed."""
+    ca = trustme.CA()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.minimum_version = ssl.TLSVersion.TLSv1
+        server_ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    with FakeTLSServer(server_ctx) as server, old_tls_client(ssl.TLSVersion.TLSv1_1) as ctx:
+        assert _handshake(server.port, ctx, starttls=False) == "TLSv1.1"
+
+
+@pytest.mark.parametrize(("proto", "starttls"), [("smtp", True), ("imap", False), ("pop3", False)])
+def test_local_listeners_refuse_tls_below_1_2(tls_relay, proto, starttls):
+    port = tls_relay.ports[proto][0]
+    with old_tls_client(ssl.TLSVersion.TLSv1_1) as ctx:
+        assert _handshake(port, ctx, starttls).startswith("refused")
+    with old_tls_client(ssl.TLSVersion.TLSv1_2) as ctx:
+        assert _handshake(port, ctx, starttls) == "TLSv1.2"
+
+
+class FakeTLSServer:
+    """An implicit-TLS "IMAP server" that records which handshakes completed and what came after."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.ctx, self.completed, self.received = ctx, 0, b""
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> FakeTLSServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(5)
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    self.completed += 1
+                    tls.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR] fake\r\n")
+                    self.received += tls.recv(65536)
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+
+@pytest.mark.parametrize(("case", "name", "trust"), [
+    ("other CA, with ca_file", "127.0.0.1", "ca_file"),
+    ("other CA, system store", "127.0.0.1", "system"),
+    ("wrong name, with ca_file", "wrong.example", "ca_file"),
+    ("wrong name, system store", "wrong.example", "system"),
+    ("control: right name, system store", "127.0.0.1", "system"),
+], ids=lambda v: v.replace(" ", "_").replace(",", "").replace(":", "") if isinstance(v, str) else v)
+def test_an_upstream_with_a_wrong_certificate_or_name_is_refused(tmp_path, pki, idp, upstream,
+                                                                 case, name, trust):
+    other = trustme.CA()  # the upstream's certificate comes from this CA
+    other_ca = tmp_path / "other-ca.pem"
+    other.cert_pem.write_to_path(str(other_ca))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    other.issue_cert(name).configure_cert(server_ctx)
+    with FakeTLSServer(server_ctx) as fake:
+        config = relay_config(tmp_path, pki, idp, upstream, imap={})
+        config["upstream"]["imap"] = {"host": "127.0.0.1", "port": fake.port, "tls": "implicit"}
+        env = {}
+        if trust == "ca_file" and case.startswith("wrong name"):
+            config["upstream"]["ca_file"] = str(other_ca)  # trusted CA, wrong name
+        elif trust == "system":
+            del config["upstream"]["ca_file"]
+            if not case.startswith("other CA"):  # the system store is where OpenSSL looks
+                env = {"SSL_CERT_FILE": str(other_ca)}
+        relay = RelayProcess(tmp_path, config, env=env, name="tls-upstream").start()
+        try:
+            imap = imaplib.IMAP4("127.0.0.1", relay.imap_port, timeout=30)
+            with pytest.raises(imaplib.IMAP4.error) as refused:
+                imap.login(USER, PASSWORD)
+            assert "UNAVAILABLE" in str(refused.value)
+            imap.shutdown()
+        finally:
+            relay.stop()
+    if case.startswith("control"):
+        assert fake.completed >= 1  # the system store really is consulted
+    else:
+        assert fake.completed == 0 and fake.received == b""  # no token ever sent
+        failed = relay.find("imap_upstream_failed")
+        assert failed and "certificate" in str(failed[-1]).lower(), failed
