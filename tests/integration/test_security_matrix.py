@@ -22,6 +22,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 import warnings
@@ -177,34 +178,39 @@ def test_open_relay_what_reached_upstream(upstream):
 # -- password guessing ---------------------------------------------------------------------------
 
 class ProxyIMAP(imaplib.IMAP4):
-    def __init__(self, host: str, port: int, proxy_src: str) -> None:
+    def __init__(self, host: str, port: int, proxy_src: str | None) -> None:
         self.proxy_src = proxy_src
         super().__init__(host, port, timeout=30)
 
     def _create_socket(self, timeout):
         sock = super()._create_socket(timeout)
-        sock.sendall(proxy_header(self.proxy_src))
+        if self.proxy_src:
+            sock.sendall(proxy_header(self.proxy_src))
         return sock
 
 
 class ProxyPOP3(poplib.POP3):
-    def __init__(self, host: str, port: int, proxy_src: str) -> None:
+    def __init__(self, host: str, port: int, proxy_src: str | None) -> None:
         self.proxy_src = proxy_src
         super().__init__(host, port, timeout=30)
 
     def _create_socket(self, timeout):
         sock = super()._create_socket(timeout)
-        sock.sendall(proxy_header(self.proxy_src))
+        if self.proxy_src:
+            sock.sendall(proxy_header(self.proxy_src))
         return sock
 
 
-def _port(relay, proto: str, src: str) -> tuple[str, int]:
+def _port(relay, proto: str, src: str | None) -> tuple[str, int]:
     """IPv6 sources come in over ::1, IPv4 ones over 127.0.0.1 (each with its PROXY header)."""
-    return ("::1", relay.ports[proto][1]) if ":" in src else ("127.0.0.1", relay.ports[proto][0])
+    if src and ":" in src:
+        return "::1", relay.ports[proto][1]
+    return "127.0.0.1", relay.ports[proto][0]
 
 
-def login(relay, proto: str, src: str, user: str, password: str) -> str:
-    """One login attempt; the server's answer as text ("OK" when it let us in)."""
+def login(relay, proto: str, src: str | None, user: str, password: str) -> str:
+    """One login attempt; the server's answer as text ("OK" when it let us in). `src`: the
+    client address a PROXY header presents (None: no header, the listener has no PROXY)."""
     host, port = _port(relay, proto, src)
     if proto == "smtp":
         with ProxySMTP(host, port, timeout=30, proxy_src=src) as s:
@@ -312,7 +318,7 @@ def _handshake(port: int, ctx: ssl.SSLContext, starttls: bool) -> str:
         if starttls:
             raw.recv(512)
             raw.sendall(b"EHLO probe\r\n")
-            while not raw.recv(4096).rstrip().split(b"\r\n")[-1][:4] == b"250 ":
+            while raw.recv(4096).rstrip().split(b"\r\n")[-1][:4] != b"250 ":
                 pass
             raw.sendall(b"STARTTLS\r\n")
             assert raw.recv(512).startswith(b"220")
@@ -430,3 +436,74 @@ def test_an_upstream_with_a_wrong_certificate_or_name_is_refused(tmp_path, pki, 
         assert fake.completed == 0 and fake.received == b""  # no token ever sent
         failed = relay.find("imap_upstream_failed")
         assert failed and "certificate" in str(failed[-1]).lower(), failed
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+WRONG_PASSWORD = "Tr0ub4dor&3-not-it"
+
+
+def _get(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.read().decode(errors="replace")
+
+
+def _secrets(idp, state: Path, seed: str) -> dict[str, str]:
+    """What must never be shown: raw, and in the encodings it travels in (AUTH PLAIN, XOAUTH2)."""
+    out = {"password": PASSWORD, "wrong password": WRONG_PASSWORD, "client secret": CLIENT_SECRET,
+           "seed refresh token": seed, "store key": (state / "store.key").read_text().strip(),
+           "AUTH PLAIN": base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()[4:],
+           "AUTH PLAIN (wrong)": base64.b64encode(f"\0{USER}\0{WRONG_PASSWORD}".encode()).decode()[4:]}
+    with idp._lock:
+        refresh, access = list(idp._refresh), list(idp._access)
+    for i, token in enumerate(refresh):
+        out[f"refresh token {i}"] = token[3:40]
+    for i, token in enumerate(access):
+        out[f"access token {i}"] = token[:40]
+        out[f"XOAUTH2 {i}"] = base64.b64encode(xoauth2_string(MAILBOX, token).encode()).decode()[60:100]
+    return out
+
+
+def _replies_under_faults(relay, idp) -> list[str]:
+    """Logins and sends, good and bad, on every protocol, with the identity platform failing."""
+    heard = [login(relay, p, None, USER, WRONG_PASSWORD) for p in PROTOS]
+    heard += [login(relay, p, None, USER, PASSWORD) for p in PROTOS]
+    for fault in ("invalid_grant", "server_error", "revoked"):
+        idp.revoke_access_tokens()
+        if fault != "revoked":
+            idp.fail_next(3, fault, [70008 if fault == "invalid_grant" else 50000],
+                          status=400 if fault == "invalid_grant" else 500, retry_after=0)
+        with ProxySMTP("127.0.0.1", relay.smtp_port, timeout=30) as s:
+            s.login(USER, PASSWORD)
+            heard.append(" ".join(map(str, s.mail("printer@lan.local"))))
+        heard += [login(relay, p, None, USER, PASSWORD) for p in ("imap", "pop3")]
+        idp._faults.clear()
+    return heard
+
+
+def test_no_secret_in_logs_metrics_status_page_or_replies_and_no_core_dumps(tmp_path, pki, idp,
+                                                                            upstream):
+    port = free_port()
+    config = relay_config(tmp_path, pki, idp, upstream, smtp={}, imap={}, pop3={},
+                          http={"listen": f"127.0.0.1:{port}"},
+                          log={"level": "debug", "format": "json"})
+    seed = config["accounts"][0]["refresh_token"]
+    with running(tmp_path, config, "secrets") as relay:
+        heard = _replies_under_faults(relay, idp)
+        base = f"http://127.0.0.1:{port}"
+        shown = {path: _get(base + path) for path in (
+            "/", "/metrics", "/readyz", "/healthz", "/api/accounts", "/api/sessions", "/api/limits",
+            "/api/queue")}
+        limits = Path(f"/proc/{relay.proc.pid}/limits").read_text()
+    assert any("AUTHENTICATIONFAILED" in h for h in heard) and "OK" in heard  # it did run
+    assert "relay365_auth_failures_total" in shown["/metrics"] and "<html" in shown["/"].lower()
+    places = {"log": relay.log_path.read_text(errors="replace"), "replies": "\n".join(heard),
+              **shown}
+    leaks = [(what, where) for what, secret in _secrets(idp, Path(config["state_dir"]), seed).items()
+             for where, text in places.items() if secret and secret in text]
+    assert leaks == []
+    core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"], core  # soft and hard
