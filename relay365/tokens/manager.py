@@ -21,6 +21,7 @@ Theory of operation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
@@ -244,7 +245,7 @@ class TokenManager:
     def flush_pending(self) -> None:
         """Write rotated refresh tokens that state_dir refused earlier (in a worker thread)."""
         for key, rotated in list(self._pending.items()):
-            with self.store.account_lock(key):
+            with contextlib.suppress(StoreError), self.store.account_lock(key):  # not yet: later
                 if self._pending.get(key) is rotated and (stored := rotated.try_save(self.store, key)):
                     self._pending.pop(key, None)
                     log.info("token_store_recovered", account=key, stored=stored == "stored")

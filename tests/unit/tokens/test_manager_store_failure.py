@@ -69,3 +69,18 @@ def test_a_lock_the_store_cannot_open_is_a_transient_token_error(tmp_path, idp, 
         asyncio.run(manager.get(MAILBOX))
     assert failed.value.transient and failed.value.code == "store"
     assert "cannot create a lock" in failed.value.action
+
+
+def test_a_flush_that_cannot_even_lock_is_retried_later_not_raised(tmp_path, idp, certs, clock):  # noqa: F811
+    cfg = config(tmp_path, idp, certs, idp.issue_refresh_token(MAILBOX))
+    store = FlakyStore(cfg.state_dir)
+    manager = TokenManager(cfg, store, clock=clock)
+    first = asyncio.run(manager.get(MAILBOX))
+    store.refuse = True
+    asyncio.run(manager.get(MAILBOX, rejected=first.token))
+    assert manager._pending
+    locks = cfg.state_dir / "locks"
+    locks.rename(cfg.state_dir / "locks.away")
+    locks.write_text("not a directory")  # the keeper's flush cannot take the account lock
+    manager.flush_pending()  # no exception: it would have ended the keeper task
+    assert manager._pending
