@@ -89,6 +89,7 @@ def _what_it_hears(imap: imaplib.IMAP4) -> bytes:
     imap.sock.settimeout(20)
     while chunk := imap.sock.recv(4096):
         heard += chunk
+    imap.file.close()
     imap.sock.close()
     return heard
 
