@@ -207,6 +207,7 @@ class Relay:
         if self.spool is not None:  # deliveries in progress get the rest of the drain time
             await self.spool.stop(timeout=max(1.0, drain_timeout))
         await self.alerts.stop()
+        await asyncio.to_thread(self.tokens.flush_pending)  # a rotation state_dir refused so far
         await self.tokens.save_status()
         await self.graph.aclose()
         log.info("relay_stopped")

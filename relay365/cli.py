@@ -17,6 +17,7 @@ import structlog
 from . import __version__
 from .config import Config, load_config
 from .errors import ConfigError, RelayError
+from .hardening import disable_core_dumps
 
 EXIT_CONFIG = 2
 
@@ -51,8 +52,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logs import configure
     from .runloop import run
 
+    hardened = disable_core_dumps()  # before the config (client secrets, seed tokens) is read
     config = _load(args.config)
     configure(args.log_level or config.log.level, config.log.format)
+    if not hardened:
+        structlog.get_logger("relay365").warning("core_dumps_not_disabled")
     _raise_fd_limit()
 
     async def main() -> None:
@@ -138,6 +142,7 @@ def cmd_auth(args: argparse.Namespace) -> int:
     from .logs import configure
     from .onboard import run_auth
 
+    disable_core_dumps()  # it holds a fresh refresh token and the client secret
     config = _load(args.config)
     configure("warning", "console")
     return run_auth(config, args.mailbox, device=args.device, token_stdin=args.refresh_token_stdin,

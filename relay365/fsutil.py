@@ -14,9 +14,11 @@ Synchronous on purpose (fsync blocks): callers on the event loop run these in a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,8 +32,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write, fsync, rename over `path`, fsync the directory."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o600,
+                 before_rename: Callable[[], None] | None = None) -> None:
+    """Write, fsync, rename over `path`, fsync the directory. `before_rename`: a test's crash
+    point, between the fsynced temp file and the rename."""
     # unique per writer: two threads of one process may write the same file (outside any lock)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -40,6 +44,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -49,7 +55,14 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def _open_lock(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        # flock needs no write access: in a read-only state_dir an existing lock still locks, so
+        # readers and the flush of a held token keep their mutual exclusion
+        if exc.errno not in (errno.EROFS, errno.EACCES):
+            raise
+        return os.open(path, os.O_RDONLY)
 
 
 @contextlib.contextmanager
@@ -81,3 +94,19 @@ def try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+_crash_hits: dict[str, int] = {}
+
+
+def crash_point(env: str, name: str) -> None:
+    """Tests only: SIGKILL this process here if `$env` is `name` or `name:<nth time>`."""
+    want = os.environ.get(env)
+    if not want:
+        return
+    point, _, nth = want.partition(":")
+    if point != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -5,10 +5,15 @@ next answer wait longer (`base_delay * 2**(n-1)`, capped at `max_delay`), which 
 without hurting a user who mistyped once; `block_after` failures block that IP or username for
 `block_seconds`, during which even a correct password is refused. A success clears the IP's and the
 user's record. Only the `unauthenticated` networks get around AUTH; nothing here changes that.
+
+An IPv6 client is counted by its /64 (`client_key`): one host is handed a whole /64 (RFC 6177,
+SLAAC's privacy addresses rotate within it), so counting single addresses would give a guesser
+2**64 budgets. An IPv4-mapped address counts as the IPv4 address it is.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from .states import ConnRefused
@@ -43,6 +48,22 @@ class Block:
     seconds_left: float
 
 
+IPV6_PREFIX = 64  # one site's LAN / one SLAAC host: the unit a guessing budget belongs to
+
+
+def client_key(ip: str) -> str:
+    """What a client address is counted as: itself (IPv4), its /64 (IPv6)."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+    except ValueError:
+        return ip  # not an address (a test's peer name): counted as given
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{addr}/{IPV6_PREFIX}", strict=False))
+    return str(addr)
+
+
 MAX_TRACKED = 100_000  # keys kept at most, so a scan of many IPs cannot grow memory without bound
 
 
@@ -62,7 +83,7 @@ class AuthThrottle:
 
     def check(self, ip: str, user: str, now: float) -> Verdict:
         """Before checking a password: is this IP or user blocked right now?"""
-        for kind, key in (("ip", f"ip:{ip}"), ("user", f"user:{user}")):
+        for kind, key in (("ip", f"ip:{client_key(ip)}"), ("user", f"user:{user}")):
             rec = self._records.get(key)
             if rec is not None and rec.blocked_until > now:
                 return Verdict(True, 0.0, kind)
@@ -71,7 +92,7 @@ class AuthThrottle:
     def failed(self, ip: str, user: str, now: float) -> Verdict:
         """Record a failure; says how long to wait before answering and whether a block began."""
         worst, blocked, reason = 0, False, ""
-        for kind, key in (("ip", f"ip:{ip}"), ("user", f"user:{user}")):
+        for kind, key in (("ip", f"ip:{client_key(ip)}"), ("user", f"user:{user}")):
             rec = self._get(key, now)
             rec.failures.append(now)
             n = len(rec.failures)
@@ -84,7 +105,7 @@ class AuthThrottle:
         return Verdict(blocked, delay, reason)
 
     def succeeded(self, ip: str, user: str) -> None:
-        self._records.pop(f"ip:{ip}", None)
+        self._records.pop(f"ip:{client_key(ip)}", None)
         self._records.pop(f"user:{user}", None)
 
     def blocks(self, now: float) -> list[Block]:
@@ -98,7 +119,8 @@ class AuthThrottle:
 
     def unblock(self, kind: str, value: str) -> bool:
         """An operator lifts a block (and forgets its failures); False if there was none."""
-        return self._records.pop(f"{kind}:{value}", None) is not None
+        key = client_key(value) if kind == "ip" else value  # an address inside a blocked /64 too
+        return self._records.pop(f"{kind}:{key}", None) is not None
 
 
 class ConnectionLimits:

@@ -11,12 +11,12 @@ import errno
 import json
 import os
 import re
-import signal
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+from .. import fsutil
 from ..errors import RelayError
 
 MESSAGE = "message.eml"
@@ -122,20 +122,9 @@ def _check_types(e: Entry) -> None:
 
 # -- test hook, and ids --------------------------------------------------------------------------
 
-_crash_hits: dict[str, int] = {}
-
-
 def crash_point(name: str) -> None:
     """Kill this process here with SIGKILL if `$RELAY365_SPOOL_CRASH_AT` names this point."""
-    want = os.environ.get(CRASH_ENV)
-    if not want:
-        return
-    point, _, nth = want.partition(":")
-    if point != name:
-        return
-    _crash_hits[name] = _crash_hits.get(name, 0) + 1
-    if _crash_hits[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    fsutil.crash_point(CRASH_ENV, name)
 
 
 _id_lock = threading.Lock()

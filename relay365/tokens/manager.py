@@ -21,6 +21,7 @@ Theory of operation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
@@ -33,13 +34,14 @@ import structlog
 from .. import metrics
 from ..config import AccountConfig, AppConfig, Config
 from ..errors import TokenError
-from ..fsutil import write_atomic
+from ..fsutil import crash_point, write_atomic
 from ..secret import Secret
 from ..states import AccountState
 from .http import TokenHTTPSession
 from .msalapp import call_msal
+from .pending import Pending
 from .status import AccessToken, AccountStatus, AccountView, fingerprint, view_of
-from .store import StoredToken, TokenStore
+from .store import CRASH_ENV, StoredToken, StoreError, TokenStore
 
 __all__ = ["GRAPH", "MAIL", "AccessToken", "AccountView", "TokenManager", "fingerprint"]
 
@@ -48,6 +50,7 @@ log = structlog.get_logger("relay365.tokens")
 RETRY_DELAYS = (0.5, 2.0)  # within one flight, for transient errors
 HOLD_MAX = 30.0  # seconds a failing account is held back between flights, at most
 NEEDS_AUTH_RECHECK = 300.0
+PENDING_RETRY = 2.0  # seconds between tries to store a rotated token state_dir refused
 BACKGROUND_INTERVAL = 60.0
 STATUS_FILE = "accounts.json"
 
@@ -71,6 +74,7 @@ class TokenManager:
         self._sessions: dict[str, TokenHTTPSession] = {}
         self._http_caches: dict[str, dict[str, Any]] = {}
         self._status: dict[str, AccountStatus] = {}
+        self._pending: dict[str, Pending] = {}  # rotated refresh tokens state_dir refused
         self.configure(config)
         self._restore_routes()
 
@@ -143,7 +147,7 @@ class TokenManager:
         status.state = AccountState.REFRESHING
         for attempt, delay in enumerate((*self._retry_delays, None)):
             try:
-                token = await asyncio.to_thread(self._redeem, account, resource)
+                token = await asyncio.to_thread(self._redeem_translated, account, resource)
             except TokenError as exc:
                 if exc.transient and delay is not None:
                     log.info("token_retry", account=account.mailbox, code=exc.code, attempt=attempt + 1)
@@ -188,6 +192,14 @@ class TokenManager:
 
     # -- in a worker thread ------------------------------------------------------------------
 
+    def _redeem_translated(self, account: AccountConfig, resource: str) -> AccessToken:
+        """`_redeem`, with the store's failures (a lock in a read-only state_dir) as TokenError."""
+        try:
+            return self._redeem(account, resource)
+        except StoreError as exc:
+            raise TokenError(account=account.mailbox, error="token_store", code="store",
+                             transient=True, action=str(exc)) from None
+
     def _redeem(self, account: AccountConfig, resource: str = MAIL) -> AccessToken:
         app_cfg = self.config.apps[account.app]
         scopes = (self.config.scopes_for(account) if resource == MAIL
@@ -208,15 +220,42 @@ class TokenManager:
                 account, app_cfg, lambda app: app.acquire_token_by_refresh_token(rt.reveal(), scopes),
                 public=public)
             token = self._token(account, result)
+            crash_point(CRASH_ENV, "after_idp_answer")  # tests: the platform rotated, nothing stored
             new_rt = result.get("refresh_token")
             if new_rt and (new_rt != rt.reveal() or seeded):
-                self.store.put(account.mailbox, Secret(new_rt), expect=rt, check_expect=not seeded,
-                               seed_fingerprint=fingerprint(account.refresh_token), public=public)
+                held = self._pending.get(account.mailbox.lower())
+                self._save_rotated(account.mailbox, held.rotated(Secret(new_rt)) if held else Pending(
+                    Secret(new_rt), rt, not seeded, fingerprint(account.refresh_token), public))
             return token
+
+    def _save_rotated(self, mailbox: str, rotated: Pending) -> None:
+        """Store a rotated refresh token. When state_dir refuses it (read-only, full), the old
+        one may already be dead: keep the new one in memory as the newest, redeem from there,
+        and write it as soon as the directory takes it (`flush_pending`, every keeper step)."""
+        try:
+            rotated.save(self.store, mailbox)
+        except StoreError as exc:
+            self._pending[mailbox.lower()] = rotated
+            log.error("token_store_failed", account=mailbox, error=str(exc),
+                      action="the rotated refresh token is held in memory and written when "
+                             "state_dir is writable again; until then a restart loses it")
+        else:
+            self._pending.pop(mailbox.lower(), None)
+
+    def flush_pending(self) -> None:
+        """Write rotated refresh tokens that state_dir refused earlier (in a worker thread)."""
+        for key, rotated in list(self._pending.items()):
+            with contextlib.suppress(StoreError), self.store.account_lock(key):  # not yet: later
+                if self._pending.get(key) is rotated and (stored := rotated.try_save(self.store, key)):
+                    self._pending.pop(key, None)
+                    log.info("token_store_recovered", account=key, stored=stored == "stored")
 
     def _current_refresh_token(self, account: AccountConfig) -> tuple[Secret | None, bool, bool]:
         """The newest refresh token, whether it is the config's seed (which wins only when it is
         new to the store), and whether it is a public client's (`relay365 auth --device`)."""
+        held = self._pending.get(account.mailbox.lower())
+        if held is not None:  # newer than anything on disk: state_dir refused to store it
+            return held.token, False, held.public
         stored: StoredToken | None = self.store.get(account.mailbox)
         seed = account.refresh_token
         if seed and (stored is None or stored.seed_fingerprint != fingerprint(seed)):
@@ -332,7 +371,16 @@ class TokenManager:
                     except (TokenError, KeyError):
                         pass  # already logged and recorded in status
             await self.save_status()  # last_use moves with every login; written once a minute
-            await asyncio.sleep(interval)
+            await self._sleep_flushing(interval)
+
+    async def _sleep_flushing(self, interval: float) -> None:
+        """Sleep `interval`, writing held rotated tokens every PENDING_RETRY meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + interval
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(left, PENDING_RETRY))
+            if self._pending:
+                await asyncio.to_thread(self.flush_pending)
 
     def _due(self, key: str, status: AccountStatus, interval: float) -> bool:
         now = self._clock()

@@ -33,10 +33,11 @@ from typing import NotRequired, TypedDict, cast
 from cryptography.fernet import Fernet, InvalidToken
 
 from ..errors import RelayError
-from ..fsutil import locked, write_atomic
+from ..fsutil import crash_point, locked, write_atomic
 from ..secret import Secret
 
 KEY_ENV = "RELAY365_STORE_KEY"
+CRASH_ENV = "RELAY365_TOKEN_CRASH_AT"  # tests only: "<point>[:<nth time>]" -> SIGKILL there
 _FORMAT_VERSION = 1
 
 
@@ -170,7 +171,8 @@ class TokenStore:
         blob = self._key().encrypt(json.dumps({"version": _FORMAT_VERSION, "accounts": accounts},
                                               sort_keys=True).encode())
         try:
-            write_atomic(self.path, blob + b"\n")
+            write_atomic(self.path, blob + b"\n",
+                         before_rename=lambda: crash_point(CRASH_ENV, "store_before_rename"))
         except OSError as exc:
             raise StoreError(f"cannot write {self.path}: {exc.strerror}") from None
 
@@ -236,6 +238,7 @@ class TokenStore:
                 entry["public"] = True
             accounts[mailbox.lower()] = entry
             self._write(accounts)
+            crash_point(CRASH_ENV, "store_after_rename")
             return True
 
     def delete(self, mailbox: str) -> None:

@@ -26,6 +26,7 @@ class RelayProcess:
         self.config = config
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self.prefix: list[str] = []  # run under this (a mount namespace: `unshare -m ...`)
         self.ports: dict[str, list[int]] = {}
         self._log_offset = 0
 
@@ -39,7 +40,7 @@ class RelayProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay365", "serve", "-c", str(self.config_path)],
+            [*self.prefix, sys.executable, "-m", "relay365", "serve", "-c", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         log.close()
         started = self.wait_log("relay_started", timeout=timeout)

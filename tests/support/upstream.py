@@ -239,6 +239,20 @@ class MailUpstream:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root, self._own_root = None, False
 
+    def stop_daemon(self, name: Literal["postfix", "dovecot"]) -> None:
+        """Stop one of the two (chaos tests: an upstream going away under the relay)."""
+        pidfile, group = {"postfix": ("spool/pid/master.pid", True),
+                          "dovecot": ("run/master.pid", False)}[name]
+        pid = _signal_master(self._path(pidfile))
+        if pid:
+            _await_exit(pid, time.monotonic() + STOP_TIMEOUT, group)
+        if name in self._running:
+            self._running.remove(name)
+
+    def start_daemon(self, name: Literal["postfix", "dovecot"]) -> None:
+        """Start one stopped by stop_daemon() again, on the same ports, with the same mail."""
+        (self._start_postfix if name == "postfix" else self._start_dovecot)()
+
     # ------------------------------------------------------------------- mailboxes
 
     def maildir(self, mailbox: str) -> Path:

@@ -151,3 +151,31 @@ def test_blocks_are_listed_with_time_left_and_can_be_lifted():
     assert not t.check("10.0.0.9", "other", 30.0).blocked
     assert t.check("10.0.0.8", "scanner", 30.0).blocked  # the user block is still there
     assert t.blocks(200.0) == []  # expired blocks are not listed
+
+
+def test_an_ipv6_client_is_counted_by_its_64():
+    """Found by the security matrix: each IPv6 address had a budget of its own, so a host that
+    rotates addresses within its /64 (SLAAC privacy addresses do) was never blocked."""
+    t = AuthThrottle(POLICY)
+    for i in range(5):
+        t.failed(f"2001:db8:1:2::{i + 1:x}", f"guess{i}", now=100.0)
+    assert t.check("2001:db8:1:2:ffff::9", "anyone", now=101.0) == Verdict(True, 0.0, "ip")
+    assert t.check("2001:db8:1:3::1", "anyone", now=101.0) == Verdict(False)  # the next /64
+    assert [(b.kind, b.value) for b in t.blocks(101.0)] == [("ip", "2001:db8:1:2::/64")]
+    assert t.unblock("ip", "2001:db8:1:2::77")  # lifted by any address inside it
+    assert not t.check("2001:db8:1:2::1", "anyone", now=101.0).blocked
+
+
+@pytest.mark.parametrize(("ip", "key"), [
+    ("10.0.0.9", "10.0.0.9"), ("::ffff:10.0.0.9", "10.0.0.9"), ("::1", "::/64"),
+    ("fe80::1%eth0", "fe80::/64"), ("2001:DB8::1", "2001:db8::/64"), ("not-an-ip", "not-an-ip")])
+def test_client_key(ip, key):
+    assert throttle.client_key(ip) == key
+
+
+def test_a_success_clears_the_whole_64():
+    t = AuthThrottle(POLICY)
+    for i in range(4):
+        t.failed("2001:db8::1", "scanner", now=100.0 + i)
+    t.succeeded("2001:db8::2", "scanner")
+    assert t.failed("2001:db8::3", "x", now=105.0) == Verdict(False, 1.0)
