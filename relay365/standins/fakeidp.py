@@ -141,7 +141,7 @@ class FakeIdP(SignInFlows):
             self._clients[client_id] = Client(
                 secret, frozenset(m.lower() for m in app_mailboxes),
                 None if redirect_uris is None else frozenset(redirect_uris), public_flows,
-                secret_expires_at)
+                secret_expires_at=secret_expires_at)
 
     def grant_full_access(self, mailbox: str, delegate: str, granted: bool = True) -> None:
         """Exchange's `Add-MailboxPermission -Identity mailbox -User delegate -AccessRights
