@@ -232,3 +232,34 @@ def test_swaks_through_graph(make_relay, tmp_path, pki, idp, upstream, graph):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "<-  250 2.0.0 OK sent through Microsoft Graph" in result.stdout
     find(upstream, CAROL, subject)
+
+
+def test_graph_down_with_fallback_spool_is_250_and_delivered_once(make_relay, tmp_path, pki, idp,
+                                                                  upstream, graph):
+    config = graph_config(tmp_path, pki, idp, upstream, graph)
+    config["users"][0]["fallback"] = "spool"
+    relay = make_relay(config)
+    subject = f"graph fallback {uuid.uuid4()}"
+    graph.fail_next(1, 503, "ServiceUnavailable", retry_after=1)
+    code, text = send(relay.smtp_port, [BOB, CAROL], message(subject, cc=CAROL))
+    assert code == 250 and b"Microsoft Graph" not in text, text  # the spool holds it
+    relay.wait_log("spool_delivered", timeout=30)
+    assert len(find(upstream, BOB, subject)) == 1 and len(find(upstream, CAROL, subject)) == 1
+    time.sleep(1)
+    assert len(find(upstream, BOB, subject)) == 1  # once, not once per attempt
+    assert len(graph.sends(202)) == 1
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_through_graph(make_relay, tmp_path, pki, idp, upstream, graph):
+    relay = make_relay(graph_config(tmp_path, pki, idp, upstream, graph))
+    subject = f"curl graph {uuid.uuid4()}"
+    mail = tmp_path / "mail.eml"
+    mail.write_bytes(message(subject, to=DAVE))
+    result = subprocess.run(
+        ["curl", "-sS", f"smtp://127.0.0.1:{relay.smtp_port}", "--user", f"{USER}:{PASSWORD}",
+         "--mail-from", "printer3@lan.local", "--mail-rcpt", DAVE, "--upload-file", str(mail)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    find(upstream, DAVE, subject)
+    assert len(graph.sends(202)) == 1
