@@ -80,15 +80,17 @@ def wait_for(check, timeout: float = 15.0):
 
 
 def fresh(browser, by: str, selector: str, act=lambda el: el.text):
-    """`act` on the element, again if the page's auto-refresh replaced it in between (the page
-    reloads every few seconds unless an input has the focus)."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    for _ in range(5):
+    """`act` on the element, again if the page's auto-refresh replaced it in between or is still
+    loading the next copy (the page reloads every few seconds unless an input has the focus)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    deadline = time.monotonic() + 10
+    while True:
         try:
             return act(browser.find_element(by, selector))
-        except StaleElementReferenceException:
+        except (StaleElementReferenceException, NoSuchElementException):
+            if time.monotonic() > deadline:
+                raise
             time.sleep(0.2)
-    return act(browser.find_element(by, selector))
 
 
 def start(make_relay, tmp_path, pki, idp, upstream, gate, http: dict):
@@ -150,7 +152,7 @@ def test_operator_sees_the_stuck_message_and_retries_it_by_clicking(
     assert post(f"{base}/action/retry", {"id": entry["id"]})[0] == 403
     fresh(browser, By.CSS_SELECTOR, "form.login input[name=token]", lambda el: el.send_keys(ADMIN_TOKEN))
     fresh(browser, By.CSS_SELECTOR, "form.login button", lambda el: el.click())
-    assert "Logged in" in browser.page_source
+    WebDriverWait(browser, 10).until(lambda b: "Logged in" in b.page_source)
     cookie = browser.get_cookie("relay365_admin")
     assert cookie is not None and cookie["sameSite"] == "Strict" and cookie["httpOnly"]
     jar = {"Cookie": f"relay365_admin={cookie['value']}"}
@@ -165,8 +167,9 @@ def test_operator_sees_the_stuck_message_and_retries_it_by_clicking(
     assert b"0042" in got[0]
     for _ in range(2):  # the IP's block and the user's
         fresh(browser, By.CSS_SELECTOR, "form[action='/action/unblock'] button", lambda el: el.click())
-        assert "block was lifted" in browser.page_source
-    assert "no IP or user is blocked" in fresh(browser, By.ID, "listeners")
+        WebDriverWait(browser, 10).until(lambda b: "block was lifted" in b.page_source)
+    WebDriverWait(browser, 10).until(
+        lambda b: "no IP or user is blocked" in fresh(b, By.ID, "listeners"))
     browser.save_screenshot(str(tmp_path / "status-page-after.png"))
 
 
