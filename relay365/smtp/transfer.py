@@ -66,6 +66,11 @@ class Transfer:
                 if len(self.head) > HEAD_MAX:
                     self._give_up(core.Failed(replies.HEADERS_TOO_BIG))
                 return
+            if m is not None and m.start() > HEAD_MAX:
+                # the blank line came in the same read that took the block over the limit:
+                # how the bytes were cut by the network must not decide whether it is refused
+                self._give_up(core.Failed(replies.HEADERS_TOO_BIG))
+                return
             cut = m.end() if m else len(self.head)
             head, self.head = bytes(self.head), None
             assert self.rewrite_to is not None
