@@ -28,3 +28,16 @@ def test_a_lone_angle_bracket_is_a_syntax_error(line, monkeypatch):
     monkeypatch.setitem(os.environ, "FUZZ_STRICT", "1")
     before = b"AUTH PLAIN AHNjYW5uZXIAcHc=\r\nMAIL FROM:<a@b>\r\n" if line.startswith(b"RCPT") else b""
     smtp_session.smtp_session(b"\x00EHLO x\r\n" + before + line + b"\r\nQUIT\r\n")
+
+
+@pytest.mark.parametrize("line", [b"VRFY (/\xb5\xb5x", b"VRFY (/\rb", b"\xb5\xb5 x", b"NOOP \xff\xfe"])
+def test_client_bytes_echoed_in_a_reply_stay_one_clean_reply(line):
+    """Found by the 1,000,000-input run: aiosmtpd echoes VRFY's argument (and an unknown command)
+    in its reply; bytes that are not UTF-8 made the encode raise - `451 4.3.0 Internal error` and
+    an error logged - and a CR in it split the reply line."""
+    smtp_session.smtp_session(b"\x00EHLO x\r\n" + line + b"\r\n")  # the target's oracle
+    w = smtp_session._world
+    assert w is not None
+    out = w.loop.run_until_complete(w.session(w.ports[0], b"EHLO x\r\n" + line + b"\r\n"))
+    lines = out.split(b"\r\n")[:-1]
+    assert lines and all(smtp_session._REPLY.match(r) and b"\r" not in r for r in lines), lines

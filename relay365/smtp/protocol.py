@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
+import re
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
@@ -57,6 +58,7 @@ class Host(Protocol):
 log = structlog.get_logger("relay365.smtp")
 _conn_ids = itertools.count(1)
 READ_SIZE = 64 * 1024  # DATA is read in chunks this size
+_ONE_LINE = re.compile(r"[\r\n]")
 
 
 class RelaySMTP(SMTP):
@@ -143,6 +145,16 @@ class RelaySMTP(SMTP):
             return replies.INTERNAL_ERROR
 
     # -- commands aiosmtpd gets wrong for us -----------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        """Every reply leaves as one line that encodes. aiosmtpd echoes client text in some replies
+        (VRFY's argument, an unknown command's name), decoded with surrogateescape: bytes that are
+        not UTF-8 made the encode raise, so the client heard `451 4.3.0 Internal error` and an
+        error was logged (found by fuzzing); a CR or LF in it would have split the reply."""
+        if isinstance(status, str):
+            status = _ONE_LINE.sub(" ", status).encode(
+                "utf-8" if self.enable_SMTPUTF8 else "ascii", errors="replace")
+        await super().push(status)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parser raises IndexError on a lone `<` (found by fuzzing): that is
