@@ -1,8 +1,9 @@
 """What the identity-platform stand-in remembers, and the shape of Entra ID's errors.
 
-The records (`Client`, `RefreshToken`, `AuthCode`, `DeviceCode`, `AccessToken`) are the state of
-`relay365.standins.fakeidp.FakeIdP`; `OAuthError` carries an AADSTS code whose description, from
-`DESCRIPTIONS`, reads like Entra ID's, because msal passes error replies through to its caller.
+The records (`Client`, `User`, `RefreshToken`, `AuthCode`, `DeviceCode`, `AccessToken`) are the
+state of `relay365.standins.fakeidp.FakeIdP`; `OAuthError` carries an AADSTS code whose
+description, from `DESCRIPTIONS`, reads like Entra ID's, because msal passes error replies through
+to its caller.
 """
 
 from __future__ import annotations
@@ -65,6 +66,26 @@ class Client:
     public_flows: bool = False
     roles: frozenset[str] = frozenset({"Mail.Send"})  # application permissions (Graph's `roles`)
     secret_expires_at: float | None = None  # then the secret is refused: AADSTS7000222
+    # delegated permissions an admin consented to for every user ("Grant admin consent"): a
+    # refresh token of this app redeems for them too, not only for what its sign-in asked
+    admin_consent: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class User:
+    """A directory user whose sign-in name (`upn`) is not its only address: `mail` is its primary
+    SMTP address, `aliases` its other proxy addresses. Users nobody added are `User(upn, upn)`."""
+    upn: str
+    mail: str
+    aliases: tuple[str, ...] = ()
+
+    def owns(self, address: str) -> bool:
+        return address.lower() in {a.lower() for a in (self.upn, self.mail, *self.aliases)}
+
+    def profile(self) -> dict[str, object]:
+        """What Graph's `GET /me?$select=userPrincipalName,mail,proxyAddresses` answers."""
+        return {"userPrincipalName": self.upn, "mail": self.mail,
+                "proxyAddresses": [f"SMTP:{self.mail}", *(f"smtp:{a}" for a in self.aliases)]}
 
 
 @dataclass(frozen=True)
@@ -133,6 +154,19 @@ def mint(length: int, issuer: str, mailbox: str | None, client: Client | None, c
         claims["upn"], claims["scp"] = mailbox, " ".join(sorted(s.rpartition("/")[2] for s in scopes))
     header = {"typ": "JWT", "alg": "none"}
     return ".".join([b64url(json.dumps(header).encode()), b64url(json.dumps(claims).encode()), ""])
+
+
+def id_token(issuer: str, tenant_id: str, mailbox: str, client_id: str, now: int,
+             nonce: str | None = None) -> str:
+    """An unsigned JWT-shaped id_token for the user `mailbox` (its UPN: `preferred_username`)."""
+    claims = {"aud": client_id, "iss": f"{issuer}/{tenant_id}/v2.0", "iat": now,
+              "nbf": now, "exp": now + 3600, "name": mailbox.split("@")[0],
+              "oid": oid(mailbox), "preferred_username": mailbox,
+              "sub": b64url(uuid.uuid5(uuid.NAMESPACE_URL, client_id + mailbox).bytes),
+              "tid": tenant_id, "uti": secrets.token_urlsafe(16), "ver": "2.0",
+              **({"nonce": nonce} if nonce else {})}
+    return ".".join([b64url(json.dumps({"typ": "JWT", "alg": "none"}).encode()),
+                     b64url(json.dumps(claims).encode()), ""])
 
 
 def token_scopes(consented: frozenset[str] | None, requested: str) -> frozenset[str]:

@@ -3,7 +3,8 @@
 `FakeIdP` is an HTTPS server on 127.0.0.1 (`jsonhttps.JSONHTTPSServer`: stdlib threads, so it works
 from sync tests and beside a running asyncio loop) in front of a small, lock-protected token state:
 
-clients (`add_client`: secret, the mailboxes app-only tokens may open), refresh tokens
+clients (`add_client`: secret, the mailboxes app-only tokens may open; `grant_admin_consent`),
+users with aliases (`add_user`: a token opens every address of its user), refresh tokens
 (`issue_refresh_token`, single use when `rotate`), and access tokens (`entra.mint`: opaque for mail,
 JWTs for Graph) remembered with mailbox, client, scopes and expiry, for `valid_token`'s check.
 
@@ -47,7 +48,9 @@ from .entra import (
     LoggedRequest,
     OAuthError,
     RefreshToken,
+    User,
     b64url,
+    id_token,
     mint,
     oid,
     scope_allows,
@@ -85,6 +88,7 @@ class FakeIdP(SignInFlows):
         self._codes: dict[str, AuthCode] = {}
         self._devices: dict[str, DeviceCode] = {}  # by device_code
         self._full_access: set[tuple[str, str]] = set()  # (mailbox, delegate), lower case
+        self._users: dict[str, User] = {}  # by lower-case UPN: those with more than one address
         self.sign_in_as: str | None = None  # who signs in at /authorize (None: the login_hint)
         self.authorize_error: tuple[str, int] | None = None  # (error, AADSTS code) for /authorize
         self.device_code_lifetime, self.device_interval = 900, 1
@@ -206,7 +210,7 @@ class FakeIdP(SignInFlows):
         if mailbox is None:
             return True
         if at.mailbox is not None:
-            return (at.mailbox.lower() == mailbox.lower()
+            return (self._user(at.mailbox).owns(mailbox)  # the user's own address, or an alias
                     or (mailbox.lower(), at.mailbox.lower()) in self._full_access)
         client = self._clients.get(at.client_id)
         return client is not None and mailbox.lower() in client.app_mailboxes
@@ -299,7 +303,8 @@ class FakeIdP(SignInFlows):
         client_id = self._authenticate_client(req, public=rt is not None and rt.public)
         if rt is None or rt.client_id not in (None, client_id):
             raise OAuthError("invalid_grant", 70000)
-        scopes = token_scopes(rt.scopes, req.form.get("scope", ""))
+        consented = None if rt.scopes is None else rt.scopes | self._clients[client_id].admin_consent
+        scopes = token_scopes(consented, req.form.get("scope", ""))
         new = old
         if self.rotate:
             del self._refresh[old]
@@ -343,15 +348,7 @@ class FakeIdP(SignInFlows):
                 "ext_expires_in": lifetime, "access_token": token}
 
     def _id_token(self, mailbox: str, client_id: str, nonce: str | None = None) -> str:
-        now = int(self.clock())
-        claims = {"aud": client_id, "iss": f"{self.url}/{self.tenant_id}/v2.0", "iat": now,
-                  "nbf": now, "exp": now + 3600, "name": mailbox.split("@")[0],
-                  "oid": oid(mailbox), "preferred_username": mailbox,
-                  "sub": b64url(uuid.uuid5(uuid.NAMESPACE_URL, client_id + mailbox).bytes),
-                  "tid": self.tenant_id, "uti": secrets.token_urlsafe(16), "ver": "2.0",
-                  **({"nonce": nonce} if nonce else {})}
-        return ".".join([b64url(json.dumps({"typ": "JWT", "alg": "none"}).encode()),
-                         b64url(json.dumps(claims).encode()), ""])
+        return id_token(self.url, self.tenant_id, mailbox, client_id, int(self.clock()), nonce)
 
     def _error(self, req: Request, e: OAuthError) -> Reply:
         stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(self.clock()))

@@ -8,6 +8,11 @@ checks PKCE (S256), and its codes are single-use, bound to app and redirect URI,
 answers `authorization_pending` until a test calls `approve_device` (or `decline_device`), and
 `expired_token` after `device_code_lifetime`.
 
+Who signs in is a user named by a UPN; `add_user` gives a user addresses beyond its UPN (a
+primary SMTP address, aliases), which its tokens then open as well, and `user_profile` is what
+Graph's `GET /me` says of a user. `grant_admin_consent` is an admin's consent to delegated
+permissions for every user of an app: its refresh tokens redeem for them without having asked.
+
 `SignInFlows` is a mixin of `relay365.standins.fakeidp.FakeIdP`; `_IdP` names what it uses there.
 """
 
@@ -23,7 +28,16 @@ from dataclasses import replace
 from typing import Protocol
 from urllib.parse import urlencode
 
-from .entra import DESCRIPTIONS, AuthCode, Client, DeviceCode, OAuthError, b64url, redirect_registered
+from .entra import (
+    DESCRIPTIONS,
+    AuthCode,
+    Client,
+    DeviceCode,
+    OAuthError,
+    User,
+    b64url,
+    redirect_registered,
+)
 from .jsonhttps import JSONObject, Reply, Request
 
 
@@ -32,6 +46,7 @@ class _IdP(Protocol):
     _clients: dict[str, Client]
     _codes: dict[str, AuthCode]
     _devices: dict[str, DeviceCode]
+    _users: dict[str, User]
     clock: Callable[[], float]
     sign_in_as: str | None
     authorize_error: tuple[str, int] | None
@@ -64,6 +79,28 @@ class SignInFlows:
         """The application permissions an app was granted (the `roles` of its app-only tokens)."""
         with self._lock:
             self._clients[client_id] = replace(self._clients[client_id], roles=frozenset(roles))
+
+    def grant_admin_consent(self: _IdP, client_id: str, scopes: set[str]) -> None:
+        """Delegated permissions (`https://graph.microsoft.com/User.Read`) consented for every user."""
+        with self._lock:
+            client = self._clients[client_id]
+            self._clients[client_id] = replace(client, admin_consent=frozenset(scopes))
+
+    def add_user(self: _IdP, upn: str, addresses: list[str] | tuple[str, ...] = (), *,
+                 mail: str | None = None) -> None:
+        """A user signing in as `upn` whose mailbox also has `addresses` (proxy addresses, e.g.
+        an alias), and `mail` as its primary SMTP address (default: the UPN)."""
+        with self._lock:
+            self._users[upn.lower()] = User(upn, mail or upn, tuple(addresses))
+
+    def user_profile(self: _IdP, upn: str) -> dict[str, object]:
+        """Graph's `GET /me` for the user `upn` (userPrincipalName, mail, proxyAddresses)."""
+        with self._lock:
+            return self._users.get(upn.lower(), User(upn, upn)).profile()
+
+    def _user(self: _IdP, upn: str) -> User:
+        """(Under `_lock`.) The directory entry of the user `upn`."""
+        return self._users.get(upn.lower(), User(upn, upn))
 
     def approve_device(self: _IdP, user_code: str, as_user: str) -> None:
         """The user entered `user_code` at the verification page and signed in as `as_user`."""
