@@ -18,6 +18,12 @@ connection, so it runs beside an asyncio loop or a subprocess relay alike). It a
   the real Dovecot's LMTP socket, so what a recipient gets is in a real mailbox); a copy is kept
   in `sent_items[mailbox]`, as Exchange saves every MIME send to Sent Items.
 
+`GET /v1.0/me` (what `relay365 auth` asks when the sign-in name is not the mailbox) needs a live
+delegated token for this resource with `User.Read` (else 401, or 403 `Authorization_RequestDenied`;
+an app-only token gets 400, as /me has no user); the user is the token's `upn` claim, checked with
+`check_token(token, upn)`, and `profile(upn)` (e.g. `FakeIdP.user_profile`) says what to answer
+(default: the UPN is the only address), reduced to the `$select`ed properties.
+
 Large messages: drafts (`POST .../messages`), attachments, upload sessions (`PUT /upload/{token}`
 with its Content-Range rules) and `.../send` are `graphdrafts.Drafts` (`self.drafts`, with its
 `session_ttl` and the `pieces` it accepted); drafts need `Mail.ReadWrite` (or app-only
@@ -49,7 +55,7 @@ from email.utils import getaddresses
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from .graphdrafts import Drafts, Sent
 
@@ -83,13 +89,15 @@ class FakeGraph:
     def __init__(self, cert_file: str | Path, key_file: str | Path, *,
                  check_token: Callable[[str, str], bool],
                  token_scopes: Callable[[str], Iterable[str]],
-                 deliver: Deliver | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+                 deliver: Deliver | None = None, host: str = "127.0.0.1", port: int = 0,
+                 profile: Callable[[str], dict[str, object]] | None = None) -> None:
         if not ip_address(host).is_loopback:
             raise ValueError("test servers bind only loopback addresses")
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._tls.load_cert_chain(str(cert_file), str(key_file))
         self._addr = (host, port)
         self.check_token, self.token_scopes, self.deliver = check_token, token_scopes, deliver
+        self.profile = profile or _only_upn
         self.delay = 0.0
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
@@ -161,8 +169,8 @@ class FakeGraph:
 
     # -- one request (in the connection's thread) -------------------------------------------
 
-    def handle(self, method: str, path: str, headers: dict[str, str],
-               body: bytes | None) -> tuple[int, dict[str, object] | None, dict[str, str]]:
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes | None,
+               query: str = "") -> tuple[int, dict[str, object] | None, dict[str, str]]:
         mailbox = unquote(path.split("/users/", 1)[1].split("/", 1)[0]) if "/users/" in path else ""
         token = headers.get("authorization", "").removeprefix("Bearer ").strip()
         scopes = frozenset(self.token_scopes(token)) if token else frozenset()
@@ -173,8 +181,11 @@ class FakeGraph:
         try:
             if self.delay:
                 time.sleep(self.delay)
-            status, error, extra = self._answer(method, path, mailbox, token, scopes, body,
-                                                headers.get("content-range", ""))
+            if path == "/v1.0/me":
+                status, error, extra = self._me(method, token, scopes, query)
+            else:
+                status, error, extra = self._answer(method, path, mailbox, token, scopes, body,
+                                                    headers.get("content-range", ""))
         finally:
             with self._lock:
                 self._in_flight[mailbox.lower()] -= 1
@@ -209,6 +220,27 @@ class FakeGraph:
         if rest == "sendMail":
             return self._send_mime(mailbox, body)
         return self._draft_call(method, rest, mailbox, body)
+
+    def _me(self, method: str, token: str, scopes: frozenset[str], query: str
+            ) -> tuple[int, dict[str, object] | None, dict[str, str]]:
+        if method != "GET":
+            return _error(405, "Request_BadRequest", "Specified HTTP method is not allowed.")
+        if not any(s.startswith(f"{self.url}/") for s in scopes):  # dead, or not Graph's audience
+            return _error(401, "InvalidAuthenticationToken", "Access token validation failure.")
+        upn = _claims(token).get("upn")
+        if not isinstance(upn, str):
+            return _error(400, "BadRequest", "/me request is only valid with delegated "
+                          "authentication flow.")
+        if not self.check_token(token, upn):
+            return _error(401, "InvalidAuthenticationToken", "Access token validation failure.")
+        if f"{self.url}/User.Read" not in scopes:
+            return _error(403, "Authorization_RequestDenied",
+                          "Insufficient privileges to complete the operation.")
+        found = self.profile(upn)
+        select = parse_qs(query).get("$select", [""])[0].split(",")
+        if select != [""]:
+            found = {k: v for k, v in found.items() if k in select}
+        return 200, {"@odata.context": f"{self.base_url}/$metadata#users/$entity", **found}, {}
 
     def _send_mime(self, mailbox: str, body: bytes
                    ) -> tuple[int, dict[str, object] | None, dict[str, str]]:
@@ -254,6 +286,20 @@ class FakeGraph:
         if not isinstance(sent, Sent):
             return sent
         return self._deliver(mailbox, sent.rcpts, sent.mime, keep=sent.keep)
+
+
+def _only_upn(upn: str) -> dict[str, object]:
+    return {"userPrincipalName": upn, "mail": upn, "proxyAddresses": [f"SMTP:{upn}"]}
+
+
+def _claims(token: str) -> dict[str, object]:
+    """The payload of the fake identity platform's (unsigned) JWT; {} for any other token."""
+    try:
+        payload = token.split(".")[1]
+        found = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _recipients(mime: bytes) -> tuple[list[str], bytes]:
@@ -332,7 +378,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         graph = self.server.graph
         try:
-            status, payload, extra = graph.handle(method, self.path.split("?", 1)[0], headers, body)
+            path, _, query = self.path.partition("?")
+            status, payload, extra = graph.handle(method, path, headers, body, query)
         except Exception as exc:  # a bug in the fake: kept for the test, answered as Graph would
             graph.errors.append(exc)
             status, payload, extra = _error(500, "InternalServerError", "fake graph failed")
