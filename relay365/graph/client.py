@@ -7,6 +7,9 @@ from the environment like requests (the token client) honours them. Every answer
 kept for the log. At most MAILBOX_CONCURRENCY requests per mailbox are in flight (Exchange's
 MailboxConcurrency limit); a 401 gets one new token and one retry; everything else is raised as a
 `GraphError` for the caller (the spool waits Retry-After - nothing here loops on a 429).
+
+`my_addresses` is the one synchronous call, for `relay365 auth`: the signed-in user's addresses
+(`GET /me`), with a token the caller got for User.Read, on the same TLS, proxy and timeouts.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ..tokens.manager import GRAPH, TokenManager
 from .errors import GraphError, from_response, graph_code, timeout
 
 MAILBOX_CONCURRENCY = 4
+ME = "/me?$select=userPrincipalName,mail,proxyAddresses"
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,7 @@ class GraphClient:
                  tls: ssl.SSLContext | None = None) -> None:
         self.config = config
         self.tokens = tokens
-        up = config.upstream
-        self._http = httpx.AsyncClient(
-            verify=tls or client_context(up.ca_file), trust_env=True,
-            timeout=httpx.Timeout(up.timeout, connect=up.connect_timeout))
+        self._http = httpx.AsyncClient(**_options(config, tls))
         self._slots: dict[str, asyncio.Semaphore] = {}
 
     def configure(self, config: Config) -> None:
@@ -135,3 +136,44 @@ class GraphClient:
 @dataclass(frozen=True)
 class _Raw(Answer):
     headers: dict[str, str]
+
+
+def _options(config: Config, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+    """httpx's client options: the mail servers' trust, HTTPS_PROXY/NO_PROXY, upstream timeouts."""
+    up = config.upstream
+    return {"verify": tls or client_context(up.ca_file), "trust_env": True,
+            "timeout": httpx.Timeout(up.timeout, connect=up.connect_timeout)}
+
+
+def my_addresses(config: Config, token: Secret) -> frozenset[str]:
+    """`GET /me` with a delegated User.Read token: the signed-in user's addresses. Raises GraphError."""
+    try:
+        with httpx.Client(**_options(config)) as http:
+            r = http.get(config.upstream.graph.base_url.rstrip("/") + ME,
+                         headers={"Authorization": f"Bearer {token.reveal()}"})
+    except httpx.HTTPError as exc:
+        raise GraphError(f"Graph GET /me: {type(exc).__name__}: {exc}", code=451,
+                         text="4.4.1 Cannot reach Microsoft Graph, try again later",
+                         transient=True, status=0) from None
+    if r.status_code != 200:
+        raise from_response(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
+    try:
+        return addresses(r.json())
+    except ValueError:
+        raise GraphError("Graph GET /me: an answer that is not JSON", code=451,
+                         text="4.4.0 Microsoft Graph answered nonsense, try again later",
+                         transient=True, status=r.status_code) from None
+
+
+def addresses(me: object) -> frozenset[str]:
+    """The userPrincipalName, mail and SMTP proxyAddresses of a `GET /me` answer, lower case.
+
+    proxyAddresses are Exchange's `SMTP:primary@x` and `smtp:alias@x` (other kinds, `X500:`,
+    `SIP:`, are no mail addresses)."""
+    if not isinstance(me, dict):
+        return frozenset()
+    found = [me.get("userPrincipalName"), me.get("mail")]
+    proxies = me.get("proxyAddresses")
+    if isinstance(proxies, list):
+        found += [p[5:] for p in proxies if isinstance(p, str) and p[:5].lower() == "smtp:"]
+    return frozenset(a.strip().lower() for a in found if isinstance(a, str) and a.strip())
