@@ -18,6 +18,9 @@ the daemon uses, so a running daemon picks it up at its next refresh without a r
 - `--refresh-token-stdin`: import a token obtained elsewhere; it is redeemed once to prove it works.
 
 The signed-in user must be the mailbox asked for: a token for anybody else is refused, not stored.
+When the sign-in name differs (an alias or proxy address, a UPN on another domain), Microsoft Graph
+says whether the mailbox is one of the user's addresses (`GET /me`, User.Read); only then is Graph
+asked, and if it cannot be, nothing is stored either.
 """
 
 from __future__ import annotations
@@ -171,28 +174,60 @@ class Onboarding:
 
     # -- after any of them ---------------------------------------------------------------------
 
-    def check_identity(self, result: Result) -> None:
+    def check_identity(self, result: Result, fallback: Secret | None = None) -> Result:
+        """The result to store, if the signed-in user is the mailbox or has it as an address."""
         claims = result.get("id_token_claims") or {}
         who = claims.get("preferred_username") or claims.get("upn") or claims.get("email")
-        if who is None:
-            return  # an imported token may come without an id_token; the upstream login checks it
-        if who.lower() != self.account.mailbox.lower():
-            raise OnboardError(f"signed in as {who}, but the account is {self.account.mailbox}; "
-                               f"nothing was stored. Sign in as {self.account.mailbox} (the URL "
-                               f"pre-fills it; use a private window if the browser picks another "
-                               f"account)")
+        mailbox = self.account.mailbox
+        if who is None or who.lower() == mailbox.lower():
+            return result  # an imported token may come without an id_token; the upstream login checks it
+        owned, rt = self._addresses(who, _refresh_token(result, fallback))
+        if mailbox.lower() not in owned:
+            raise OnboardError(f"signed in as {who}, but the account is {mailbox}; nothing was "
+                               f"stored. Microsoft Graph lists {who}'s addresses as "
+                               f"{', '.join(sorted(owned)) or '(none)'}, and {mailbox} is not one of "
+                               f"them. Sign in as {mailbox} (the URL pre-fills it; use a private "
+                               f"window if the browser picks another account)")
+        self.say(f"Signed in as {who}; Microsoft Graph lists {mailbox} among its addresses.")
+        return {**result, "refresh_token": rt.reveal()}
+
+    def _addresses(self, who: str, rt: Secret) -> tuple[frozenset[str], Secret]:
+        """`who`'s addresses from Graph (a User.Read token from the fresh refresh token, redeemed
+        as the sign-in's client: a device flow's is a public one's), and the refresh token to keep."""
+        from .graph.client import my_addresses
+        from .graph.errors import GraphError
+
+        graph = self.config.upstream.graph
+        try:
+            got = self._msal(lambda a: a.acquire_token_by_refresh_token(
+                rt.reveal(), [f"{graph.resource}/User.Read"]), public=self.public)
+            rt = Secret(str(got.get("refresh_token") or rt.reveal()))
+            return my_addresses(self.config, Secret(str(got["access_token"]))), rt
+        except TokenError as exc:
+            why = f"no Microsoft Graph token for User.Read: {exc.error} ({_code(exc)})"
+            transient = exc.transient
+        except GraphError as exc:
+            why = f"Microsoft Graph's GET /me answered {exc}" if exc.status else str(exc)
+            transient = exc.transient and exc.status != 401  # 401/403: the token lacks User.Read
+        mailbox = self.account.mailbox
+        todo = (f"check that this host reaches {graph.base_url} (proxy, firewall) and run relay365 "
+                f"auth again" if transient else
+                "add the delegated Microsoft Graph permission User.Read to the app registration, "
+                "grant admin consent and run relay365 auth again")
+        raise OnboardError(
+            f"signed in as {who}, but the account is {mailbox}; nothing was stored. Whether "
+            f"{mailbox} is one of {who}'s addresses (an alias) could not be checked: {why}. To "
+            f"use {who}'s sign-in for {mailbox}: {todo}. Or set the account's mailbox to the "
+            f"sign-in name {who} (if that is the mailbox's address), or sign in as {mailbox}")
 
     def store(self, result: Result, fallback: Secret | None = None) -> None:
-        rt = result.get("refresh_token") or (fallback.reveal() if fallback else None)
-        if not rt:
-            raise OnboardError("the identity platform returned no refresh token: add the "
-                               "offline_access permission to the app registration")
+        rt = _refresh_token(result, fallback)
         if self.graph_scopes:
-            rt = self.check_graph(Secret(rt)).reveal()
+            rt = self.check_graph(rt)
         store = TokenStore(self.config.state_dir)
         with store.account_lock(self.account.mailbox):
             # keep the config's seed fingerprint, so an old seed never overrides this token
-            store.put(self.account.mailbox, Secret(rt),
+            store.put(self.account.mailbox, rt,
                       seed_fingerprint=fingerprint(self.account.refresh_token), public=self.public)
         kind = " (a public client's: refreshed without the client secret)" if self.public else ""
         self.say(f"Stored a refresh token for {self.account.mailbox} in {store.path} "
@@ -224,6 +259,14 @@ PUBLIC_FLOWS_SETTING = ("turn on 'Allow public client flows' in the app registra
 
 def _code(exc: TokenError) -> str:
     return f"AADSTS{exc.code}" if isinstance(exc.code, int) else str(exc.code)
+
+
+def _refresh_token(result: Result, fallback: Secret | None) -> Secret:
+    rt = result.get("refresh_token") or (fallback.reveal() if fallback else None)
+    if not rt:
+        raise OnboardError("the identity platform returned no refresh token: add the "
+                           "offline_access permission to the app registration")
+    return Secret(str(rt))
 
 
 def _pasted_params(pasted: str) -> dict[str, str]:
@@ -315,13 +358,11 @@ def run_auth(config: Config, mailbox: str, *, device: bool, token_stdin: bool, v
             if not raw:
                 raise OnboardError("no refresh token on standard input")
             result = ob.import_token(Secret(raw))
-            ob.check_identity(result)
-            ob.store(result, fallback=Secret(raw))
+            ob.store(ob.check_identity(result, Secret(raw)), fallback=Secret(raw))
         else:
             result = ob.device() if device else ob.auth_code(redirect_uri or NATIVE_CLIENT,
                                                              read_line=lambda: stdin.readline())
-            ob.check_identity(result)
-            ob.store(result)
+            ob.store(ob.check_identity(result))
     except TokenError as exc:
         code = f"AADSTS{exc.code}" if isinstance(exc.code, int) else exc.code
         print(f"relay365: {mailbox}: {exc.error} ({code}): {exc.action}", file=sys.stderr)

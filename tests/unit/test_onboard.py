@@ -22,6 +22,7 @@ import requests
 
 from relay365.config import load_config
 from relay365.onboard import run_auth
+from relay365.standins.fakegraph import FakeGraph
 from relay365.standins.fakeidp import FakeIdP
 from relay365.tokens.store import TokenStore
 
@@ -39,15 +40,22 @@ def idp(certs, clock):
         assert idp.errors == []
 
 
+# Graph, when a sign-in name is not the mailbox: the stand-in, or (by default) a port where nothing
+# listens, so that no test ever sends a token to the real graph.microsoft.com
+NO_GRAPH = "https://127.0.0.1:9/v1.0"
+
+
 def make_config(tmp_path, idp, certs, *, cloud="global", tenant="contoso.test", client="conf-app",
-                mailbox=MAILBOX):
-    secret = "client_secret: s3cret, " if client == "conf-app" else ""
+                mailbox=MAILBOX, graph_url=NO_GRAPH, secret=None):
+    secret = secret or ("s3cret" if client == "conf-app" else None)
+    secret = f"client_secret: {secret}, " if secret else ""
     path = tmp_path / "relay.yaml"
     path.write_text(f"""
 state_dir: state
 apps:
   default: {{client_id: {client}, {secret}tenant: {tenant}, cloud: {cloud}, authority: "{idp.url}",
              ca_file: "{certs.ca_file}"}}
+upstream: {{ca_file: "{certs.ca_file}", graph: {{base_url: "{graph_url}"}}}}
 accounts: [{{mailbox: {mailbox}}}]
 smtp: {{unauthenticated: [{{network: 10.0.0.0/8, mailbox: {mailbox}}}]}}
 """)
@@ -357,3 +365,127 @@ def test_the_example_config_switched_to_a_national_cloud_signs_in_there(monkeypa
     assert config.scopes_for(config.accounts[0])[0].startswith(
         f"https://{config.apps['default'].scope_resource}/")
     assert config.apps["default"].scope_resource != "outlook.office.com"
+
+
+# -- a sign-in name that is not the mailbox: Graph says whose addresses it has --------------------
+
+UPN = "j.smith@example.test"
+
+
+@pytest.fixture
+def graph(certs, idp):
+    with FakeGraph(certs.cert_file, certs.key_file, check_token=idp.valid_token,
+                   token_scopes=idp.token_scopes, profile=idp.user_profile) as graph:
+        yield graph
+        assert graph.errors == []
+
+
+def user_read(idp, graph, client="conf-app") -> None:
+    """The README's app registration: delegated User.Read, admin consent granted."""
+    idp.grant_admin_consent(client, {f"{graph.url}/User.Read"})
+
+
+def me_requests(graph) -> list:
+    return [(r.method, r.path, r.status) for r in graph.requests]
+
+
+@pytest.mark.parametrize("upn, directory", [
+    (UPN, {"addresses": [MAILBOX]}),  # the mailbox is an alias (smtp:) of j.smith's
+    ("scanner@corp.example.test", {"mail": MAILBOX}),  # a UPN on another domain; SMTP: primary
+])
+def test_a_sign_in_name_that_has_the_mailbox_among_its_addresses_is_stored(
+        tmp_path, idp, certs, browser, graph, upn, directory):
+    idp.add_user(upn, **directory)
+    user_read(idp, graph)
+    idp.sign_in_as = upn
+    config = make_config(tmp_path, idp, certs, graph_url=graph.base_url)
+    term = Terminal(paste(browser))
+    assert auth(config, term) == 0, term.text
+    assert f"Signed in as {upn}; Microsoft Graph lists {MAILBOX} among its addresses" in term.text
+    assert me_requests(graph) == [("GET", "/v1.0/me", 200)]
+    # what is stored is the token the User.Read redemption rotated to, and it opens the mailbox
+    rt = stored(config)
+    answer = requests.post(f"{idp.url}/contoso.test/oauth2/v2.0/token", verify=str(certs.ca_file), data={
+        "grant_type": "refresh_token", "client_id": "conf-app", "client_secret": "s3cret",
+        "refresh_token": rt, "scope": "https://outlook.office.com/SMTP.Send"}).json()
+    assert idp.valid_token(answer["access_token"], MAILBOX), answer
+
+
+def test_a_sign_in_name_without_the_mailbox_among_its_addresses_is_refused(
+        tmp_path, idp, certs, browser, graph, capsys):
+    idp.add_user("intern@example.test", addresses=["printer-intern@example.test"])
+    user_read(idp, graph)
+    idp.sign_in_as = "intern@example.test"
+    config = make_config(tmp_path, idp, certs, graph_url=graph.base_url)
+    err = refused(capsys, config, auth(config, term=Terminal(paste(browser))))
+    assert f"signed in as intern@example.test, but the account is {MAILBOX}; nothing was stored" in err
+    assert "intern@example.test, printer-intern@example.test" in err  # what Graph listed
+    assert f"{MAILBOX} is not one of them" in err and f"Sign in as {MAILBOX}" in err
+    assert me_requests(graph) == [("GET", "/v1.0/me", 200)]
+
+
+@pytest.mark.parametrize("who", [MAILBOX, MAILBOX.upper()])
+def test_the_same_name_asks_graph_nothing(tmp_path, idp, certs, browser, graph, who):
+    user_read(idp, graph)
+    idp.sign_in_as = who
+    config = make_config(tmp_path, idp, certs, graph_url=graph.base_url)
+    term = Terminal(paste(browser))
+    assert auth(config, term) == 0, term.text
+    assert stored(config)
+    assert graph.requests == [] and idp.grants["refresh_token"] == 0  # no User.Read token either
+    assert "Microsoft Graph" not in term.text
+
+
+def test_without_user_read_consent_the_refusal_names_the_code_and_the_way_out(
+        tmp_path, idp, certs, browser, graph, capsys):
+    idp.add_user(UPN, addresses=[MAILBOX])  # would be accepted, if Graph could be asked
+    idp.sign_in_as = UPN
+    config = make_config(tmp_path, idp, certs, graph_url=graph.base_url)
+    err = refused(capsys, config, auth(config, term=Terminal(paste(browser))))
+    assert f"signed in as {UPN}, but the account is {MAILBOX}; nothing was stored" in err
+    assert "no Microsoft Graph token for User.Read: invalid_grant (AADSTS65001)" in err
+    assert "User.Read to the app registration, grant admin consent" in err
+    assert f"set the account's mailbox to the sign-in name {UPN}" in err
+    assert graph.requests == []
+
+
+def test_graph_out_of_reach_is_a_refusal_that_names_the_error(tmp_path, idp, certs, browser, capsys):
+    idp.add_user(UPN, addresses=[MAILBOX])
+    idp.grant_admin_consent("conf-app", {NO_GRAPH.removesuffix("/v1.0") + "/User.Read"})
+    idp.sign_in_as = UPN
+    config = make_config(tmp_path, idp, certs)  # Graph at a port where nothing listens
+    err = refused(capsys, config, auth(config, term=Terminal(paste(browser))))
+    assert f"signed in as {UPN}, but the account is {MAILBOX}; nothing was stored" in err
+    assert "could not be checked: Graph GET /me: ConnectError" in err
+    assert f"check that this host reaches {NO_GRAPH}" in err
+
+
+def test_device_flow_of_a_confidential_app_asks_graph_as_a_public_client(
+        tmp_path, idp, certs, graph):
+    """A device-flow token is a public client's: its User.Read redemption goes without the secret
+    (with it, Entra ID answers AADSTS700025), and the token is stored marked public."""
+    idp.add_client("both-app", "s3cret", public_flows=True)
+    user_read(idp, graph, client="both-app")
+    idp.add_user(UPN, addresses=[MAILBOX])
+    config = make_config(tmp_path, idp, certs, client="both-app", secret="s3cret",
+                         graph_url=graph.base_url)
+    term = Terminal()
+    done = in_background(auth, config, term, device=True)
+    idp.approve_device(term.wait_for(r"enter the code (\w+)").group(1), as_user=UPN)
+    assert done.result(30) == 0, term.text
+    assert "a public client's" in term.text and me_requests(graph) == [("GET", "/v1.0/me", 200)]
+    refreshes = [r for r in idp.request_log if r.grant_type == "refresh_token"]
+    assert [(r.status, r.with_secret) for r in refreshes] == [(200, False)]
+    token = TokenStore(config.state_dir).get(MAILBOX)
+    assert token is not None and token.public
+
+
+def test_an_imported_token_of_the_mailboxs_owner_is_stored_rotated(tmp_path, idp, certs, graph):
+    idp.add_user(UPN, addresses=[MAILBOX])
+    raw = idp.issue_refresh_token(UPN)
+    config = make_config(tmp_path, idp, certs, graph_url=graph.base_url)
+    term = Terminal(lambda t: raw + "\n")
+    assert auth(config, term, token_stdin=True) == 0, term.text
+    rt = stored(config)
+    assert rt and rt != raw  # the import and the User.Read redemption each rotated it
+    assert me_requests(graph) == [("GET", "/v1.0/me", 200)]
