@@ -5,8 +5,10 @@ subclass changes only what a LAN full of printers showed to be wrong, each in on
 - bookkeeping: a connection is counted once (the limits, the drain) and released once, however it
   ends. A client that connects and closes before the greeting (load-balancer probes, `nc -z`,
   port scanners) used to stay counted forever under uvloop: aiosmtpd cancels its session on EOF
-  but leaves the half-closed transport open, so `connection_lost` never came. `eof_received`
-  now closes it.
+  but leaves the half-closed transport open, so `connection_lost` never came. Now the session
+  reads what the client sent before its EOF, answers it, and closes (a half-closed `nc -q0`
+  client used to lose its pipelined commands, its message included).
+- replies: every reply is one line that encodes (aiosmtpd echoes client bytes in some).
 - AUTH after HELO: many scanners say HELO, never EHLO, then AUTH LOGIN/PLAIN; Postfix and Exchange
   accept it, aiosmtpd answered 500. The capability list is still only shown after EHLO.
 - DATA is read by `relay365.smtp.data.DataReader` (bare LF as a line end, end of DATA only at
@@ -59,6 +61,7 @@ log = structlog.get_logger("relay365.smtp")
 _conn_ids = itertools.count(1)
 READ_SIZE = 64 * 1024  # DATA is read in chunks this size
 _ONE_LINE = re.compile(r"[\r\n]")
+EOF_LINGER = 30.0  # seconds a half-closed client has to read its last replies
 
 
 class RelaySMTP(SMTP):
@@ -108,10 +111,31 @@ class RelaySMTP(SMTP):
         self._ctx.run(self.relay.closed, self, state)
 
     def eof_received(self) -> bool | None:
-        super().eof_received()  # cancels aiosmtpd's session task
+        """The client is done sending. A plain-text client that half-closed (`nc -q0`, a script's
+        `shutdown(SHUT_WR)`) still has its commands answered, in order: the session reads to the
+        end of its input, then `handle_exception` closes the connection. aiosmtpd cancels its
+        session task here instead, which dropped every command still unread. Over TLS a
+        transport cannot stay half-open: the session ends at once, as before."""
+        task, transport = self._handler_coroutine, self.transport
+        tls = transport is not None and transport.get_extra_info("sslcontext") is not None
+        if self.session is None or self.session.ssl is not None or tls or task is None or task.done():
+            SMTP.eof_received(self)  # cancels aiosmtpd's session task
+            if self.transport is not None:
+                self.transport.close()  # nobody reads or writes any more: let connection_lost come
+            return False
+        asyncio.StreamReaderProtocol.eof_received(self)  # the reader sees the end after the rest
+        return True  # keep our side open for the replies
+
+    async def handle_exception(self, error: Exception) -> str:
+        if not isinstance(error, asyncio.IncompleteReadError):
+            return await super().handle_exception(error)  # the handler's: logged, 451
+        # the end of a half-closed client's input: every command before it has been answered
         if self.transport is not None:
-            self.transport.close()  # nobody reads or writes any more: let connection_lost come
-        return False
+            self.transport.close()
+        await asyncio.sleep(EOF_LINGER)  # connection_lost cancels this once the replies are out
+        if self.transport is not None:  # a peer that reads nothing: do not wait for it for ever
+            cast("asyncio.WriteTransport", self.transport).abort()
+        return ""  # not sent: push() writes nothing to a closing transport
 
     def _expired(self) -> None:
         """Older than smtp.max_session_time: RFC 5321 allows a 421 at any time."""
@@ -151,6 +175,9 @@ class RelaySMTP(SMTP):
         (VRFY's argument, an unknown command's name), decoded with surrogateescape: bytes that are
         not UTF-8 made the encode raise, so the client heard `451 4.3.0 Internal error` and an
         error was logged (found by fuzzing); a CR or LF in it would have split the reply."""
+        if self.transport is None or self.transport.is_closing():
+            await asyncio.sleep(0)  # let connection_lost end the session task
+            return
         if isinstance(status, str):
             status = _ONE_LINE.sub(" ", status).encode(
                 "utf-8" if self.enable_SMTPUTF8 else "ascii", errors="replace")

@@ -207,3 +207,44 @@ def test_a_burst_of_500_connections_is_accepted(make_relay, upstream):
     with concurrent.futures.ThreadPoolExecutor(max_workers=250) as pool:
         greetings = list(pool.map(greet, range(500)))
     assert all(g.startswith(b"220") for g in greetings)
+
+
+def _half_closed_session(port: int, commands: bytes) -> bytes:
+    """Send everything at once, shut our sending side (as `nc -q0` or a script does), then read
+    every reply until the relay closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(commands)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def test_a_client_that_half_closes_still_gets_its_message_sent_and_every_reply(make_relay, upstream):
+    """RELIABILITY.md's "found, not fixed" item: the relay ended the session at the client's EOF
+    and dropped the commands it had not read yet, so a message piped in with `nc -q0` was lost."""
+    relay = make_relay(smtp={})
+    subject = f"half-close {uuid.uuid4()}"
+    token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
+    out = _half_closed_session(relay.smtp_port, (
+        b"EHLO script.lan\r\nAUTH PLAIN " + token + b"\r\nMAIL FROM:<cron@lan.local>\r\n"
+        + f"RCPT TO:<bob@{DOMAIN}>\r\n".encode() + b"DATA\r\n"
+        + f"Subject: {subject}\r\n\r\nnightly report\r\n.\r\nQUIT\r\n".encode()))
+    codes = [line[:3] for line in out.split(b"\r\n") if line[3:4] == b" "]
+    assert codes == [b"220", b"250", b"235", b"250", b"250", b"354", b"250", b"221"], out
+    delivered(upstream, f"bob@{DOMAIN}", subject)
+
+
+def test_half_closed_clients_without_quit_are_closed_and_release_their_slot(make_relay, upstream):
+    relay = make_relay(smtp={}, limits={"max_connections_per_ip": 5})
+    for _ in range(20):  # more than the per-address limit: a leaked slot would 421 the send below
+        out = _half_closed_session(relay.smtp_port, b"EHLO probe\r\nNOOP\r\n")
+        assert out.startswith(b"220") and out.count(b"\r\n250 ") == 2, out
+    for _ in range(20):  # and an unfinished DATA: nothing delivered, the session still ends
+        out = _half_closed_session(relay.smtp_port, b"EHLO probe\r\nAUTH PLAIN "
+                                   + base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
+                                   + f"\r\nMAIL FROM:<a@lan>\r\nRCPT TO:<bob@{DOMAIN}>\r\n".encode()
+                                   + b"DATA\r\nSubject: cut\r\n\r\nno end marker\r\n")
+        assert b"354" in out and out.count(b"\r\n250 ") == 3, out
+    send(relay.smtp_port, f"after {uuid.uuid4()}")
