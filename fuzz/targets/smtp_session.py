@@ -4,7 +4,7 @@ process, on 127.0.0.1, fed each input over a real TCP connection.
 Two listeners: a plain one (one local user; no unauthenticated network), and one behind PROXY
 (127.0.0.1 trusted, 10.0.0.0/8 may send without a password). Both spool, so nothing leaves the
 machine; the worker is not started. The first input byte picks the listener, the rest is what
-the client sends, then it half-closes and reads until the relay closes.
+the client sends, then it QUITs and reads until the relay closes.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ class _World:
     async def session(self, port: int, data: bytes) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            # no half-close: the relay ends a session at the client's EOF (commands still in
-            # flight are dropped); end any DATA or AUTH step and QUIT instead, as clients do
+            # end any DATA or AUTH step and QUIT, as clients do (a half-close is answered too
+            # since 5c9ab17, but then every session would wait for its own end of input)
             writer.write(data + END)
             await writer.drain()
         except ConnectionError:
