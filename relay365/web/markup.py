@@ -1,19 +1,24 @@
-"""Small HTML helpers for the status page: every value goes through `esc`, times read as people do.
+"""The status page's template engine (Jinja2, autoescaping) and the filters its templates use.
 
-Pure: time comes in as `now`. A cell is either escaped text (`esc`) or markup built here from
-escaped parts; nothing from a client, an envelope or an upstream reply is ever written unescaped.
+Every value a template prints is escaped by the engine - quotes included, so attributes are safe
+too; nothing from a client, an envelope or an upstream reply reaches the page unescaped. The
+markup is in templates/; the one element Python writes (`ago`'s `<time>`) is put together from
+parts escaped by the engine's own `escape`. `StrictUndefined`: a name a template uses but the
+code never passed is an error, not an empty cell. `finalize` prints None as a dash, the page's
+"nothing here".
+
+Pure: the templates ship inside the package and are all loaded and compiled here, once, at import
+(`auto_reload` off), so a render reads no file; time comes in as `now`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from html import escape
 
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template, select_autoescape
+from markupsafe import Markup, escape
 
-def esc(value: object) -> str:
-    """Text as HTML, quotes included (safe in attributes too); None reads as a dash."""
-    return "-" if value is None else escape(str(value), quote=True)
+from .sections import recipients, state_class
 
 
 def span(seconds: float) -> str:
@@ -31,12 +36,21 @@ def stamp(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def ago(ts: float | None, now: float) -> str:
-    """`<time>` with the UTC stamp as title: "5m ago", "in 3m", or a dash."""
+def relative(ts: float, now: float) -> str:
+    """A moment as people say it: "5m ago", "in 3m"."""
+    return f"in {span(ts - now)}" if ts > now else f"{span(now - ts)} ago"
+
+
+def ago(ts: float | None, now: float) -> Markup | str:
+    """`<time>` reading "5m ago" or "in 3m" with the UTC stamp as its title, or a dash.
+
+    The one element Python writes, from parts escaped with the engine's own `escape`: a filter,
+    not a template macro, because it runs for every queue row and a macro call (or Markup.format)
+    costs several times the formatting."""
     if not ts:
         return "-"
-    rel = f"in {span(ts - now)}" if ts > now else f"{span(now - ts)} ago"
-    return f'<time datetime="{stamp(ts)}" title="{stamp(ts)}">{rel}</time>'
+    utc = escape(stamp(ts))
+    return Markup(f'<time datetime="{utc}" title="{utc}">{escape(relative(ts, now))}</time>')
 
 
 def size(n: int) -> str:
@@ -46,20 +60,15 @@ def size(n: int) -> str:
     return f"{n} B"
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, cls: str, empty: str) -> str:
-    """A table whose cells are already markup; `empty` is shown when there are no rows."""
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    if not body:
-        return f'<p class="empty">{esc(empty)}</p>'
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    return (f'<div class="scroll"><table class="{esc(cls)}"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>")
+def _dash(value: object) -> object:
+    return "-" if value is None else value
 
 
-def action(path: str, fields: dict[str, str], label: str, csrf: str, *, confirm: str = "") -> str:
-    """A one-button POST form carrying the CSRF token."""
-    hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(v)}">' for k, v in fields.items())
-    data = f' data-confirm="{esc(confirm)}"' if confirm else ""
-    return (f'<form method="post" action="{esc(path)}" class="inline"{data}>{hidden}'
-            f'<input type="hidden" name="csrf" value="{esc(csrf)}">'
-            f'<button type="submit">{esc(label)}</button></form>')
+ENV = Environment(
+    loader=PackageLoader("relay365.web", "templates"),
+    # .html escaped; page.js and page.css are our own, rendered once as plain text (page.py)
+    autoescape=select_autoescape(["html"], default_for_string=True),
+    undefined=StrictUndefined, finalize=_dash, auto_reload=False,
+    trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
+ENV.filters.update(span=span, stamp=stamp, ago=ago, size=size, recipients=recipients, state_class=state_class)
+TEMPLATES: dict[str, Template] = {name: ENV.get_template(name) for name in ENV.list_templates()}
