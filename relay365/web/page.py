@@ -35,7 +35,17 @@ CSP = (f"default-src 'none'; style-src {_sha256(CSS)}; script-src {_sha256(JS)};
 
 
 def render_page(status: Status, viewer: Viewer) -> str:
+    """The page, joined from the pieces the template yields, each made a plain str first.
+
+    Not `Template.render`: it joins a list of every piece, and each escaped value is a Markup, a
+    str subclass the garbage collector tracks. With a thousand queue rows that is tens of
+    thousands of tracked objects alive at once, which set off full collections of the relay's
+    heap - 100 ms stalls in the event loop every few page loads. `str()` copies a piece into an
+    untracked str and the Markup is freed at once. (For the same reason the row loops sit at the
+    top level of their templates, not in a macro, which would hold its whole output until it
+    returns.)"""
     # Markup: CSS and JS are ours (above); the chart is the engine's own output, escaped already
-    return TEMPLATES["page.html"].render(
+    pieces = TEMPLATES["page.html"].generate(
         status=status, viewer=viewer, now=status.now, chart=render_chart(status.minutes),
         css=Markup(CSS), js=Markup(JS))
+    return "".join(map(str, pieces))
