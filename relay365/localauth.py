@@ -32,12 +32,15 @@ class LoginOutcome:
 class LocalAuth:
     def __init__(self, config: Config) -> None:
         self.throttle = AuthThrottle()
+        self.verifier = Verifier({})
         self.configure(config)
 
     def configure(self, config: Config) -> None:
+        """Also on reload: the verifier keeps its memory of verified logins (a changed hash no
+        longer matches it), so a reload does not make every client pay an scrypt at once."""
         self.config = config
         lim = config.limits
-        self.verifier = Verifier({u.username: u.password_hash for u in config.users})
+        self.verifier.configure({u.username: u.password_hash for u in config.users})
         self.throttle.policy = ThrottlePolicy(lim.auth_failure_delay, lim.auth_max_delay,
                                               lim.auth_block_after, lim.auth_block_seconds,
                                               lim.auth_window)

@@ -170,3 +170,72 @@ def test_a_changed_hash_is_not_satisfied_by_the_cache(spy):
     assert run(v, "scanner", "pw")
     v._hashes["scanner"] = Secret(hash_password("new", ln=10))  # what a reload amounts to
     assert not run(v, "scanner", "pw") and run(v, "scanner", "new")
+
+
+def test_logins_that_arrive_together_share_one_scrypt(spy):
+    """After an upstream restart every client logs in again at once (the soak: 1,000): the same
+    credentials are checked once, not once per client."""
+    v = Verifier({"scanner": Secret(KNOWN)})
+
+    async def storm() -> list[bool]:
+        right = [v.verify("scanner", Secret("pw")) for _ in range(50)]
+        wrong = [v.verify("scanner", Secret("nope")) for _ in range(20)]
+        return await asyncio.gather(*right, *wrong)
+
+    results = asyncio.run(storm())
+    assert results == [True] * 50 + [False] * 20
+    assert sorted(spy.calls) == [("nope", KNOWN), ("pw", KNOWN)]
+    assert not v._flights
+
+
+def test_at_most_parallel_scrypts_run_at_once(monkeypatch, spy):
+    monkeypatch.setattr(passwords, "PARALLEL", 2)
+    v = Verifier({"scanner": Secret(KNOWN)})
+    running, peak, lock = 0, 0, threading.Lock()
+    real = passwords.verify_password
+
+    def counting(password: str, stored: str) -> bool:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            return real(password, stored)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(passwords, "verify_password", counting)
+
+    async def distinct() -> list[bool]:
+        return await asyncio.gather(*(v.verify("scanner", Secret(f"guess {i}")) for i in range(12)))
+
+    assert asyncio.run(distinct()) == [False] * 12
+    assert peak == 2
+
+
+def test_a_cancelled_check_leaves_the_waiters_to_check_again(spy):
+    v = Verifier({"scanner": Secret(KNOWN)})
+
+    async def scene() -> bool:
+        first = asyncio.create_task(v.verify("scanner", Secret("pw")))
+        await asyncio.sleep(0)  # first holds the flight
+        second = asyncio.create_task(v.verify("scanner", Secret("pw")))
+        await asyncio.sleep(0)
+        first.cancel()
+        return await second
+
+    assert asyncio.run(scene()) is True
+    assert not v._flights
+
+
+def test_a_reload_keeps_verified_logins_unless_the_hash_changed(spy):
+    v = Verifier({"scanner": Secret(KNOWN), "other": Secret(KNOWN)})
+    assert run(v, "scanner", "pw") and run(v, "other", "pw")
+    new = hash_password("new", ln=10)
+    v.configure({"scanner": Secret(KNOWN), "other": Secret(new)})  # what SIGHUP does
+    calls = len(spy.calls)
+    assert run(v, "scanner", "pw") and len(spy.calls) == calls  # remembered: no scrypt
+    assert not run(v, "other", "pw") and run(v, "other", "new")  # its hash changed
+    v.configure({"other": Secret(new)})
+    assert not run(v, "scanner", "pw")  # a user removed by the reload is gone
