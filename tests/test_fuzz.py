@@ -23,8 +23,9 @@ def test_short_fuzz_run(name):
     assert result.inputs == INPUTS.get(name, 600)
 
 
-@pytest.mark.parametrize("line", [b"MAIL FROM:<", b"RCPT TO:<"])
-def test_a_lone_angle_bracket_is_a_syntax_error(line, monkeypatch):
+@pytest.mark.parametrize("line", [b"MAIL FROM:<", b"RCPT TO:<", b"MAIL FROM:<a@[b>", b"RCPT TO:<a@[b>",
+                                  b"MAIL FROM:<\"a@b>"])
+def test_a_malformed_address_is_a_syntax_error(line, monkeypatch):
     monkeypatch.setitem(os.environ, "FUZZ_STRICT", "1")
     before = b"AUTH PLAIN AHNjYW5uZXIAcHc=\r\nMAIL FROM:<a@b>\r\n" if line.startswith(b"RCPT") else b""
     smtp_session.smtp_session(b"\x00EHLO x\r\n" + before + line + b"\r\nQUIT\r\n")

@@ -184,11 +184,13 @@ class RelaySMTP(SMTP):
         await super().push(status)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's address parser raises IndexError on a lone `<` (found by fuzzing): that is
-        a syntax error (501 from aiosmtpd), not an internal error and a logged traceback."""
+        """aiosmtpd's address parser (the stdlib's email header parser) raises on some malformed
+        addresses - IndexError on a lone `<`, AttributeError on an unclosed domain literal
+        `<a@[b>` (both found by fuzzing): whatever it raises on a client's text, that is a syntax
+        error (501 from aiosmtpd), not an internal error and a logged traceback."""
         try:
             return super()._getaddr(arg)
-        except IndexError:
+        except Exception:  # the parser's own failure on client input; nothing of ours runs here
             return None, None
 
     async def smtp_AUTH(self, arg: str) -> None:
