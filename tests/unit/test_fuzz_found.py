@@ -100,3 +100,20 @@ def test_one_damaged_envelope_does_not_stop_the_queue(tmp_path):
     assert delivered == [good]
     assert any(e["event"] == "spool_entry_damaged" and e["id"] == bad for e in logs)
     assert not [e for e in logs if e.get("log_level") == "error"]
+
+
+# -- config: a path the system refuses to look at is "no such file", not an OSError -------------
+
+@pytest.mark.parametrize("name", ["n" * 300, "ca\0.pem"], ids=["too-long", "nul"])
+def test_an_unusable_ca_file_path_is_a_config_error_naming_the_key(tmp_path, name):
+    """Found by the config target (fuzz/findings/config-name-too-long): a 300-character file
+    name raised OSError (ENAMETOOLONG) out of the config check instead of a ConfigError."""
+    from relay365.config import load_config
+    from relay365.errors import ConfigError
+
+    text = (f"state_dir: {tmp_path}\nupstream:\n  ca_file: {json.dumps(name)}\n"
+            "apps: {default: {tenant: t.test, client_id: c, client_secret: s}}\n"
+            "accounts: [{mailbox: a@t.test, refresh_token: x}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "relay.yaml", text)
+    assert "upstream.ca_file: no such file" in str(err.value)
