@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import socket
 import sys
 import tempfile
 import time
@@ -28,14 +27,9 @@ from relay365.passwords import hash_password  # noqa: E402
 from relay365.standins.fakeidp import FakeIdP  # noqa: E402
 from tests.support.pki import make_pki  # noqa: E402
 from tests.support.relayproc import RelayProcess  # noqa: E402
+from tests.support.upstream import free_port  # noqa: E402
 
 MAILBOX = "storm@example.test"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def attempt(port: int) -> bytes:
@@ -75,7 +69,8 @@ def main() -> int:
             "state_dir": str(work / "state"), "log": {"level": "info", "format": "json"},
             "apps": {"default": {"tenant": "t", "client_id": "storm", "client_secret": "s",
                                  "authority": idp.url, "ca_file": str(pki.ca_file)}},
-            "upstream": {"imap": {"host": "127.0.0.1", "port": closed_port(), "tls": "implicit"},
+            # a free port nobody listens on: Office 365 is down
+            "upstream": {"imap": {"host": "127.0.0.1", "port": free_port(), "tls": "implicit"},
                          "ca_file": str(pki.ca_file)},
             "accounts": [{"mailbox": MAILBOX, "refresh_token": idp.issue_refresh_token(MAILBOX)}],
             "users": [{"username": "storm", "password_hash": hash_password("pw"), "mailbox": MAILBOX}],
