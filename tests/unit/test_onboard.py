@@ -22,7 +22,6 @@ import requests
 
 from relay365.config import load_config
 from relay365.onboard import run_auth
-from relay365.standins.fakegraph import FakeGraph
 from relay365.standins.fakeidp import FakeIdP
 from relay365.tokens.store import TokenStore
 
@@ -370,14 +369,6 @@ def test_the_example_config_switched_to_a_national_cloud_signs_in_there(monkeypa
 # -- a sign-in name that is not the mailbox: Graph says whose addresses it has --------------------
 
 UPN = "j.smith@example.test"
-
-
-@pytest.fixture
-def graph(certs, idp):
-    with FakeGraph(certs.cert_file, certs.key_file, check_token=idp.valid_token,
-                   token_scopes=idp.token_scopes, profile=idp.user_profile) as graph:
-        yield graph
-        assert graph.errors == []
 
 
 def user_read(idp, graph, client="conf-app") -> None:

@@ -6,17 +6,10 @@ from __future__ import annotations
 import pytest
 import requests
 
-from relay365.standins import make_test_certs
-from relay365.standins.fakegraph import FakeGraph
 from relay365.standins.fakeidp import FakeIdP
 
 UPN, ALIAS = "j.smith@contoso.com", "scanner@contoso.com"
 SMTP_SEND = "https://outlook.office365.com/SMTP.Send"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_test_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture
@@ -25,14 +18,6 @@ def idp(certs):
         idp.add_client("conf-app", "s3cret", app_mailboxes=["shared@contoso.com"])
         yield idp
         assert idp.errors == []
-
-
-@pytest.fixture
-def graph(certs, idp):
-    with FakeGraph(certs.cert_file, certs.key_file, check_token=idp.valid_token,
-                   token_scopes=idp.token_scopes, profile=idp.user_profile) as graph:
-        yield graph
-        assert graph.errors == []
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import msal
 import pytest
 import requests
 
-from relay365.standins import make_test_certs
 from relay365.standins.fakeidp import DEFAULT_SCOPE, FakeIdP
 
 SMTP_SEND = "https://outlook.office365.com/SMTP.Send"
@@ -29,11 +28,6 @@ class CASession(requests.Session):
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         settings["verify"] = self.verify
         return settings
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_test_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture

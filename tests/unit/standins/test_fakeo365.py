@@ -13,17 +13,12 @@ import msal
 import pytest
 import requests
 
-from relay365.standins import FakeIdP, FakeO365SMTP, make_test_certs
+from relay365.standins import FakeIdP, FakeO365SMTP
 from relay365.standins.fakeo365 import XOAUTH2_ERROR, parse_xoauth2
 
 MAILBOX = "bob@contoso.com"
 TOKEN = "eyJ0" + "x" * 2996  # Exchange-sized bearer token
 MESSAGE = b"From: bob@contoso.com\r\nTo: alice@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_test_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture
