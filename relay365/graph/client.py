@@ -29,7 +29,7 @@ from ..config import Config
 from ..secret import Secret
 from ..tlsutil import client_context
 from ..tokens.manager import GRAPH, TokenManager
-from .errors import GraphError, from_response, graph_code, timeout
+from .errors import from_response, graph_code, nonsense, timeout, unreachable
 
 MAILBOX_CONCURRENCY = 4
 ME = "/me?$select=userPrincipalName,mail,proxyAddresses"
@@ -75,9 +75,7 @@ class GraphClient:
         except ValueError:
             found = None
         if not isinstance(found, dict):
-            raise GraphError(f"Graph {what}: an answer that is not a JSON object", code=451,
-                             text="4.4.0 Microsoft Graph answered nonsense, try again later",
-                             transient=True, status=answer.status, request_id=answer.request_id)
+            raise nonsense(what, answer.status, answer.request_id)
         return found
 
     async def upload(self, mailbox: str, url: str, piece: bytes, content_range: str) -> Answer:
@@ -120,9 +118,7 @@ class GraphClient:
             raise timeout(what) from None
         except httpx.TransportError as exc:
             metrics.GRAPH_ERRORS.labels("0", "unreachable").inc()
-            raise GraphError(f"Graph {what}: {type(exc).__name__}: {exc}", code=451,
-                             text="4.4.1 Cannot reach Microsoft Graph, try again later",
-                             transient=True, status=0) from None
+            raise unreachable(what, exc) from None
         metrics.GRAPH_LATENCY.labels(what).observe(time.monotonic() - started)
         if r.status_code >= 400:
             metrics.GRAPH_ERRORS.labels(str(r.status_code), graph_code(r.content)[0] or "-").inc()
@@ -152,17 +148,13 @@ def my_addresses(config: Config, token: Secret) -> frozenset[str]:
             r = http.get(config.upstream.graph.base_url.rstrip("/") + ME,
                          headers={"Authorization": f"Bearer {token.reveal()}"})
     except httpx.HTTPError as exc:
-        raise GraphError(f"Graph GET /me: {type(exc).__name__}: {exc}", code=451,
-                         text="4.4.1 Cannot reach Microsoft Graph, try again later",
-                         transient=True, status=0) from None
+        raise unreachable("GET /me", exc) from None
     if r.status_code != 200:
         raise from_response(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
     try:
         return addresses(r.json())
     except ValueError:
-        raise GraphError("Graph GET /me: an answer that is not JSON", code=451,
-                         text="4.4.0 Microsoft Graph answered nonsense, try again later",
-                         transient=True, status=r.status_code) from None
+        raise nonsense("GET /me", r.status_code) from None
 
 
 def addresses(me: object) -> frozenset[str]:

@@ -102,3 +102,17 @@ def timeout(what: str) -> GraphError:
     """No answer in time: transient, as Exchange may still be working on it."""
     return GraphError(f"Graph {what}: timed out", code=451, text="4.4.1 Microsoft Graph timed out",
                       transient=True, status=0)
+
+
+def unreachable(what: str, exc: Exception) -> GraphError:
+    """No connection (DNS, refused, TLS, proxy): transient."""
+    return GraphError(f"Graph {what}: {type(exc).__name__}: {exc}", code=451,
+                      text="4.4.1 Cannot reach Microsoft Graph, try again later",
+                      transient=True, status=0)
+
+
+def nonsense(what: str, status: int, request_id: str = "") -> GraphError:
+    """A 2xx whose body is not the JSON object it should be: transient."""
+    return GraphError(f"Graph {what}: an answer that is not a JSON object", code=451,
+                      text="4.4.0 Microsoft Graph answered nonsense, try again later",
+                      transient=True, status=status, request_id=request_id)
