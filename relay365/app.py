@@ -38,6 +38,7 @@ from .graph.client import GraphClient
 from .httpapi import serve_http
 from .imap.server import ImapHandler, bind_imap
 from .localauth import LocalAuth
+from .memory import Trimmer, interval
 from .pop3.server import Pop3Handler, bind_pop3
 from .smtp.listen import bind_smtp
 from .smtp.server import RelayHandler
@@ -171,13 +172,14 @@ class Relay:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
-        watchdog = asyncio.create_task(self.notify.watchdog_loop(), name="watchdog")
+        background = [asyncio.create_task(self.notify.watchdog_loop(), name="watchdog"),
+                      asyncio.create_task(Trimmer(interval()).run(), name="malloc-trim")]
         try:
             await self._stop.wait()
         finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
 
     def request_stop(self) -> None:
         self._stop.set()
