@@ -8,10 +8,10 @@ heaps and hands every free page back (`madvise(MADV_DONTNEED)`); nothing in use 
 RSS climbed about 7 MiB per 1,000 ended sessions (RELIABILITY.md, `bench/churn.py`).
 
 Every 10 s the trimmer asks glibc how much of its heap is free (`mallinfo2`, a walk over the
-free lists, microseconds) and trims only when that is at least `MIN_FREE` (4 MiB). A trim that gave
-back less than 1 MiB doubles the wait (up to 5 minutes), one that gave back more resets it, so a
-relay at rest, or one whose free memory is already given back, seldom trims. A trim runs in a
-worker thread (ctypes drops the GIL), so the event loop goes on; it took 11 ms over a 280 MiB heap
+free lists, microseconds) and trims only when that is at least `MIN_FREE` (4 MiB), so a fresh
+relay at rest does not trim. (Backing off after trims that gave little back was tried: pages
+freed between trims stayed resident and the churn bench grew 4.5 MiB a round again.) A trim runs
+in a worker thread (ctypes drops the GIL), so the event loop goes on; it took 11 ms over a 280 MiB heap
 with nothing to give back and 57 ms giving back 371 MiB (this machine). `RELAY365_MALLOC_TRIM`
 sets the interval in seconds (`0`: never, for measuring). Where the C library is not glibc (musl,
 macOS) there is no `malloc_trim` and this does nothing; a glibc older than 2.33 has no
@@ -33,9 +33,7 @@ import structlog
 log = structlog.get_logger("relay365.memory")
 
 DEFAULT_EVERY = 10.0
-LONGEST = 300.0
 MIN_FREE = 4 * 2**20
-PAID = 2**20  # a trim that released less than this was not worth its walk
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -124,9 +122,7 @@ class Trimmer:
     async def run(self) -> None:
         if not self.available:
             return
-        wait = self.every
         while True:
-            await asyncio.sleep(wait)
+            await asyncio.sleep(self.every)
             if self.worth_it():
-                released = await asyncio.to_thread(self.trim)
-                wait = self.every if released >= PAID else min(LONGEST, max(wait, self.every) * 2)
+                await asyncio.to_thread(self.trim)
