@@ -1,9 +1,13 @@
 """After login: a transparent byte splice between the client and the upstream, with back-pressure.
 
 Nothing is parsed, so IDLE, literals, APPEND, COMPRESS and any extension the upstream has just work.
-Each direction reads at most `CHUNK` bytes and waits for `drain()` before reading more, so a session
-holds at most about two chunks plus the transports' high-water marks, however large the messages.
-Nothing is logged per chunk; the caller logs one summary with `SpliceResult`.
+The splice works at the transport level: each side's transport gets a small protocol (`_End`)
+whose `data_received` writes the bytes straight into the other side's transport - no reader task,
+no stream buffer, no copy in Python. Back-pressure is the transports' own: when one side's write
+buffer passes its high-water mark, that side's protocol pauses reading from the other, and resumes
+it when the buffer drains. A session holds at most the transports' buffers, however large the
+messages, and an idle one holds no task at all. Nothing is logged per chunk; the caller logs one
+summary with `SpliceResult`.
 
 The idle timer is one `call_later` per session that re-arms itself from the last activity, rather
 than a timeout around every read: a thousand idling sessions cost a thousand timer handles, not a
@@ -14,12 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from ..states import ClosedBy
-
-CHUNK = 256 * 1024
 
 
 @dataclass
@@ -29,32 +31,56 @@ class SpliceResult:
     bytes_down: int  # upstream -> client
 
 
-class _Pump:
-    """Copies one direction. `run()` says how it ended, naming the side that ended it."""
+class _End(asyncio.Protocol):
+    """One side of the splice: what its transport receives goes to the other side's transport."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 touch: Callable[[], None],
-                 source: str, sink: str) -> None:
-        self.reader, self.writer, self.touch = reader, writer, touch
-        self.source, self.sink = source, sink
+    __slots__ = ("count", "done", "name", "peer", "touch", "transport")
+
+    def __init__(self, transport: asyncio.Transport, name: str, done: asyncio.Future[ClosedBy],
+                 touch: list[float]) -> None:
+        self.transport, self.name, self.done, self.touch = transport, name, done, touch
+        self.peer: _End = self
         self.count = 0
 
-    async def run(self) -> ClosedBy:
-        read, write, drain = self.reader.read, self.writer.write, self.writer.drain
-        while True:
-            try:
-                data = await read(CHUNK)
-            except (ConnectionError, OSError):
-                return ClosedBy(f"{self.source}_error")
-            if not data:
-                return ClosedBy(self.source)
-            self.count += len(data)
-            self.touch()
-            try:
-                write(data)
-                await drain()
-            except (ConnectionError, OSError):
-                return ClosedBy(f"{self.sink}_error")
+    def _end(self, why: ClosedBy) -> None:
+        if not self.done.done():
+            self.done.set_result(why)
+
+    def data_received(self, data: bytes) -> None:
+        self.count += len(data)
+        self.touch[0] = time.monotonic()
+        sink = self.peer.transport
+        if sink.is_closing():
+            self._end(ClosedBy(f"{self.peer.name}_error"))
+            return
+        sink.write(data)
+
+    def eof_received(self) -> bool:
+        self._end(ClosedBy(self.name))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(ClosedBy(self.name if exc is None else f"{self.name}_error"))
+
+    # my transport's write buffer is full (or drained): stop (or go on) reading the other side
+    def pause_writing(self) -> None:
+        self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.peer.transport.resume_reading()
+
+
+def _buffered(reader: asyncio.StreamReader) -> bytes:
+    """What the stream reader received but nobody read yet (the client's pipelined commands, the
+    upstream's first untagged lines): it goes across before the transports are switched over.
+    StreamReader has no public way to take its buffer without awaiting; `_buffer` is the bytearray
+    it has kept since asyncio's first release."""
+    buffer = getattr(reader, "_buffer", None)
+    if not isinstance(buffer, bytearray) or not buffer:
+        return b""
+    data = bytes(buffer)
+    buffer.clear()
+    return data
 
 
 async def splice(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
@@ -65,43 +91,43 @@ async def splice(client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     loop = asyncio.get_running_loop()
     start = time.monotonic()
     last = [start]
-    idle = asyncio.Event()
-    why = [ClosedBy.IDLE_TIMEOUT]
-
-    def touch() -> None:
-        last[0] = time.monotonic()
+    done: asyncio.Future[ClosedBy] = loop.create_future()
+    for _, writer in (client, upstream):
+        await writer.drain()  # nothing waits behind a high-water mark the new protocol never saw
+    # uvloop's transports are not subclasses of asyncio.Transport, but have its methods
+    c_transport = cast(asyncio.Transport, client[1].transport)
+    u_transport = cast(asyncio.Transport, upstream[1].transport)
+    up, down = _End(c_transport, "client", done, last), _End(u_transport, "upstream", done, last)
+    up.peer, down.peer = down, up
+    for end, (reader, _) in ((up, client), (down, upstream)):
+        pending = _buffered(reader)
+        end.transport.set_protocol(end)
+        if pending:
+            end.data_received(pending)
+        if reader.at_eof() or reader.exception() is not None:
+            end.connection_lost(reader.exception())
+        else:
+            end.transport.resume_reading()  # the stream reader may have paused it (full buffer)
 
     def check() -> None:
         now = time.monotonic()
         if max_time is not None and now - start >= max_time:
-            why[0] = ClosedBy.SESSION_TIME
-            idle.set()
+            up._end(ClosedBy.SESSION_TIME)
             return
         remaining = last[0] + idle_timeout - now
         if remaining <= 0:
-            idle.set()
+            up._end(ClosedBy.IDLE_TIMEOUT)
         else:
             if max_time is not None:
                 remaining = min(remaining, start + max_time - now)
             handle[0] = loop.call_later(remaining, check)
 
     handle = [loop.call_later(idle_timeout if max_time is None else min(idle_timeout, max_time), check)]
-    up = _Pump(client[0], upstream[1], touch, "client", "upstream")
-    down = _Pump(upstream[0], client[1], touch, "upstream", "client")
-    idle_task = asyncio.create_task(idle.wait(), name="splice-idle")
-    pumps = [asyncio.create_task(up.run(), name="splice-up"),
-             asyncio.create_task(down.run(), name="splice-down")]
-    tasks: list[asyncio.Task[object]] = [*pumps, idle_task]
     closed_by = ClosedBy.SHUTDOWN
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        first = next(iter(done))
-        closed_by = why[0] if first is idle_task else next(p.result() for p in pumps if p is first)
+        closed_by = await done
     finally:
         handle[0].cancel()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         for writer in (client[1], upstream[1]):
             writer.close()
     return SpliceResult(closed_by, up.count, down.count)
