@@ -6,7 +6,8 @@
 The soak's world (`bench.soak.world`: real Dovecot with XOAUTH2, the fake identity platform).
 Each round opens `--sessions` spliced sessions (LOGIN + SELECT through the relay), then ends them
 all: `logout` by the client, `drop` by stopping Dovecot (started again after). The relay's RSS
-is printed after each round; a steady climb per round is memory that ended sessions left behind.
+is printed while each round's sessions are all open (held: what a session costs) and after they
+ended; a steady climb per round is memory that ended sessions left behind.
 `RELAY_ENV` (comma-separated NAME=VALUE) goes into the relay's environment, for allocator or
 loop settings (`RELAY365_LOOP=asyncio`).
 """
@@ -42,10 +43,13 @@ async def _open(port: int) -> Conn:
     return reader, writer
 
 
-async def one_round(port: int, n: int, mode: str, upstream: MailUpstream) -> None:
+async def one_round(port: int, n: int, mode: str, upstream: MailUpstream, pid: int) -> float:
+    """One round; returns the relay's RSS in MiB while all `n` sessions were open."""
     conns: list[Conn] = []
     for i in range(0, n, 50):  # in waves of 50, as the soak opens them
         conns += await asyncio.gather(*(_open(port) for _ in range(min(50, n - i))))
+    await asyncio.sleep(2)
+    held = rss_kb(pid) / 1024
     if mode == "drop":
         await asyncio.to_thread(upstream.stop_daemon, "dovecot")
     else:
@@ -56,6 +60,7 @@ async def one_round(port: int, n: int, mode: str, upstream: MailUpstream) -> Non
         writer.close()
     if mode == "drop":
         await asyncio.to_thread(upstream.start_daemon, "dovecot")
+    return held
 
 
 def main() -> int:
@@ -79,9 +84,10 @@ def main() -> int:
             print(f"relay env {extra or 'as is'}; RSS at start {rss_kb(pid) / 1024:.1f} MiB")
             for mode in args.rounds:
                 started = time.monotonic()
-                asyncio.run(one_round(relay.imap_port, args.sessions, mode, upstream))
+                held = asyncio.run(one_round(relay.imap_port, args.sessions, mode, upstream, pid))
                 time.sleep(2)
-                print(f"{mode:7} x {args.sessions}: RSS {rss_kb(pid) / 1024:6.1f} MiB  "
+                print(f"{mode:7} x {args.sessions}: held {held:6.1f} MiB, "
+                      f"after RSS {rss_kb(pid) / 1024:6.1f} MiB  "
                       f"CPU {cpu_seconds(pid):6.1f} s  {time.monotonic() - started:5.1f} s", flush=True)
         finally:
             relay.stop()
