@@ -225,11 +225,21 @@ def test_identity_platform_slow_or_failing_is_a_4xx_in_time_then_recovers(
 
 # -- state_dir read-only while running --------------------------------------------------------
 
-def _remount(relay, state: Path, mode: str) -> None:
-    """Remount the relay's private bind mount of state_dir (inside its mount namespace only)."""
-    done = subprocess.run(["nsenter", "-t", str(relay.proc.pid), "-m", "mount", "-o",
-                           f"remount,bind,{mode}", str(state)], timeout=10, capture_output=True,
-                          text=True)
+def _remount(relay, where: Path, mode: str, busy_for: float = 5.0) -> None:
+    """Remount the relay's private bind mount of `where` (inside its mount namespace only).
+
+    The kernel refuses to make a mount read-only while a file on it is open for writing
+    ("busy"); a write in flight (the token status saved right after `token_refreshed`) holds it
+    for milliseconds, so try again for `busy_for` seconds - a file held open for good does not
+    pass."""
+    deadline = time.monotonic() + busy_for
+    while True:
+        done = subprocess.run(["nsenter", "-t", str(relay.proc.pid), "-m", "mount", "-o",
+                               f"remount,bind,{mode}", str(where)], timeout=10,
+                              capture_output=True, text=True)
+        if done.returncode == 0 or "busy" not in done.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert done.returncode == 0, done.stderr
 
 
