@@ -105,12 +105,17 @@ class SpoolQueue:
             yield
 
     def lock_worker(self) -> None:
-        """Claim the spool for this process's worker; SpoolError if another one has it."""
+        """Claim the spool for this process's worker; SpoolError if another one has it.
+
+        The queue's own lock file is made now too: should the spool turn read-only later, the
+        worker's changes then fail for that reason (EROFS), not for a lock file never made."""
         self.ensure_dirs()
         fd = try_lock(self.root / "worker.lock")
         if fd is None:
             raise SpoolError(f"another relay365 is delivering from {self.root}")
         self._worker_lock = fd
+        with self.locked():
+            pass
 
     def unlock_worker(self) -> None:
         fd, self._worker_lock = self._worker_lock, None
