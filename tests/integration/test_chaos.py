@@ -7,6 +7,10 @@ module, since the cases stop and start them) and the fake identity platform with
   and all log in again through the same relay process.
 - Postfix stopped in the middle of DATA: `direct` -> a 4xx and nothing delivered; `fallback:
   spool` -> 250 from the spool and the message delivered exactly once when Postfix is back.
+- Postfix gone while the *spool worker* is mid-DATA: a forwarder (tests/support/forwarder.py)
+  between the worker and the real Postfix lets 512 KiB of a 2 MB message through, then stops
+  Postfix (holding the rest back until it is gone) or cuts the link; the message stays queued,
+  is retried and lands in the mailbox exactly once.
 - The identity platform answering after 20 s, or with 500s: a 4xx within the configured token
   timeout (a 1 s `apps.*.timeout` here), and recovery without a restart.
 - state_dir read-only while running (a read-only bind mount in the relay's own mount namespace:
@@ -34,6 +38,7 @@ from relay365.standins.jsonhttps import Route
 from relay365.tokens.store import TokenStore
 from tests.integration.conftest import DOMAIN, MAILBOX, PASSWORD, PASSWORD_HASH, USER, relay_config
 from tests.integration.test_smtp_relay import delivered, message, send
+from tests.support.forwarder import Gate
 from tests.support.upstream import MailUpstream, missing_binaries
 
 pytestmark = pytest.mark.integration
@@ -342,3 +347,77 @@ def test_kill_9_during_a_token_rotation(make_relay, tmp_path, pki, idp, upstream
             send(relay.smtp_port, subject)
         assert 400 <= refused.value.smtp_code < 500
         assert relay.wait_log("token_failed")["code"] == "AADSTS70000"  # needs relay365 auth
+
+
+# -- Postfix stopped while the spool worker is mid-DATA ---------------------------------------
+
+SPOOL_FAST = {"retry_base": "0.5s", "retry_cap": "1s", "rescan_interval": "0.2s",
+              "min_free_space": 0}
+BIG = 2_000_000  # the message; the worker's DATA to Postfix is cut after CUT bytes of it
+CUT = 512 * 1024  # bytes from the relay: the dialogue before DATA (TLS, EHLO, AUTH with its
+# token, MAIL, RCPT) is a few KB, so this is inside the body, and 1.4 MB before its end
+
+
+@pytest.fixture
+def gate(upstream):
+    g = Gate(upstream.smtp_port)
+    g.open()
+    yield g
+    g.shut()
+
+
+def spool_relay(make_relay, tmp_path, pki, idp, upstream, gate, start: bool = True):
+    """`delivery: spool` through `gate`: every message is the spool worker's to deliver."""
+    config = relay_config(tmp_path, pki, idp, upstream, smtp={})
+    config["upstream"]["smtp"]["port"] = gate.port
+    config["users"][0]["delivery"] = "spool"
+    config["spool"] = dict(SPOOL_FAST)
+    return make_relay(config, start=start)
+
+
+def data_reply(port: int, subject: str, size: int = 0) -> tuple[int, bytes]:
+    """One message through the relay's SMTP: the reply to its DATA."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.login(USER, PASSWORD)
+        s.mail("printer3@lan.local")
+        assert s.rcpt(BOB)[0] == 250
+        return s.data(message(subject, size=size))
+
+
+def queued(port: int, subject: str, size: int = 0) -> str:
+    """250 from the spool; the id of the queue entry."""
+    code, text = data_reply(port, subject, size)
+    assert code == 250 and text.startswith(b"2.0.0 OK queued as "), (code, text)
+    return text.decode().rsplit(" ", 1)[1]
+
+
+@pytest.mark.parametrize("how", ["postfix_stopped", "link_cut"])
+def test_postfix_gone_while_the_spool_worker_is_mid_data_delivers_once(
+        make_relay, tmp_path, pki, idp, upstream, gate, restore, how):
+    """The worker's DATA to the real Postfix breaks after CUT bytes: Postfix is stopped there
+    (the forwarder holds the rest back until it is gone), or the link is cut under both."""
+    relay = spool_relay(make_relay, tmp_path, pki, idp, upstream, gate)
+    stop = (lambda: upstream.stop_daemon("postfix")) if how == "postfix_stopped" else None
+    gate.cut_after(CUT, then=stop)
+    postfix_log = upstream.logdir / "postfix.log"
+    seen = postfix_log.stat().st_size
+    subject = f"worker mid-data {how} {uuid.uuid4()}"
+    entry_id = queued(relay.smtp_port, subject, size=BIG)
+    assert gate.cut.wait(15), relay.log_text()
+    deferred = relay.wait_log("spool_deferred", id=entry_id, timeout=15)
+    assert deferred["verdict"] == "defer_mailbox", deferred  # the session broke, not the message
+    print(f"{how}: deferred with {deferred['error']!r}")
+    if how == "postfix_stopped":
+        relay.wait_log("spool_deferred", id=entry_id, attempts=2, timeout=15)  # Postfix is away
+        assert count(upstream, subject) == 0
+        upstream.start_daemon("postfix")
+    else:
+        with open(postfix_log, "rb") as f:  # Postfix saw the body start, and never its end
+            f.seek(seen)
+            assert b"lost connection after DATA" in f.read(), upstream.log_tail()
+    delivered(upstream, BOB, subject)
+    assert relay.wait_log("spool_delivered", id=entry_id)["attempts"] >= 2
+    time.sleep(1.5)  # retries come every 0.5-1 s: a second copy would be here by now
+    assert count(upstream, subject) == 1
+    assert not list((Path(relay.config["state_dir"]) / "spool" / "queue").iterdir())
+    no_errors(relay)
