@@ -168,8 +168,10 @@ def test_a_read_only_file_system(tiny_fs):
     q = SpoolQueue(tiny_fs)
     first = put(q)
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True, capture_output=True)
-    with pytest.raises(SpoolFullError, match="EROFS"):
+    with pytest.raises(SpoolFullError) as refused:
         put(q, 1)
+    assert str(refused.value) == (f"cannot queue the message in {tiny_fs / 'spool'}: "
+                                  "EROFS (Read-only file system)")  # the directory to fix
     assert [e.id for e in q.entries()] == [first]
 
 
