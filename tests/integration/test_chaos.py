@@ -16,6 +16,9 @@ module, since the cases stop and start them) and the fake identity platform with
 - state_dir read-only while running (a read-only bind mount in the relay's own mount namespace:
   the tests run as root, where chmod stops nothing): a clear `token_store_failed`, clients still
   served, and the rotated refresh token written once the directory is writable again.
+- The spool read-only while the worker runs (the same kind of mount, of state_dir/spool): a new
+  message hears 452, never 250; a waiting message is delivered once, although its entry cannot
+  be removed; writable again, the removal goes through and new messages are taken.
 - kill -9 during a token rotation: `test_kill_9_during_a_token_rotation`.
 """
 
@@ -265,8 +268,8 @@ def test_state_dir_read_only_while_running(make_relay, tmp_path, pki, idp, upstr
     relay = make_relay(config, start=False)
     # Root ignores file modes: a read-only bind mount in the relay's own mount namespace is
     # honest (EROFS for root too) and touches nothing outside it. The spool below stays a
-    # writable mount of its own: the worker holds its lock open for writing for the daemon's
-    # lifetime, and the kernel refuses to remount a mount with writers read-only ("busy").
+    # writable mount of its own, so the held token is shown sending a spooled message; a
+    # read-only spool is test_spool_read_only_while_the_worker_runs.
     relay.prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                     'mount --bind "$0" "$0" && mount --bind "$0/spool" "$0/spool" && exec "$@"',
                     str(state)]
@@ -421,3 +424,49 @@ def test_postfix_gone_while_the_spool_worker_is_mid_data_delivers_once(
     assert count(upstream, subject) == 1
     assert not list((Path(relay.config["state_dir"]) / "spool" / "queue").iterdir())
     no_errors(relay)
+
+
+# -- the spool read-only while the worker runs ------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("nsenter") is None,
+                    reason="needs util-linux unshare and nsenter")
+def test_spool_read_only_while_the_worker_runs(make_relay, tmp_path, pki, idp, upstream, gate):
+    """A message waits in the queue (Office 365 away), then the spool turns read-only: a new
+    message hears a 4xx, never 250; the waiting one is delivered once Office 365 is back, and its
+    entry, which cannot be removed, is not sent again; writable again, the removal goes through
+    and new messages are taken - no restart."""
+    gate.shut()
+    relay = spool_relay(make_relay, tmp_path, pki, idp, upstream, gate, start=False)
+    spool = Path(relay.config["state_dir"]) / "spool"
+    spool.mkdir(parents=True)
+    relay.prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" "$0" && exec "$@"', str(spool)]
+    relay.start()
+    waiting = f"waiting in a read-only spool {uuid.uuid4()}"
+    waiting_id = queued(relay.smtp_port, waiting)
+    relay.wait_log("spool_deferred", id=waiting_id, timeout=15)
+    _remount(relay, spool, "ro")
+    try:
+        refused = f"refused by a read-only spool {uuid.uuid4()}"
+        code, text = data_reply(relay.smtp_port, refused)
+        assert (code, text[:5]) == (452, b"4.3.1"), (code, text)  # nobody holds it: retry
+        error = relay.wait_log("spool_refused")["error"]
+        assert error == f"cannot queue the message in {spool}: EROFS (Read-only file system)"
+        gate.open()  # Office 365 is back
+        unwritten = relay.wait_log("spool_write_failed", id=waiting_id, step="remove", timeout=15)
+        assert unwritten["path"] == str(spool / "queue" / waiting_id), unwritten
+        assert "will not send it again" in unwritten["action"], unwritten
+        delivered(upstream, BOB, waiting)
+        time.sleep(2)  # ten rescans (0.2 s) and retries (0.5-1 s): a second copy would be here
+        assert count(upstream, waiting) == 1
+        assert (spool / "queue" / waiting_id).is_dir()  # delivered, and still on disk
+    finally:
+        _remount(relay, spool, "rw")
+    relay.wait_log("spool_write_recovered", id=waiting_id, timeout=10)  # WRITE_RETRY: 2 s
+    assert not list((spool / "queue").iterdir())
+    after = f"after the read-only spool {uuid.uuid4()}"
+    queued(relay.smtp_port, after)
+    delivered(upstream, BOB, after)
+    assert (count(upstream, waiting), count(upstream, refused), count(upstream, after)) == (1, 0, 1)
+    assert relay.proc.poll() is None
+    no_errors(relay, allowed=("spool_refused", "spool_write_failed"))
