@@ -437,6 +437,8 @@ def test_spool_read_only_while_the_worker_runs(make_relay, tmp_path, pki, idp, u
     and new messages are taken - no restart."""
     gate.shut()
     relay = spool_relay(make_relay, tmp_path, pki, idp, upstream, gate, start=False)
+    relay.config["users"].append({**relay.config["users"][0], "username": "direct",
+                                  "delivery": "direct"})
     spool = Path(relay.config["state_dir"]) / "spool"
     spool.mkdir(parents=True)
     relay.prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -453,6 +455,10 @@ def test_spool_read_only_while_the_worker_runs(make_relay, tmp_path, pki, idp, u
         error = relay.wait_log("spool_refused")["error"]
         assert error == f"cannot queue the message in {spool}: EROFS (Read-only file system)"
         gate.open()  # Office 365 is back
+        # a message that needs no spool goes through: 1 MB, more than a DATA held in memory
+        direct = f"direct past a read-only spool {uuid.uuid4()}"
+        send(relay.smtp_port, direct, login=("direct", PASSWORD), size=1_000_000)
+        delivered(upstream, BOB, direct)
         unwritten = relay.wait_log("spool_write_failed", id=waiting_id, step="remove", timeout=15)
         assert unwritten["path"] == str(spool / "queue" / waiting_id), unwritten
         assert "will not send it again" in unwritten["action"], unwritten
