@@ -6,7 +6,9 @@ the same two recipes, so they live here once:
   the directory. A crash leaves the old file or the new one, never half of one.
 - `locked` / `try_lock`: an exclusive `flock` on a lock file (created 0600), held by every process
   that does a read-modify-write (the daemon, `relay365 auth`, `relay365 queue`, a second daemon).
-  flock locks belong to the open file, so they are released when the process dies.
+  flock locks belong to the open file, so they are released when the process dies. The file is
+  opened read-only: a lock held for long (the spool worker's) must not keep the file system from
+  being remounted read-only, and it still locks there.
 
 Synchronous on purpose (fsync blocks): callers on the event loop run these in a thread.
 """
@@ -54,15 +56,40 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600,
     fsync_dir(path.parent)
 
 
-def _open_lock(path: Path) -> int:
+def _open_lock(path: Path, access: int = os.O_RDONLY) -> int:
+    """A descriptor to flock `path` with, created 0600 if missing; read-only by default.
+
+    flock needs no write access, and a descriptor open for writing would keep the file system
+    from being remounted read-only ("busy") for as long as it is held - the spool worker holds
+    its lock for the daemon's life. O_CREAT on a file that exists needs no write access either,
+    so in a read-only state_dir an existing lock still locks."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        return os.open(path, access | os.O_CREAT, 0o600)
     except OSError as exc:
-        # flock needs no write access: in a read-only state_dir an existing lock still locks, so
-        # readers and the flush of a held token keep their mutual exclusion
         if exc.errno not in (errno.EROFS, errno.EACCES):
             raise
-        return os.open(path, os.O_RDONLY)
+        return os.open(path, access)
+
+
+def _flock(fd: int, path: Path, flags: int) -> int:
+    """flock `fd`; the descriptor that holds the lock (another one, opened for writing, where the
+    file system wants one: NFS emulates flock with POSIX locks, and an exclusive POSIX lock on
+    a read-only descriptor is EBADF)."""
+    try:
+        fcntl.flock(fd, flags)
+        return fd
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            os.close(fd)
+            raise
+    os.close(fd)
+    fd = _open_lock(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, flags)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager
@@ -77,8 +104,8 @@ def locked(path: Path, error: Callable[[OSError], Exception] | None = None) -> I
         if error is None:
             raise
         raise error(exc) from None
+    fd = _flock(fd, path, fcntl.LOCK_EX)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
@@ -89,11 +116,9 @@ def try_lock(path: Path) -> int | None:
     release), or None when another process holds it."""
     fd = _open_lock(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return _flock(fd, path, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.close(fd)
         return None
-    return fd
 
 
 _crash_hits: dict[str, int] = {}

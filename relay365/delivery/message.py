@@ -3,7 +3,8 @@
 Theory of operation. The SMTP side writes DATA into a `Body` as it decodes it (CRLF line ends, no
 dot-stuffing). Up to `spill` bytes stay in memory; past that the content moves to an anonymous
 temporary file (O_TMPFILE where the kernel has it: nothing to clean up after a crash) under the
-spool's directory, and memory per message stays at one read buffer whatever its size.
+spool's directory (the system's temp dir when that refuses one), and memory per message stays at
+one read buffer whatever its size.
 Everything that sends or stores a message reads it back as chunks (`Message.chunks()`): the
 upstream SMTP session (`UpstreamSMTP.send`, through `wire.WireEncoder`), the spool, Graph.
 
@@ -85,13 +86,17 @@ class Body:
             self.close()
 
     def _open(self) -> IO[bytes]:
+        """The temporary file; in the system's temp dir when `directory` cannot hold one (read-
+        only, no permission): a message sent straight on needs no spool, and a spooled one
+        hears its 452 from the spool itself."""
         directory = self._directory
         if directory is not None:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
+                return tempfile.TemporaryFile(dir=directory)
             except OSError:
-                directory = None  # the system's temp dir then
-        return tempfile.TemporaryFile(dir=directory)
+                pass
+        return tempfile.TemporaryFile()
 
     def read_from(self, offset: int) -> Iterator[bytes]:
         if self._mem is not None:

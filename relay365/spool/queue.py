@@ -62,10 +62,11 @@ def _write_file(path: Path, data: bytes | Message) -> None:
         os.close(fd)
 
 
-def _storage_error(exc: OSError, what: str) -> SpoolError:
+def _storage_error(exc: OSError, what: str, where: Path) -> SpoolError:
+    """`what` failed in the spool at `where`: the operator's log line names the directory to fix."""
     name = errno.errorcode.get(exc.errno or 0, "EIO")
     cls = SpoolFullError if exc.errno in STORAGE_ERRNOS else SpoolError
-    return cls(f"{what}: {name} ({exc.strerror})")
+    return cls(f"{what} in {where}: {name} ({exc.strerror})")
 
 
 def _free_name(directory: Path, entry_id: str) -> str:
@@ -105,12 +106,17 @@ class SpoolQueue:
             yield
 
     def lock_worker(self) -> None:
-        """Claim the spool for this process's worker; SpoolError if another one has it."""
+        """Claim the spool for this process's worker; SpoolError if another one has it.
+
+        The queue's own lock file is made now too: should the spool turn read-only later, the
+        worker's changes then fail for that reason (EROFS), not for a lock file never made."""
         self.ensure_dirs()
         fd = try_lock(self.root / "worker.lock")
         if fd is None:
             raise SpoolError(f"another relay365 is delivering from {self.root}")
         self._worker_lock = fd
+        with self.locked():
+            pass
 
     def unlock_worker(self) -> None:
         fd, self._worker_lock = self._worker_lock, None
@@ -141,7 +147,7 @@ class SpoolQueue:
         try:
             self.ensure_dirs()
         except OSError as exc:
-            raise _storage_error(exc, "cannot create the spool") from None
+            raise _storage_error(exc, "cannot create the spool", self.root) from None
         size = len(data) if isinstance(data, bytes) else data.size
         self._check_free(size)
         entry_id = new_id(now)
@@ -163,7 +169,7 @@ class SpoolQueue:
                 with contextlib.suppress(OSError):
                     os.rename(final, tmp)
             shutil.rmtree(tmp, ignore_errors=True)
-            raise _storage_error(exc, "cannot queue the message") from None
+            raise _storage_error(exc, "cannot queue the message", self.root) from None
         return entry_id
 
     def _check_free(self, size: int) -> None:
@@ -172,7 +178,7 @@ class SpoolQueue:
         try:
             st = os.statvfs(self.root)
         except OSError as exc:
-            raise _storage_error(exc, "cannot check free space") from None
+            raise _storage_error(exc, "cannot check free space", self.root) from None
         if st.f_bavail * st.f_frsize - size < self.min_free_space:
             raise SpoolFullError(f"less than min_free_space ({self.min_free_space} bytes) would be left")
 

@@ -11,7 +11,9 @@ woken (a submit, a finished delivery, stop). Per mailbox:
   so a backlog neither hammers Exchange nor gets reordered; a 4xx about one message defers only it;
 - an account whose token state is `needs-auth` is held: nothing is attempted, nothing ages.
 What each failure means and when to retry is decided in `relay365.spool.schedule`; this module only
-carries it out and records it in the queue (always in a thread: fsync blocks).
+carries it out. The outcome of an attempt is written into the queue by `record.Recorder`; what
+the directory refuses (read-only, full) is held in memory and wins over a rescan until it is
+written (`relay365.spool.outcome`), so a message delivered but not removed is not sent again.
 
 The index is only a cache: a change made while a scan runs is replayed on top of the scan's result,
 so a message finished during a scan is never picked up again from a stale listing.
@@ -29,16 +31,16 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from .. import metrics
 from ..config import SpoolConfig
 from ..delivery import Refusal
 from ..delivery.message import Message
 from ..errors import RelayError
-from ..replies import one_line
 from .entry import Entry, crash_point
 from .handoff import Deliver, describe
 from .notice import read_head, render_notice
+from .outcome import DeadLetter, Defer, Remove, SplitOff, Step
 from .queue import SpoolQueue
+from .record import Recorder
 from .schedule import (
     HOLD_RECHECK,
     TokenBucket,
@@ -87,6 +89,7 @@ class SpoolWorker:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._next_scan = 0.0
+        self._recorder = Recorder(queue, self._notice)
 
     # -- the interface for the daemon and the SMTP side ------------------------------------------
 
@@ -126,6 +129,9 @@ class SpoolWorker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._recorder.unwritten:
+            await self._recorder.retry(self._clock(), ())
+            self._recorder.report_at_stop()
         await asyncio.to_thread(self.queue.unlock_worker)
         log.info("spool_worker_stopped", depth=len(self._entries), cut=len(cut))
 
@@ -175,8 +181,11 @@ class SpoolWorker:
             try:
                 if self._clock() >= self._next_scan:
                     await self._rescan()
+                unwritten = self._recorder.unwritten
+                if unwritten and self._clock() >= unwritten.next_try:
+                    await self._recorder.retry(self._clock(), self._inflight)
                 self._wake.clear()
-                wait = self._dispatch(self._clock())
+                wait = min(self._dispatch(self._clock()), unwritten.wait(self._clock()))
             except Exception as exc:  # a broken disk must not end delivery for good
                 log.error("spool_worker_error", error=describe(exc), exc_info=exc)
                 wait = self.config.rescan_interval
@@ -196,6 +205,7 @@ class SpoolWorker:
                 index.pop(entry_id, None)
             else:
                 index[entry_id] = entry
+        self._recorder.unwritten.overlay(index)  # what the directory refused to record still holds
         self._entries = index
         for name in damaged:
             log.warning("spool_entry_damaged", id=name, action="inspect or delete it by hand")
@@ -298,12 +308,7 @@ class SpoolWorker:
         if permanent and not transient and len(permanent) == len(entry.rcpts):
             await self._dead(entry, "; ".join(f"{r}: {e}" for r, e in permanent.items()), permanent)
             return
-        if permanent:
-            split = await asyncio.to_thread(self.queue.fail_recipients, entry.id, permanent, now)
-            log.warning("spool_recipients_failed", id=entry.id, failed_id=split, mailbox=entry.mailbox,
-                        recipients=len(permanent), reason=one_line("; ".join(permanent.values()), 300))
-            if split is not None:
-                await self._notice(entry, "; ".join(f"{r}: {e}" for r, e in permanent.items()), split)
+        split: list[Step] = [SplitOff(now, permanent)] if permanent else []
         if transient:
             error = "; ".join(f"{r.rcpt}: {r.reply}" for r in transient)
             if any(throttled(r.code, r.text) for r in transient):
@@ -313,11 +318,10 @@ class SpoolWorker:
             delay = retry_delay(entry.attempts + 1, self.config.retry_base, self.config.retry_cap,
                                 self._rand())
             await self._defer(entry, error, max(now + delay, mb.paused_until), Verdict.DEFER,
-                              rcpts=tuple(r.rcpt for r in transient))
+                              rcpts=tuple(r.rcpt for r in transient), before=split)
             return
         mb.throttles = 0
-        await asyncio.to_thread(self.queue.complete, entry.id)
-        self._record(entry.id, None)
+        await self._write(entry, [*split, Remove()])
         log.info("spool_delivered", id=entry.id, mailbox=entry.mailbox,
                  recipients=len(entry.rcpts) - len(permanent), attempts=entry.attempts + 1,
                  age=round(now - entry.received_at, 3), seconds=round(now - started, 3))
@@ -359,29 +363,25 @@ class SpoolWorker:
                     in_a_row=mb.throttles, error=error)
 
     async def _defer(self, entry: Entry, error: str, when: float, what: Verdict, *,
-                     rcpts: tuple[str, ...] | None = None) -> None:
+                     rcpts: tuple[str, ...] | None = None, before: list[Step] | None = None) -> None:
         now = self._clock()
         cfg = self.config
         if expired(entry.started, now, cfg.max_lifetime):
             await self._dead(entry, f"gave up after {age_text(now - entry.started)} "
-                                    f"and {entry.attempts + 1} attempts: {error}")
+                                    f"and {entry.attempts + 1} attempts: {error}", before=before)
             return
         at = next_attempt(now, when - now, entry.started, cfg.max_lifetime)
-        updated = await asyncio.to_thread(self.queue.defer, entry.id, now=now, next_attempt=at,
-                                          error=error, rcpts=rcpts)
-        self._record(entry.id, updated)
+        await self._write(entry, [*(before or []), Defer(now, at, error, rcpts)])
         log.info("spool_deferred", id=entry.id, mailbox=entry.mailbox, attempts=entry.attempts + 1,
                  verdict=what.value, error=error, retry_in=round(at - now, 3))
 
-    async def _dead(self, entry: Entry, reason: str, rcpt_errors: dict[str, str] | None = None) -> None:
-        failed_id = await asyncio.to_thread(self.queue.fail, entry.id, reason, self._clock(),
-                                            rcpt_errors)
-        self._record(entry.id, None)
-        metrics.SPOOL_FAILED.inc()
-        log.warning("spool_failed", id=entry.id, failed_id=failed_id, mailbox=entry.mailbox,
-                    attempts=entry.attempts + 1, reason=reason)
-        if failed_id is not None:
-            await self._notice(entry, reason, failed_id)
+    async def _dead(self, entry: Entry, reason: str, rcpt_errors: dict[str, str] | None = None, *,
+                    before: list[Step] | None = None) -> None:
+        await self._write(entry, [*(before or []), DeadLetter(self._clock(), reason, rcpt_errors)])
+
+    async def _write(self, entry: Entry, steps: list[Step]) -> None:
+        """Record an attempt's outcome in the queue (or in memory, while the queue refuses it)."""
+        self._record(entry.id, await self._recorder.write(entry, steps, self._clock()))
 
     async def _notice(self, entry: Entry, reason: str, failed_id: str) -> None:
         """Tell the admin (never the original sender), through the queue like any message."""

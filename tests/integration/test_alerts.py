@@ -170,7 +170,8 @@ def test_a_webhook_that_fails_is_logged_and_the_relay_keeps_relaying(tmp_path, p
 
 
 def test_a_stuck_spool_starts_and_clears(tmp_path, pki, idp, upstream, hook, make_relay):
-    from tests.integration.test_spool_relay import FAST_RETRIES, Gate
+    from tests.integration.test_spool_relay import FAST_RETRIES
+    from tests.support.forwarder import Gate
 
     gate = Gate(upstream.smtp_port)  # shut: Office 365 is unreachable
     config = alerts_config(tmp_path, pki, idp, upstream, hook)

@@ -7,11 +7,18 @@ module, since the cases stop and start them) and the fake identity platform with
   and all log in again through the same relay process.
 - Postfix stopped in the middle of DATA: `direct` -> a 4xx and nothing delivered; `fallback:
   spool` -> 250 from the spool and the message delivered exactly once when Postfix is back.
+- Postfix gone while the *spool worker* is mid-DATA: a forwarder (tests/support/forwarder.py)
+  between the worker and the real Postfix lets 512 KiB of a 2 MB message through, then stops
+  Postfix (holding the rest back until it is gone) or cuts the link; the message stays queued,
+  is retried and lands in the mailbox exactly once.
 - The identity platform answering after 20 s, or with 500s: a 4xx within the configured token
   timeout (a 1 s `apps.*.timeout` here), and recovery without a restart.
 - state_dir read-only while running (a read-only bind mount in the relay's own mount namespace:
   the tests run as root, where chmod stops nothing): a clear `token_store_failed`, clients still
   served, and the rotated refresh token written once the directory is writable again.
+- The spool read-only while the worker runs (the same kind of mount, of state_dir/spool): a new
+  message hears 452, never 250; a waiting message is delivered once, although its entry cannot
+  be removed; writable again, the removal goes through and new messages are taken.
 - kill -9 during a token rotation: `test_kill_9_during_a_token_rotation`.
 """
 
@@ -34,6 +41,7 @@ from relay365.standins.jsonhttps import Route
 from relay365.tokens.store import TokenStore
 from tests.integration.conftest import DOMAIN, MAILBOX, PASSWORD, PASSWORD_HASH, USER, relay_config
 from tests.integration.test_smtp_relay import delivered, message, send
+from tests.support.forwarder import Gate
 from tests.support.upstream import MailUpstream, missing_binaries
 
 pytestmark = pytest.mark.integration
@@ -225,11 +233,21 @@ def test_identity_platform_slow_or_failing_is_a_4xx_in_time_then_recovers(
 
 # -- state_dir read-only while running --------------------------------------------------------
 
-def _remount(relay, state: Path, mode: str) -> None:
-    """Remount the relay's private bind mount of state_dir (inside its mount namespace only)."""
-    done = subprocess.run(["nsenter", "-t", str(relay.proc.pid), "-m", "mount", "-o",
-                           f"remount,bind,{mode}", str(state)], timeout=10, capture_output=True,
-                          text=True)
+def _remount(relay, where: Path, mode: str, busy_for: float = 5.0) -> None:
+    """Remount the relay's private bind mount of `where` (inside its mount namespace only).
+
+    The kernel refuses to make a mount read-only while a file on it is open for writing
+    ("busy"); a write in flight (the token status saved right after `token_refreshed`) holds it
+    for milliseconds, so try again for `busy_for` seconds - a file held open for good does not
+    pass."""
+    deadline = time.monotonic() + busy_for
+    while True:
+        done = subprocess.run(["nsenter", "-t", str(relay.proc.pid), "-m", "mount", "-o",
+                               f"remount,bind,{mode}", str(where)], timeout=10,
+                              capture_output=True, text=True)
+        if done.returncode == 0 or "busy" not in done.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert done.returncode == 0, done.stderr
 
 
@@ -250,8 +268,8 @@ def test_state_dir_read_only_while_running(make_relay, tmp_path, pki, idp, upstr
     relay = make_relay(config, start=False)
     # Root ignores file modes: a read-only bind mount in the relay's own mount namespace is
     # honest (EROFS for root too) and touches nothing outside it. The spool below stays a
-    # writable mount of its own: the worker holds its lock open for writing for the daemon's
-    # lifetime, and the kernel refuses to remount a mount with writers read-only ("busy").
+    # writable mount of its own, so the held token is shown sending a spooled message; a
+    # read-only spool is test_spool_read_only_while_the_worker_runs.
     relay.prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                     'mount --bind "$0" "$0" && mount --bind "$0/spool" "$0/spool" && exec "$@"',
                     str(state)]
@@ -332,3 +350,129 @@ def test_kill_9_during_a_token_rotation(make_relay, tmp_path, pki, idp, upstream
             send(relay.smtp_port, subject)
         assert 400 <= refused.value.smtp_code < 500
         assert relay.wait_log("token_failed")["code"] == "AADSTS70000"  # needs relay365 auth
+
+
+# -- Postfix stopped while the spool worker is mid-DATA ---------------------------------------
+
+SPOOL_FAST = {"retry_base": "0.5s", "retry_cap": "1s", "rescan_interval": "0.2s",
+              "min_free_space": 0}
+BIG = 2_000_000  # the message; the worker's DATA to Postfix is cut after CUT bytes of it
+CUT = 512 * 1024  # bytes from the relay: the dialogue before DATA (TLS, EHLO, AUTH with its
+# token, MAIL, RCPT) is a few KB, so this is inside the body, and 1.4 MB before its end
+
+
+@pytest.fixture
+def gate(upstream):
+    g = Gate(upstream.smtp_port)
+    g.open()
+    yield g
+    g.shut()
+
+
+def spool_relay(make_relay, tmp_path, pki, idp, upstream, gate, start: bool = True):
+    """`delivery: spool` through `gate`: every message is the spool worker's to deliver."""
+    config = relay_config(tmp_path, pki, idp, upstream, smtp={})
+    config["upstream"]["smtp"]["port"] = gate.port
+    config["users"][0]["delivery"] = "spool"
+    config["spool"] = dict(SPOOL_FAST)
+    return make_relay(config, start=start)
+
+
+def data_reply(port: int, subject: str, size: int = 0) -> tuple[int, bytes]:
+    """One message through the relay's SMTP: the reply to its DATA."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.login(USER, PASSWORD)
+        s.mail("printer3@lan.local")
+        assert s.rcpt(BOB)[0] == 250
+        return s.data(message(subject, size=size))
+
+
+def queued(port: int, subject: str, size: int = 0) -> str:
+    """250 from the spool; the id of the queue entry."""
+    code, text = data_reply(port, subject, size)
+    assert code == 250 and text.startswith(b"2.0.0 OK queued as "), (code, text)
+    return text.decode().rsplit(" ", 1)[1]
+
+
+@pytest.mark.parametrize("how", ["postfix_stopped", "link_cut"])
+def test_postfix_gone_while_the_spool_worker_is_mid_data_delivers_once(
+        make_relay, tmp_path, pki, idp, upstream, gate, restore, how):
+    """The worker's DATA to the real Postfix breaks after CUT bytes: Postfix is stopped there
+    (the forwarder holds the rest back until it is gone), or the link is cut under both."""
+    relay = spool_relay(make_relay, tmp_path, pki, idp, upstream, gate)
+    stop = (lambda: upstream.stop_daemon("postfix")) if how == "postfix_stopped" else None
+    gate.cut_after(CUT, then=stop)
+    postfix_log = upstream.logdir / "postfix.log"
+    seen = postfix_log.stat().st_size
+    subject = f"worker mid-data {how} {uuid.uuid4()}"
+    entry_id = queued(relay.smtp_port, subject, size=BIG)
+    assert gate.cut.wait(15), relay.log_text()
+    deferred = relay.wait_log("spool_deferred", id=entry_id, timeout=15)
+    assert deferred["verdict"] == "defer_mailbox", deferred  # the session broke, not the message
+    print(f"{how}: deferred with {deferred['error']!r}")
+    if how == "postfix_stopped":
+        relay.wait_log("spool_deferred", id=entry_id, attempts=2, timeout=15)  # Postfix is away
+        assert count(upstream, subject) == 0
+        upstream.start_daemon("postfix")
+    else:
+        with open(postfix_log, "rb") as f:  # Postfix saw the body start, and never its end
+            f.seek(seen)
+            assert b"lost connection after DATA" in f.read(), upstream.log_tail()
+    delivered(upstream, BOB, subject)
+    assert relay.wait_log("spool_delivered", id=entry_id)["attempts"] >= 2
+    time.sleep(1.5)  # retries come every 0.5-1 s: a second copy would be here by now
+    assert count(upstream, subject) == 1
+    assert not list((Path(relay.config["state_dir"]) / "spool" / "queue").iterdir())
+    no_errors(relay)
+
+
+# -- the spool read-only while the worker runs ------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("nsenter") is None,
+                    reason="needs util-linux unshare and nsenter")
+def test_spool_read_only_while_the_worker_runs(make_relay, tmp_path, pki, idp, upstream, gate):
+    """A message waits in the queue (Office 365 away), then the spool turns read-only: a new
+    message hears a 4xx, never 250; the waiting one is delivered once Office 365 is back, and its
+    entry, which cannot be removed, is not sent again; writable again, the removal goes through
+    and new messages are taken - no restart."""
+    gate.shut()
+    relay = spool_relay(make_relay, tmp_path, pki, idp, upstream, gate, start=False)
+    relay.config["users"].append({**relay.config["users"][0], "username": "direct",
+                                  "delivery": "direct"})
+    spool = Path(relay.config["state_dir"]) / "spool"
+    spool.mkdir(parents=True)
+    relay.prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" "$0" && exec "$@"', str(spool)]
+    relay.start()
+    waiting = f"waiting in a read-only spool {uuid.uuid4()}"
+    waiting_id = queued(relay.smtp_port, waiting)
+    relay.wait_log("spool_deferred", id=waiting_id, timeout=15)
+    _remount(relay, spool, "ro")
+    try:
+        refused = f"refused by a read-only spool {uuid.uuid4()}"
+        code, text = data_reply(relay.smtp_port, refused)
+        assert (code, text[:5]) == (452, b"4.3.1"), (code, text)  # nobody holds it: retry
+        error = relay.wait_log("spool_refused")["error"]
+        assert error == f"cannot queue the message in {spool}: EROFS (Read-only file system)"
+        gate.open()  # Office 365 is back
+        # a message that needs no spool goes through: 1 MB, more than a DATA held in memory
+        direct = f"direct past a read-only spool {uuid.uuid4()}"
+        send(relay.smtp_port, direct, login=("direct", PASSWORD), size=1_000_000)
+        delivered(upstream, BOB, direct)
+        unwritten = relay.wait_log("spool_write_failed", id=waiting_id, step="remove", timeout=15)
+        assert unwritten["path"] == str(spool / "queue" / waiting_id), unwritten
+        assert "will not send it again" in unwritten["action"], unwritten
+        delivered(upstream, BOB, waiting)
+        time.sleep(2)  # ten rescans (0.2 s) and retries (0.5-1 s): a second copy would be here
+        assert count(upstream, waiting) == 1
+        assert (spool / "queue" / waiting_id).is_dir()  # delivered, and still on disk
+    finally:
+        _remount(relay, spool, "rw")
+    relay.wait_log("spool_write_recovered", id=waiting_id, timeout=10)  # WRITE_RETRY: 2 s
+    assert not list((spool / "queue").iterdir())
+    after = f"after the read-only spool {uuid.uuid4()}"
+    queued(relay.smtp_port, after)
+    delivered(upstream, BOB, after)
+    assert (count(upstream, waiting), count(upstream, refused), count(upstream, after)) == (1, 0, 1)
+    assert relay.proc.poll() is None
+    no_errors(relay, allowed=("spool_refused", "spool_write_failed"))

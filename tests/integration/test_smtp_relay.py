@@ -326,7 +326,7 @@ def test_upstream_session_is_reused_by_the_next_client_of_the_mailbox(make_relay
 
 def test_a_parked_session_the_server_closed_is_replaced_transparently(tmp_path, pki, idp, upstream,
                                                                        make_relay):
-    from tests.integration.test_spool_relay import Gate
+    from tests.support.forwarder import Gate
 
     gate = Gate(upstream.smtp_port)
     gate.open()

@@ -18,7 +18,8 @@ import urllib.request
 import pytest
 
 from tests.integration.conftest import CLIENT_SECRET, MAILBOX, PASSWORD, USER
-from tests.integration.test_spool_relay import BOB, Gate, message, spool_config
+from tests.integration.test_spool_relay import BOB, message, spool_config
+from tests.support.forwarder import Gate
 
 pytestmark = pytest.mark.integration
 ADMIN_TOKEN = "status-admin-token-9f3e1c"

@@ -168,9 +168,29 @@ def test_a_read_only_file_system(tiny_fs):
     q = SpoolQueue(tiny_fs)
     first = put(q)
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True, capture_output=True)
-    with pytest.raises(SpoolFullError, match="EROFS"):
+    with pytest.raises(SpoolFullError) as refused:
         put(q, 1)
+    assert str(refused.value) == (f"cannot queue the message in {tiny_fs / 'spool'}: "
+                                  "EROFS (Read-only file system)")  # the directory to fix
     assert [e.id for e in q.entries()] == [first]
+
+
+def test_the_worker_lock_lets_the_spool_turn_read_only_and_still_locks(tiny_fs):
+    """The worker holds spool/worker.lock for the daemon's life. Held through a descriptor open
+    for writing, it kept the kernel from remounting the spool read-only ("busy") - the way an
+    operator or a failing disk makes it read-only."""
+    q = SpoolQueue(tiny_fs)
+    q.lock_worker()
+    first = put(q)
+    ro = subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], capture_output=True, text=True)
+    assert ro.returncode == 0, ro.stderr
+    with pytest.raises(SpoolError, match="another relay365"):
+        SpoolQueue(tiny_fs).lock_worker()  # still one worker per spool
+    with q.locked():  # and the queue's own lock still locks
+        assert [e.id for e in q.entries()] == [first]
+    subprocess.run(["mount", "-o", "remount,rw", str(tiny_fs)], check=True, capture_output=True)
+    assert q.complete(first)
+    q.unlock_worker()
 
 
 # -- after a delivery attempt ------------------------------------------------------------------
