@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "relay365"
 CORES = {
     "relay365.sasl", "relay365.replies", "relay365.states", "relay365.secret", "relay365.errors",
     "relay365.throttle", "relay365.proxyproto", "relay365.imap.core", "relay365.imap.parse",
-    "relay365.smtp.policy", "relay365.smtp.data", "relay365.smtp.rewrite",
+    "relay365.smtp.policy", "relay365.smtp.effects", "relay365.smtp.data", "relay365.smtp.rewrite",
     "relay365.spool.schedule", "relay365.tokens.classify", "relay365.config.units",
     "relay365.web.page", "relay365.web.sections", "relay365.web.chart", "relay365.web.markup",
     "relay365.web.security", "relay365.web.model", "relay365.web.wire",
