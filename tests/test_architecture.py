@@ -22,7 +22,7 @@ CORES = {
     "relay365.web.page", "relay365.web.sections", "relay365.web.chart", "relay365.web.markup",
     "relay365.web.security", "relay365.web.model", "relay365.web.wire",
     "relay365.graph.mime", "relay365.graph.errors", "relay365.graph.parts", "relay365.graph.draft",
-    "relay365.graph.claims",
+    "relay365.graph.claims", "relay365.delivery.pipeline",
     "relay365.alerts.core", "relay365.alerts.conditions", "relay365.alerts.render",
 }
 FORBIDDEN_IN_CORES = {"asyncio", "socket", "time", "logging", "structlog", "ssl", "selectors"}
