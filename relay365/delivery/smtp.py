@@ -2,7 +2,10 @@
 
 aiosmtplib speaks the protocol (it has XOAUTH2 built in, including the empty reply to the base64
 JSON error challenge). This module only decides the policy - TLS is never optional, a 535 on a cached
-token gets one fresh token and one more try - and turns aiosmtplib's exceptions into ours.
+token gets one fresh token and one more try - and turns aiosmtplib's exceptions into ours. Two
+things aiosmtplib cannot do are done over its connection: the envelope as one RFC 2920 group when
+the server offers PIPELINING (`exchange`, `pipeline`), and DATA streamed chunk by chunk
+(`DataStream`).
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import aiosmtplib
 import structlog
+from aiosmtplib.email import quote_address
 
 from ..config import Endpoint, UpstreamConfig
 from ..errors import UpstreamAuthError, UpstreamError
 from ..tlsutil import nodelay
 from ..tokens.manager import TokenManager
+from . import pipeline
+from .exchange import exchange
 from .message import Message
+from .pipeline import Envelope, Reply
 from .wire import WireEncoder
 
 log = structlog.get_logger("relay365.delivery.smtp")
@@ -29,9 +36,14 @@ _NETWORK = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError,
             aiosmtplib.SMTPTimeoutError, OSError, ssl.SSLError, TimeoutError)
 
 
+def refused(reply: Reply, what: str) -> UpstreamError:
+    """The server's refusal of `what` as the relay's error (only a 5xx is final)."""
+    return UpstreamError(f"upstream refused {what}", code=reply.code, text=reply.text,
+                         transient=reply.transient)
+
+
 def _reply_error(exc: aiosmtplib.SMTPResponseException, what: str) -> UpstreamError:
-    return UpstreamError(f"upstream refused {what}", code=exc.code, text=exc.message,
-                         transient=not 500 <= exc.code < 600)  # only a 5xx is final
+    return refused(Reply(exc.code, exc.message), what)
 
 
 class DataStream:
@@ -84,7 +96,7 @@ class UpstreamSMTP:
         self._tls = tls
         self._local_hostname = local_hostname
         self._connect_timeout = connect_timeout
-        self._timeout = timeout
+        self.timeout = timeout
         self._smtp: aiosmtplib.SMTP | None = None
         self.mailbox: str | None = None
         self.esmtp: set[str] = set()
@@ -96,13 +108,18 @@ class UpstreamSMTP:
     def connected(self) -> bool:
         return self._smtp is not None and self._smtp.is_connected
 
+    @property
+    def pipelining(self) -> bool:
+        """The server's EHLO offered PIPELINING (RFC 2920): the envelope goes as one group."""
+        return "pipelining" in self.esmtp
+
     async def open(self, mailbox: str, tokens: TokenManager) -> None:
         """Connect, TLS, EHLO, AUTH XOAUTH2. Raises TokenError or UpstreamError."""
         started = time.monotonic()
         implicit = self.endpoint.tls == "implicit"
         smtp = aiosmtplib.SMTP(hostname=self.endpoint.host, port=self.endpoint.port,
                                use_tls=implicit, start_tls=False, tls_context=self._tls,
-                               local_hostname=self._local_hostname, timeout=self._timeout)
+                               local_hostname=self._local_hostname, timeout=self.timeout)
         token = await tokens.get(mailbox)
         try:
             await smtp.connect(timeout=self._connect_timeout)
@@ -136,9 +153,40 @@ class UpstreamSMTP:
         self.connect_seconds = time.monotonic() - started
         self.opened_at = time.monotonic()
 
+    def _options(self, options: Sequence[str]) -> list[str]:
+        """The client's MAIL parameters this server announced (SIZE=, BODY=, SMTPUTF8)."""
+        return [o for o in options if o.split("=")[0].lower() in self.esmtp]
+
     async def mail(self, sender: str, options: list[str]) -> str:
-        opts = [o for o in options if o.split("=")[0].lower() in self.esmtp]
+        opts = self._options(options)
         return await self._call(lambda s: s.mail(sender, options=opts), "the sender")
+
+    async def envelope(self, sender: str, options: Sequence[str], rcpts: Sequence[str], *,
+                       reset: bool = True) -> Envelope:
+        """MAIL and the RCPTs: one write and the replies in order when the server offers
+        PIPELINING, else one command at a time (and no RCPT after a refused MAIL). Refusals are in
+        the Envelope; a lost session or a 421 raises UpstreamError. `reset`: when no recipient
+        was accepted, RSET, so the session can carry the next message."""
+        assert self._smtp is not None
+        smtp, opts = self._smtp, self._options(options)
+        async with self.guard("the envelope"):
+            if self.pipelining:
+                env = await self._pipelined(smtp, sender, opts, rcpts)
+            else:
+                env = await _one_by_one(smtp, sender, opts, rcpts)
+        if (closing := env.closing) is not None:  # aiosmtplib and `exchange` have closed it
+            raise refused(closing, "the envelope")
+        if reset and env.needs_rset:
+            await self.rset()
+        return env
+
+    async def _pipelined(self, smtp: aiosmtplib.SMTP, sender: str, opts: list[str],
+                         rcpts: Sequence[str]) -> Envelope:
+        data = pipeline.group(quote_address(sender), opts, [quote_address(r) for r in rcpts])
+        self.interrupted = True  # until every reply is in: a session cut off here is out of step
+        replies = await exchange(smtp, data, pipeline.expected(len(rcpts)), self.timeout)
+        self.interrupted = False
+        return pipeline.settle(replies, len(rcpts))
 
     async def rcpt(self, recipient: str) -> str:
         return await self._call(lambda s: s.rcpt(recipient), "the recipient")
@@ -211,6 +259,30 @@ class UpstreamSMTP:
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
             await _close(smtp)
+
+
+async def _one_by_one(smtp: aiosmtplib.SMTP, sender: str, opts: list[str],
+                      rcpts: Sequence[str]) -> Envelope:
+    mail = await _reply(smtp.mail(sender, options=opts))
+    if mail.code not in pipeline.MAIL_OK:
+        return Envelope(mail, ())
+    replies = [mail]
+    for rcpt in rcpts:
+        replies.append(await _reply(smtp.rcpt(rcpt)))
+        if replies[-1].code == pipeline.CLOSING:
+            break
+    return pipeline.settle(replies, len(rcpts))
+
+
+async def _reply(command: Awaitable[aiosmtplib.SMTPResponse]) -> Reply:
+    """The server's reply to one command, a refusal included (aiosmtplib raises those)."""
+    try:
+        response = await command
+    except aiosmtplib.SMTPResponseException as exc:
+        if exc.code < 0:  # no reply at all, but garbage: the guard's business
+            raise
+        return Reply(exc.code, exc.message)
+    return Reply(response.code, response.message)
 
 
 async def _close(smtp: aiosmtplib.SMTP) -> None:
