@@ -24,6 +24,7 @@ class UpstreamMail:
 @dataclass(frozen=True)
 class UpstreamRcpt:
     rcpt: str
+    mail: UpstreamMail | None = None  # MAIL not sent yet: it goes with this RCPT, one write (RFC 2920)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ class Failed:
 @dataclass(frozen=True)
 class ViaGraph:
     """The account sends through Microsoft Graph: no upstream session, all at end of DATA."""
+
+
+@dataclass(frozen=True)
+class Pipelined:
+    """The upstream offers PIPELINING: MAIL waits, to go in one write with the first RCPT."""
 
 
 @dataclass(frozen=True)
