@@ -79,7 +79,7 @@ async def exchange(smtp: aiosmtplib.SMTP, data: bytes, want: int, timeout: float
     transport.set_protocol(collector)
     complete = False
     try:
-        transport.write(data)
+        protocol.write(data)  # aiosmtplib's own write: its checks, the same transport
         try:
             replies = await asyncio.wait_for(done, timeout)
         except TimeoutError:

@@ -5,7 +5,7 @@ JSON error challenge). This module only decides the policy - TLS is never option
 token gets one fresh token and one more try - and turns aiosmtplib's exceptions into ours. Two
 things aiosmtplib cannot do are done over its connection: the envelope as one RFC 2920 group when
 the server offers PIPELINING (`exchange`, `pipeline`), and DATA streamed chunk by chunk
-(`DataStream`).
+(`DataStream`), whose last chunk leaves in one write with the end-of-data dot.
 """
 
 from __future__ import annotations
@@ -51,39 +51,40 @@ class DataStream:
 
     aiosmtplib's `data()` wants the whole message as one bytes object (and copies it three times);
     this sends the same bytes (`WireEncoder`) as they come, with aiosmtplib's flow control, so a
-    slow upstream slows the reading, not the memory. Until `finish` has the final reply the
-    session is `interrupted` (never reused); `abort` closes it without ending DATA, so a message
-    the client did not finish is never delivered in part.
+    slow upstream slows the reading, not the memory. The newest chunk is held back until the next
+    one comes, so the last leaves with the end-of-data line in one write (a 10 KB message is one
+    write, not two). Until `finish` has the final reply the session is `interrupted` (never
+    reused); `abort` closes it without ending DATA, so a message the client did not finish is
+    never delivered in part.
     """
 
     def __init__(self, up: UpstreamSMTP, smtp: aiosmtplib.SMTP) -> None:
         self._up, self._smtp = up, smtp
         self._encoder = WireEncoder()
+        self._held = b""  # encoded, not yet written
 
     async def write(self, content: bytes) -> None:
         out = self._encoder.feed(content)
         if not out:
             return
+        held, self._held = self._held, out
+        if not held:
+            return
         async with self._up.guard("the message"):
             protocol = self._smtp.protocol
             if protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            protocol.write(out)
+            protocol.write(held)
             await protocol._drain_helper()  # waits while the transport is over its high-water mark
 
     async def finish(self) -> str:
         async with self._up.guard("the message"):
-            end = self._encoder.end()
-            protocol = self._smtp.protocol
-            if protocol is None:
-                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            if end != b".\r\n":
-                protocol.write(end[:-3])
-            done = await self._smtp.execute_command(b".")  # its reply is the message's
+            last, self._held = self._held + self._encoder.end(), b""
+            done = (await exchange(self._smtp, last, 1, self._up.timeout))[0]  # the message's reply
             self._up.interrupted = False
             if done.code != 250:
-                raise aiosmtplib.SMTPDataError(done.code, done.message)
-        return f"{done.code} {done.message}"
+                raise aiosmtplib.SMTPDataError(done.code, done.text)
+        return str(done)
 
     def abort(self) -> None:
         self._up.abort()

@@ -6,23 +6,18 @@ and on uvloop's (the daemon's): after a group, aiosmtplib's own next command mus
 from __future__ import annotations
 
 import asyncio
-import ssl
-from collections.abc import Awaitable, Callable
 
 import aiosmtplib
 import pytest
-import uvloop
 
 from relay365.delivery.exchange import exchange
 from relay365.delivery.pipeline import Reply
+from tests.unit.delivery.scripted import LOOPS, run_session
 
 GROUP = b"MAIL FROM:<a@contoso.test>\r\nRCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\n"
 REPLIES = b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 <c@example.test>: User unknown\r\n"
 WANT = [Reply(250, "2.1.0 Ok"), Reply(250, "2.1.5 Ok"),
         Reply(550, "5.1.1 <c@example.test>: User unknown")]
-
-Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
-
 
 async def at_once(w: asyncio.StreamWriter) -> None:
     w.write(REPLIES)
@@ -45,47 +40,6 @@ async def first_then_rest(w: asyncio.StreamWriter) -> None:
 
 async def with_extra(w: asyncio.StreamWriter) -> None:
     w.write(REPLIES + b"250 unsolicited\r\n")
-
-
-def run_session(script: Script, certs, loop_factory, body) -> object:
-    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        w.write(b"220 test ESMTP\r\n")
-        while line := await r.readline():
-            if line.startswith(b"EHLO"):
-                w.write(b"250-test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
-            elif line.startswith(b"NOOP"):
-                w.write(b"250 2.0.0 still in step\r\n")
-            elif line.startswith(b"QUIT"):
-                w.write(b"221 bye\r\n")
-                break
-            elif line.startswith(b"RCPT TO:<c@"):  # the group's last line: answer it all now
-                await script(w)
-            await w.drain()
-        w.close()
-
-    async def main() -> object:
-        server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server_tls.load_cert_chain(certs.cert_file, certs.key_file)
-        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_tls)
-        port = server.sockets[0].getsockname()[1]
-        client_tls = ssl.create_default_context(cafile=str(certs.ca_file))
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, use_tls=True, tls_context=client_tls,
-                               timeout=2)
-        try:
-            await smtp.connect()
-            await smtp.ehlo()
-            return await body(smtp)
-        finally:
-            smtp.close()
-            server.close()
-            await server.wait_closed()
-
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(main())
-
-
-LOOPS = pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop],
-                                ids=["asyncio", "uvloop"])
 
 
 @LOOPS
