@@ -60,6 +60,9 @@ class _Collector(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.inner.resume_writing()
 
+    def timed_out(self) -> None:
+        self._fail(aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response"))
+
     def _fail(self, exc: BaseException) -> None:
         if not self.done.done():
             self.done.set_exception(exc)
@@ -74,19 +77,21 @@ async def exchange(smtp: aiosmtplib.SMTP, data: bytes, want: int, timeout: float
     transport = cast("asyncio.WriteTransport | None", protocol.transport if protocol else None)
     if protocol is None or transport is None or transport.is_closing():
         raise aiosmtplib.SMTPServerDisconnected("Server not connected")
-    done: asyncio.Future[list[Reply]] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[list[Reply]] = loop.create_future()
     collector = _Collector(protocol, want, done)
     transport.set_protocol(collector)
+    # one timer, not asyncio.wait_for (a waiter future and three callbacks per command group)
+    timer = loop.call_later(timeout, collector.timed_out) if timeout is not None else None
     complete = False
     try:
         protocol.write(data)  # aiosmtplib's own write: its checks, the same transport
-        try:
-            replies = await asyncio.wait_for(done, timeout)
-        except TimeoutError:
-            raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from None
+        replies = await done
         complete = replies[-1].code != CLOSING
         return replies
     finally:
+        if timer is not None:
+            timer.cancel()
         if transport.get_protocol() is collector:
             transport.set_protocol(protocol)
         if not complete:

@@ -33,6 +33,8 @@ MAIL_OK = frozenset({250})
 RCPT_OK = frozenset({250, 251})
 CLOSING = 421  # RFC 5321 s.3.8: the server is shutting the session down
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # no CR, LF or other control byte inside a command
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"  # RFC 5322 s.3.2.3
+_PLAIN = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
 
 class ReplyError(ValueError):
@@ -51,6 +53,12 @@ class Reply:
     def transient(self) -> bool:
         """Anything but a 5xx may go better later (RFC 5321 s.4.2.1)."""
         return not 500 <= self.code < 600
+
+
+def plain_path(address: str) -> str | None:
+    """`<address>` for an everyday address (dot-atom @ LDH domain), which is what aiosmtplib's
+    `quote_address` makes of it without running the email parser; None for any other."""
+    return f"<{address}>" if _PLAIN.fullmatch(address) else None
 
 
 def group(mail_from: str, options: Sequence[str], rcpts: Sequence[str]) -> bytes:

@@ -183,7 +183,7 @@ class UpstreamSMTP:
 
     async def _pipelined(self, smtp: aiosmtplib.SMTP, sender: str, opts: list[str],
                          rcpts: Sequence[str]) -> Envelope:
-        data = pipeline.group(quote_address(sender), opts, [quote_address(r) for r in rcpts])
+        data = pipeline.group(_quote(sender), opts, [_quote(r) for r in rcpts])
         self.interrupted = True  # until every reply is in: a session cut off here is out of step
         replies = await exchange(smtp, data, pipeline.expected(len(rcpts)), self.timeout)
         self.interrupted = False
@@ -200,9 +200,9 @@ class UpstreamSMTP:
         assert self._smtp is not None
         smtp = self._smtp
         async with self.guard("the message"):
-            start = await smtp.execute_command(b"DATA")
+            start = (await exchange(smtp, b"DATA\r\n", 1, self.timeout))[0]
             if start.code != 354:
-                raise aiosmtplib.SMTPDataError(start.code, start.message)
+                raise aiosmtplib.SMTPDataError(start.code, start.text)
         self.interrupted = True  # mid-DATA until the stream has its final reply
         return DataStream(self, smtp)
 
@@ -260,6 +260,11 @@ class UpstreamSMTP:
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
             await _close(smtp)
+
+
+def _quote(address: str) -> str:
+    """The path as aiosmtplib's mail()/rcpt() would write it."""
+    return pipeline.plain_path(address) or quote_address(address)
 
 
 async def _one_by_one(smtp: aiosmtplib.SMTP, sender: str, opts: list[str],

@@ -63,6 +63,7 @@ class RelayHandler(AuthHooks, Outbound):
         assert config.smtp is not None
         old = getattr(self, "config", None)
         self.config, self.smtp = config, config.smtp
+        self.body_dir = config.state_dir / "spool" / "tmp"  # where a large DATA goes to disk
         self.limits.max_total = config.limits.max_connections
         self.limits.max_per_ip = config.limits.max_connections_per_ip
         self.upstream_tls = client_context(config.upstream.ca_file)
@@ -189,7 +190,7 @@ class RelayHandler(AuthHooks, Outbound):
         return reply
 
     def new_body(self) -> Body:
-        return Body(self.config.state_dir / "spool" / "tmp")
+        return Body(self.body_dir)
 
     async def begin_data(self, server: RelaySMTP, body: Body) -> Transfer:
         """The client's DATA starts: where it goes is decided now (the content does not change
