@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "relay365"
 # Ring 1: pure protocol cores and rules - no sockets, no event loop, no clock, no logging.
 CORES = {
     "relay365.sasl", "relay365.replies", "relay365.states", "relay365.secret", "relay365.errors",
+    "relay365.addrspec",
     "relay365.throttle", "relay365.proxyproto", "relay365.imap.core", "relay365.imap.parse",
     "relay365.smtp.policy", "relay365.smtp.effects", "relay365.smtp.data", "relay365.smtp.rewrite",
     "relay365.spool.schedule", "relay365.tokens.classify", "relay365.config.units",

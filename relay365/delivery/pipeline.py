@@ -25,6 +25,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..addrspec import is_plain
+
 # aiosmtplib's limits (protocol.MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH): RFC 5321 s.4.5.3.1.5 allows
 # 512 octets per reply line, and servers write longer ones; a reply of 32 KiB is no reply.
 MAX_REPLY_LINE = 8192
@@ -33,8 +35,6 @@ MAIL_OK = frozenset({250})
 RCPT_OK = frozenset({250, 251})
 CLOSING = 421  # RFC 5321 s.3.8: the server is shutting the session down
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # no CR, LF or other control byte inside a command
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"  # RFC 5322 s.3.2.3
-_PLAIN = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
 
 class ReplyError(ValueError):
@@ -58,7 +58,7 @@ class Reply:
 def plain_path(address: str) -> str | None:
     """`<address>` for an everyday address (dot-atom @ LDH domain), which is what aiosmtplib's
     `quote_address` makes of it without running the email parser; None for any other."""
-    return f"<{address}>" if _PLAIN.fullmatch(address) else None
+    return f"<{address}>" if is_plain(address) else None
 
 
 def group(mail_from: str, options: Sequence[str], rcpts: Sequence[str]) -> bytes:

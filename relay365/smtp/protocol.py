@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope
 
-from .. import replies
+from .. import addrspec, replies
 from ..delivery.message import Body
 from ..states import ConnRefused, SmtpOutcome
 from ..tlsutil import nodelay
@@ -61,11 +61,9 @@ log = structlog.get_logger("relay365.smtp")
 _conn_ids = itertools.count(1)
 READ_SIZE = 64 * 1024  # DATA is read in chunks this size
 _ONE_LINE = re.compile(r"[\r\n]")
-# `<local@domain>` with a dot-atom local part (RFC 5322 s.3.2.3 atext) and an LDH domain name
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9-]+"
-_PLAIN_PATH = re.compile(  # and the blanks after it, which aiosmtpd's parser takes too (CFWS)
-    rf"<(?P<address>(?P<local>{_ATEXT}(?:\.{_ATEXT})*)@{_LABEL}(?:\.{_LABEL})*)>[ \t]*(?![(\s])")
+# `<local@domain>`, an everyday address, and the blanks after it (aiosmtpd's parser takes them)
+_PLAIN_PATH = re.compile(
+    rf"<(?P<address>(?P<local>{addrspec.LOCAL})@{addrspec.DOMAIN})>[ \t]*(?![(\s])")
 EOF_LINGER = 30.0  # seconds a half-closed client has to read its last replies
 
 
