@@ -77,32 +77,34 @@ class ReplyReader:
     """Bytes in, complete replies out, in order; a partial reply waits for the rest."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._lines: list[bytes] = []  # the lines of the reply in progress
+        self._rest = b""  # the start of a line whose end has not come
+        self._lines: list[bytes] = []  # the lines of a multi-line reply in progress
         self._size = 0
 
     def feed(self, data: bytes) -> list[Reply]:
-        self._buf += data
-        out: list[Reply] = []
-        while (end := self._buf.find(b"\n")) != -1:
-            line = bytes(self._buf[:end + 1])
-            del self._buf[:end + 1]
-            reply = self._line(line)
-            if reply is not None:
-                out.append(reply)
-        if len(self._buf) > MAX_REPLY_LINE:
+        lines = (self._rest + data if self._rest else data).split(b"\n")
+        self._rest = lines.pop()
+        if len(self._rest) > MAX_REPLY_LINE:
             raise ReplyError("reply line too long")
+        out: list[Reply] = []
+        for line in lines:
+            if len(line) >= MAX_REPLY_LINE:  # with its LF: aiosmtplib's limit
+                raise ReplyError("reply line too long")
+            code = line[:3]
+            if not code.isdigit():
+                raise ReplyError(f"malformed reply line: {line[:40]!r}")
+            if line[3:4] == b"-" or self._lines:
+                reply = self._multi(line)
+                if reply is not None:
+                    out.append(reply)
+            else:  # the everyday case: a reply of one line
+                out.append(Reply(int(code), line[4:].strip(b" \t\r").decode("utf-8", "surrogateescape")))
         return out
 
-    def _line(self, line: bytes) -> Reply | None:
-        if len(line) > MAX_REPLY_LINE:
-            raise ReplyError("reply line too long")
-        self._size += len(line)
+    def _multi(self, line: bytes) -> Reply | None:
+        self._size += len(line) + 1
         if self._size > MAX_REPLY:
             raise ReplyError("reply too long")
-        code = line[:3]
-        if not code.isdigit():
-            raise ReplyError(f"malformed reply line: {line[:40]!r}")
         self._lines.append(line)
         if line[3:4] == b"-":
             return None
@@ -110,9 +112,9 @@ class ReplyReader:
         for ln in self._lines:
             if text:  # aiosmtplib's join: an empty line adds no separator before the next
                 text += b"\n"
-            text += ln[4:].strip(b" \t\r\n")
+            text += ln[4:].strip(b" \t\r")
         self._lines, self._size = [], 0
-        return Reply(int(code), text.decode("utf-8", "surrogateescape"))
+        return Reply(int(line[:3]), text.decode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True, slots=True)
