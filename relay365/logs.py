@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Any, TextIO
 
 import structlog
@@ -58,7 +58,10 @@ class _Line:
     debug = info = warning = error = critical = exception = msg
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None,
+              taps: Sequence[Processor] = ()) -> None:
+    """`taps`: processors that see each of the relay's own events before it is rendered (the
+    demo keeps its `message_relayed` this way); they return the event dict unchanged."""
     stream = stream or sys.stderr
     json_out = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shared: list[Processor] = [
@@ -73,7 +76,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     exc: Processor = structlog.processors.format_exc_info if json_out else (lambda _, __, e: e)
     handler = logging.StreamHandler(stream)
     structlog.configure(
-        processors=[*shared, exc, renderer],
+        processors=[*shared, *taps, exc, renderer],
         logger_factory=lambda *args: _Line(handler, str(args[0]) if args else "relay365"),
         wrapper_class=structlog.make_filtering_bound_logger(_numeric(level)),
         cache_logger_on_first_use=False,  # capture_logs (tests) swaps the processors

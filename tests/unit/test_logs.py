@@ -114,3 +114,16 @@ def test_console_format_for_a_terminal(out):
     structlog.get_logger("relay365.smtp").info("message_relayed", size=1)
     text = out.getvalue()
     assert "message_relayed" in text and "size" in text and not text.startswith("{")
+
+
+def test_a_tap_sees_each_relay_event_before_it_is_rendered(out):
+    seen = []
+
+    def tap(logger, method, event):
+        seen.append(dict(event))
+        return event
+
+    logs.configure("info", "json", stream=out, taps=[tap])
+    structlog.get_logger("relay365.smtp").info("message_relayed", size=1)
+    assert seen[0]["event"] == "message_relayed" and seen[0]["logger"] == "relay365.smtp"
+    assert lines(out)[0]["size"] == 1
