@@ -680,7 +680,7 @@ def main() -> int:
         world = World(Path(tmp), emailproxy="emailproxy" in targets)
         try:
             if args.profile:
-                return profile(world, args.profile, scale)
+                return profile(world, args.profile, scale, only=args.only)
             for t in proxies:  # warm each proxy's token
                 smtp_session(world, t).quit()
                 imap_session(world, t).logout()
@@ -771,16 +771,19 @@ def pyspy() -> Path:
     return exe
 
 
-def profile(world, outdir: Path, scale: float) -> int:
+def profile(world, outdir: Path, scale: float, only: str | None = None) -> int:
     """Sample the relay (py-spy, 100 Hz, idle frames dropped) while one workload runs against it
-    alone; write <name>.txt (collapsed stacks) and print the top of each."""
+    alone; write <name>.txt (collapsed stacks) and print the top of each. `only="smtp"`: the SMTP
+    workloads alone."""
     outdir.mkdir(parents=True, exist_ok=True)
     exe = pyspy()
     smtp_session(world, "relay").quit()
     imap_session(world, "relay").logout()
-    count = fill_mailbox(world, scale)
+    count = fill_mailbox(world, scale) if only != "smtp" else 0
     jobs = {
         "fetch": lambda: [imap_fetch_mbps(world, "relay", count=count) for _ in range(3)],
+        "smtp-long-1": lambda: smtp_rate(world, "relay", concurrency=1, per_worker=max(20, int(1000 * scale)),
+                                         size=10_000, long=True),
         "smtp-long": lambda: smtp_rate(world, "relay", concurrency=16, per_worker=max(5, int(100 * scale)),
                                        size=10_000, long=True),
         "smtp-per-session": lambda: smtp_rate(world, "relay", concurrency=16,
@@ -790,6 +793,8 @@ def profile(world, outdir: Path, scale: float) -> int:
         "smtp-5mb": lambda: smtp_rate(world, "relay", concurrency=4, per_worker=max(1, int(4 * scale)),
                                       size=5_000_000, long=False),
     }
+    if only == "smtp":
+        jobs = {name: job for name, job in jobs.items() if name.startswith("smtp")}
     for name, job in jobs.items():
         raw = outdir / f"{name}.txt"
         rec = subprocess.Popen([str(exe), "record", "-p", str(world.relay.proc.pid), "-r", "100",
@@ -805,8 +810,10 @@ def profile(world, outdir: Path, scale: float) -> int:
         if not raw.exists():
             print(f"{name}: py-spy wrote nothing: {err.strip()[-300:]}")
             continue
+        per = (f"; ~{1000 * cpu / (result * wall):.2f} ms CPU per message"
+               if name.startswith("smtp") and result else "")
         print(f"\n== {name}: relay used {cpu:.1f} s CPU in {wall:.1f} s ({100 * cpu / wall:.0f}% of a core); "
-              f"result {result if not isinstance(result, list) else [round(r, 1) for r in result]}")
+              f"result {result if not isinstance(result, list) else [round(r, 1) for r in result]}{per}")
         summarize(raw)
     return 0
 

@@ -16,14 +16,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "relay365"
 # Ring 1: pure protocol cores and rules - no sockets, no event loop, no clock, no logging.
 CORES = {
     "relay365.sasl", "relay365.replies", "relay365.states", "relay365.secret", "relay365.errors",
+    "relay365.addrspec",
     "relay365.throttle", "relay365.proxyproto", "relay365.imap.core", "relay365.imap.parse",
-    "relay365.smtp.policy", "relay365.smtp.data", "relay365.smtp.rewrite",
+    "relay365.smtp.policy", "relay365.smtp.effects", "relay365.smtp.data", "relay365.smtp.rewrite",
     "relay365.spool.schedule", "relay365.spool.outcome", "relay365.tokens.classify",
     "relay365.config.units",
     "relay365.web.page", "relay365.web.sections", "relay365.web.chart", "relay365.web.markup",
     "relay365.web.security", "relay365.web.model", "relay365.web.wire",
     "relay365.graph.mime", "relay365.graph.errors", "relay365.graph.parts", "relay365.graph.draft",
-    "relay365.graph.claims",
+    "relay365.graph.claims", "relay365.delivery.pipeline",
     "relay365.alerts.core", "relay365.alerts.conditions", "relay365.alerts.render",
 }
 FORBIDDEN_IN_CORES = {"asyncio", "socket", "time", "logging", "structlog", "ssl", "selectors"}

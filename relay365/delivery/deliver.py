@@ -15,12 +15,12 @@ from typing import Protocol
 
 from .. import metrics
 from ..config import Config
-from ..errors import TokenError, UpstreamError
+from ..errors import TokenError
 from ..replies import one_line
 from ..tlsutil import client_context
 from ..tokens.manager import TokenManager
 from .message import Message
-from .smtp import open_session
+from .smtp import open_session, refused
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,10 @@ class Deliverer(Protocol):
 
 
 class SmtpDeliverer:
-    """One UpstreamSMTP session per message: every recipient is tried; refused ones come back as
-    `Refusal`s and the message goes to the accepted ones. Session failures and a refused MAIL or
-    DATA raise the relay's errors."""
+    """One UpstreamSMTP session per message: every recipient is tried (MAIL and all RCPTs in one
+    write when Office 365 offers PIPELINING); refused ones come back as `Refusal`s and the message
+    goes to the accepted ones. Session failures and a refused MAIL or DATA raise the relay's
+    errors."""
 
     def __init__(self, config: Config, tokens: TokenManager, *,
                  tls: ssl.SSLContext | None = None) -> None:
@@ -70,19 +71,16 @@ class SmtpDeliverer:
         up = await open_session(self.config.upstream, self.tls, self.tokens, message.mailbox,
                                 local_hostname=self.hostname)
         try:
-            await up.mail(message.mail_from, list(message.mail_options))
-            refusals = []
-            for rcpt in message.rcpts:
-                try:
-                    await up.rcpt(rcpt)
-                except UpstreamError as exc:
-                    if exc.code is None or exc.code == 421:  # the session is gone, not the recipient
-                        raise
-                    refusals.append(Refusal(rcpt, exc.code, exc.text, exc.transient))
-            if len(refusals) < len(message.rcpts):
+            env = await up.envelope(message.mail_from, message.mail_options, message.rcpts)
+            if not env.mail_ok:
+                raise refused(env.mail, "the sender")
+            refusals = tuple(Refusal(rcpt, r.code, r.text, r.transient)
+                             for i, (rcpt, r) in enumerate(zip(message.rcpts, env.rcpts, strict=True))
+                             if i not in env.accepted)
+            if env.accepted:
                 await up.send(message.message)
                 metrics.MESSAGES.inc(via="smtp")
                 metrics.BYTES.labels("smtp", "up").inc(message.message.size)
-            return tuple(refusals)
+            return refusals
         finally:
             await up.close()

@@ -2,7 +2,10 @@
 
 aiosmtplib speaks the protocol (it has XOAUTH2 built in, including the empty reply to the base64
 JSON error challenge). This module only decides the policy - TLS is never optional, a 535 on a cached
-token gets one fresh token and one more try - and turns aiosmtplib's exceptions into ours.
+token gets one fresh token and one more try - and turns aiosmtplib's exceptions into ours. Two
+things aiosmtplib cannot do are done over its connection: the envelope as one RFC 2920 group when
+the server offers PIPELINING (`exchange`, `pipeline`), and DATA streamed chunk by chunk
+(`DataStream`), whose last chunk leaves in one write with the end-of-data dot.
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import aiosmtplib
 import structlog
+from aiosmtplib.email import quote_address
 
 from ..config import Endpoint, UpstreamConfig
 from ..errors import UpstreamAuthError, UpstreamError
 from ..tlsutil import nodelay
 from ..tokens.manager import TokenManager
+from . import pipeline
+from .exchange import exchange
 from .message import Message
+from .pipeline import Envelope, Reply
 from .wire import WireEncoder
 
 log = structlog.get_logger("relay365.delivery.smtp")
@@ -29,9 +36,14 @@ _NETWORK = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError,
             aiosmtplib.SMTPTimeoutError, OSError, ssl.SSLError, TimeoutError)
 
 
+def refused(reply: Reply, what: str) -> UpstreamError:
+    """The server's refusal of `what` as the relay's error (only a 5xx is final)."""
+    return UpstreamError(f"upstream refused {what}", code=reply.code, text=reply.text,
+                         transient=reply.transient)
+
+
 def _reply_error(exc: aiosmtplib.SMTPResponseException, what: str) -> UpstreamError:
-    return UpstreamError(f"upstream refused {what}", code=exc.code, text=exc.message,
-                         transient=not 500 <= exc.code < 600)  # only a 5xx is final
+    return refused(Reply(exc.code, exc.message), what)
 
 
 class DataStream:
@@ -39,39 +51,40 @@ class DataStream:
 
     aiosmtplib's `data()` wants the whole message as one bytes object (and copies it three times);
     this sends the same bytes (`WireEncoder`) as they come, with aiosmtplib's flow control, so a
-    slow upstream slows the reading, not the memory. Until `finish` has the final reply the
-    session is `interrupted` (never reused); `abort` closes it without ending DATA, so a message
-    the client did not finish is never delivered in part.
+    slow upstream slows the reading, not the memory. The newest chunk is held back until the next
+    one comes, so the last leaves with the end-of-data line in one write (a 10 KB message is one
+    write, not two). Until `finish` has the final reply the session is `interrupted` (never
+    reused); `abort` closes it without ending DATA, so a message the client did not finish is
+    never delivered in part.
     """
 
     def __init__(self, up: UpstreamSMTP, smtp: aiosmtplib.SMTP) -> None:
         self._up, self._smtp = up, smtp
         self._encoder = WireEncoder()
+        self._held = b""  # encoded, not yet written
 
     async def write(self, content: bytes) -> None:
         out = self._encoder.feed(content)
         if not out:
             return
+        held, self._held = self._held, out
+        if not held:
+            return
         async with self._up.guard("the message"):
             protocol = self._smtp.protocol
             if protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            protocol.write(out)
+            protocol.write(held)
             await protocol._drain_helper()  # waits while the transport is over its high-water mark
 
     async def finish(self) -> str:
         async with self._up.guard("the message"):
-            end = self._encoder.end()
-            protocol = self._smtp.protocol
-            if protocol is None:
-                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            if end != b".\r\n":
-                protocol.write(end[:-3])
-            done = await self._smtp.execute_command(b".")  # its reply is the message's
+            last, self._held = self._held + self._encoder.end(), b""
+            done = (await exchange(self._smtp, last, 1, self._up.timeout))[0]  # the message's reply
             self._up.interrupted = False
             if done.code != 250:
-                raise aiosmtplib.SMTPDataError(done.code, done.message)
-        return f"{done.code} {done.message}"
+                raise aiosmtplib.SMTPDataError(done.code, done.text)
+        return str(done)
 
     def abort(self) -> None:
         self._up.abort()
@@ -84,7 +97,7 @@ class UpstreamSMTP:
         self._tls = tls
         self._local_hostname = local_hostname
         self._connect_timeout = connect_timeout
-        self._timeout = timeout
+        self.timeout = timeout
         self._smtp: aiosmtplib.SMTP | None = None
         self.mailbox: str | None = None
         self.esmtp: set[str] = set()
@@ -96,13 +109,18 @@ class UpstreamSMTP:
     def connected(self) -> bool:
         return self._smtp is not None and self._smtp.is_connected
 
+    @property
+    def pipelining(self) -> bool:
+        """The server's EHLO offered PIPELINING (RFC 2920): the envelope goes as one group."""
+        return "pipelining" in self.esmtp
+
     async def open(self, mailbox: str, tokens: TokenManager) -> None:
         """Connect, TLS, EHLO, AUTH XOAUTH2. Raises TokenError or UpstreamError."""
         started = time.monotonic()
         implicit = self.endpoint.tls == "implicit"
         smtp = aiosmtplib.SMTP(hostname=self.endpoint.host, port=self.endpoint.port,
                                use_tls=implicit, start_tls=False, tls_context=self._tls,
-                               local_hostname=self._local_hostname, timeout=self._timeout)
+                               local_hostname=self._local_hostname, timeout=self.timeout)
         token = await tokens.get(mailbox)
         try:
             await smtp.connect(timeout=self._connect_timeout)
@@ -136,9 +154,40 @@ class UpstreamSMTP:
         self.connect_seconds = time.monotonic() - started
         self.opened_at = time.monotonic()
 
+    def _options(self, options: Sequence[str]) -> list[str]:
+        """The client's MAIL parameters this server announced (SIZE=, BODY=, SMTPUTF8)."""
+        return [o for o in options if o.split("=")[0].lower() in self.esmtp]
+
     async def mail(self, sender: str, options: list[str]) -> str:
-        opts = [o for o in options if o.split("=")[0].lower() in self.esmtp]
+        opts = self._options(options)
         return await self._call(lambda s: s.mail(sender, options=opts), "the sender")
+
+    async def envelope(self, sender: str, options: Sequence[str], rcpts: Sequence[str], *,
+                       reset: bool = True) -> Envelope:
+        """MAIL and the RCPTs: one write and the replies in order when the server offers
+        PIPELINING, else one command at a time (and no RCPT after a refused MAIL). Refusals are in
+        the Envelope; a lost session or a 421 raises UpstreamError. `reset`: when no recipient
+        was accepted, RSET, so the session can carry the next message."""
+        assert self._smtp is not None
+        smtp, opts = self._smtp, self._options(options)
+        async with self.guard("the envelope"):
+            if self.pipelining:
+                env = await self._pipelined(smtp, sender, opts, rcpts)
+            else:
+                env = await _one_by_one(smtp, sender, opts, rcpts)
+        if (closing := env.closing) is not None:  # aiosmtplib and `exchange` have closed it
+            raise refused(closing, "the envelope")
+        if reset and env.needs_rset:
+            await self.rset()
+        return env
+
+    async def _pipelined(self, smtp: aiosmtplib.SMTP, sender: str, opts: list[str],
+                         rcpts: Sequence[str]) -> Envelope:
+        data = pipeline.group(_quote(sender), opts, [_quote(r) for r in rcpts])
+        self.interrupted = True  # until every reply is in: a session cut off here is out of step
+        replies = await exchange(smtp, data, pipeline.expected(len(rcpts)), self.timeout)
+        self.interrupted = False
+        return pipeline.settle(replies, len(rcpts))
 
     async def rcpt(self, recipient: str) -> str:
         return await self._call(lambda s: s.rcpt(recipient), "the recipient")
@@ -151,9 +200,9 @@ class UpstreamSMTP:
         assert self._smtp is not None
         smtp = self._smtp
         async with self.guard("the message"):
-            start = await smtp.execute_command(b"DATA")
+            start = (await exchange(smtp, b"DATA\r\n", 1, self.timeout))[0]
             if start.code != 354:
-                raise aiosmtplib.SMTPDataError(start.code, start.message)
+                raise aiosmtplib.SMTPDataError(start.code, start.text)
         self.interrupted = True  # mid-DATA until the stream has its final reply
         return DataStream(self, smtp)
 
@@ -211,6 +260,35 @@ class UpstreamSMTP:
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
             await _close(smtp)
+
+
+def _quote(address: str) -> str:
+    """The path as aiosmtplib's mail()/rcpt() would write it."""
+    return pipeline.plain_path(address) or quote_address(address)
+
+
+async def _one_by_one(smtp: aiosmtplib.SMTP, sender: str, opts: list[str],
+                      rcpts: Sequence[str]) -> Envelope:
+    mail = await _reply(smtp.mail(sender, options=opts))
+    if mail.code not in pipeline.MAIL_OK:
+        return Envelope(mail, ())
+    replies = [mail]
+    for rcpt in rcpts:
+        replies.append(await _reply(smtp.rcpt(rcpt)))
+        if replies[-1].code == pipeline.CLOSING:
+            break
+    return pipeline.settle(replies, len(rcpts))
+
+
+async def _reply(command: Awaitable[aiosmtplib.SMTPResponse]) -> Reply:
+    """The server's reply to one command, a refusal included (aiosmtplib raises those)."""
+    try:
+        response = await command
+    except aiosmtplib.SMTPResponseException as exc:
+        if exc.code < 0:  # no reply at all, but garbage: the guard's business
+            raise
+        return Reply(exc.code, exc.message)
+    return Reply(response.code, response.message)
 
 
 async def _close(smtp: aiosmtplib.SMTP) -> None:

@@ -16,8 +16,10 @@ from .. import metrics, replies
 from ..config import Config, SmtpConfig
 from ..delivery import Deliverer, Outgoing, UpstreamSMTP, open_session
 from ..delivery.message import Body
+from ..delivery.pipeline import Envelope
 from ..delivery.pool import UpstreamPool
 from ..delivery.route import auth_disabled_error
+from ..delivery.smtp import refused
 from ..errors import RelayError, TokenError, UpstreamError
 from ..spool.entry import SpoolError, SpoolFullError
 from ..spool.worker import SpoolWorker
@@ -39,11 +41,13 @@ class Outbound:
     graph: Deliverer | None  # Microsoft Graph, for accounts with send_via graph (or auto, switched)
 
     async def _upstream_mail(self, state: Session, mail: core.UpstreamMail
-                             ) -> core.Accepted | core.Failed | core.ViaGraph:
+                             ) -> core.Accepted | core.Failed | core.ViaGraph | core.Pipelined:
         if self.graph is not None and self.tokens.sends_via_graph(mail.mailbox):
             return core.ViaGraph()
         try:
             upstream = await self._upstream(state, mail.mailbox)
+            if upstream.pipelining:
+                return core.Pipelined()  # MAIL goes with the first RCPT
             try:
                 return accepted(await upstream.mail(mail.sender, list(mail.options)))
             except UpstreamError as exc:
@@ -57,6 +61,35 @@ class Outbound:
             if await self._switched_to_graph(state, mail.mailbox, exc):
                 return core.ViaGraph()
             return self._failed(state, exc, "mail")
+
+    async def _upstream_envelope(self, state: Session, rcpt: str, mail: core.UpstreamMail
+                                 ) -> tuple[core.Accepted | core.Failed | core.ViaGraph,
+                                            core.Accepted | core.Failed | None]:
+        """The held MAIL and this RCPT in one write: the outcome of each (no RCPT outcome when
+        MAIL failed). A parked session found dead here is replaced once, as at MAIL."""
+        try:
+            env = await self._envelope(state, mail, rcpt)
+            if not env.mail_ok:
+                raise refused(env.mail, "the sender")
+        except RelayError as exc:
+            if await self._switched_to_graph(state, mail.mailbox, exc):
+                return core.ViaGraph(), None
+            return self._failed(state, exc, "mail"), None
+        sender_ok, reply = accepted(str(env.mail)), env.rcpts[0]
+        if env.accepted:
+            return sender_ok, accepted(str(reply))
+        return sender_ok, self._failed(state, refused(reply, "the recipient"), "rcpt", recipient=rcpt)
+
+    async def _envelope(self, state: Session, mail: core.UpstreamMail, rcpt: str) -> Envelope:
+        upstream = await self._upstream(state, mail.mailbox)
+        try:
+            return await upstream.envelope(mail.sender, mail.options, [rcpt], reset=False)
+        except UpstreamError as exc:
+            if exc.code is not None or not state.reused:
+                raise
+            log.info("upstream_reuse_failed", mailbox=mail.mailbox)
+            upstream = await self._upstream(state, mail.mailbox)
+            return await upstream.envelope(mail.sender, mail.options, [rcpt], reset=False)
 
     async def _switched_to_graph(self, state: Session, mailbox: str, exc: RelayError) -> bool:
         """send_via auto and Office 365 says SMTP AUTH is off: this message and later ones go

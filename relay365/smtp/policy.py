@@ -7,6 +7,7 @@ effect the core returns, and reports the outcome back:
 
     MAIL  -> mail(address, options)  -> Reply | UpstreamMail   -> mail_done(outcome)  -> Reply
     RCPT  -> rcpt(address)           -> Reply | UpstreamRcpt   -> rcpt_done(outcome)  -> Reply
+             (UpstreamRcpt.mail set: the held MAIL goes too) -> envelope_done(mail, rcpt) -> Reply
     DATA  -> end_of_data()           -> Reply | UpstreamData | GraphSend | SpoolIt
              data_done(outcome)      -> Reply | SpoolIt          (the recipients Office 365 4xx'd)
              spool_done(outcome)     -> Reply
@@ -31,6 +32,12 @@ The rules it owns:
   Microsoft Graph), MAIL and RCPT are answered here and the whole message goes in one `GraphSend`
   at the end of DATA; Graph takes it for every recipient or for none, so its outcome is reported
   with `data_done` like an SMTP DATA (and falls back to the spool the same way).
+- Pipelining: when the adapter answers UpstreamMail with `Pipelined` (Office 365's EHLO offers
+  PIPELINING), MAIL is answered here and held, to go upstream in one write with the first RCPT
+  (RFC 2920) - one round trip to Office 365 fewer per message. A refused held MAIL is heard at
+  that RCPT and every later one of the transaction (what Postfix's `smtpd_delay_reject` does); a
+  4xx with `fallback: spool` spools the whole transaction, as a refused MAIL does. Each RCPT's
+  reply is still Office 365's own for that recipient.
 - A 2xx to DATA only when Office 365 accepted (and every deferred recipient is spooled) or the
   spool holds the message: `Accepted` and `Spooled` are the only outcomes that produce one.
 - Shutdown: `in_transaction` tells the adapter whether the session may be told 421 at once.
@@ -46,9 +53,27 @@ from dataclasses import dataclass, field
 from .. import replies
 from ..config import UnauthenticatedNet
 from ..states import SmtpOutcome
+from .effects import (
+    Accepted,
+    Effect,
+    Failed,
+    GraphSend,
+    Pipelined,
+    Reply,
+    Spooled,
+    SpoolFailed,
+    SpoolIt,
+    UpstreamData,
+    UpstreamMail,
+    UpstreamRcpt,
+    ViaGraph,
+)
 from .sender import Refuse, SenderRights, decide_sender
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+__all__ = ["Accepted", "Effect", "Failed", "GraphSend", "Pipelined", "Reply", "Rules", "Sender",
+           "SmtpPolicy", "SpoolFailed", "SpoolIt", "Spooled", "UpstreamData", "UpstreamMail",
+           "UpstreamRcpt", "ViaGraph"]  # the effects and outcomes are the core's vocabulary
 
 
 @dataclass(frozen=True)
@@ -76,87 +101,6 @@ class Rules:
     own_accounts: frozenset[str] = frozenset()  # lower-case accounts[] mailboxes
 
 
-# -- effects: what the adapter must do next ------------------------------------------------------
-
-@dataclass(frozen=True)
-class Reply:
-    text: str
-
-
-@dataclass(frozen=True)
-class UpstreamMail:
-    mailbox: str  # the accounts[] mailbox that logs in upstream (sender.who_sends)
-    sender: str
-    options: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class UpstreamRcpt:
-    rcpt: str
-
-
-@dataclass(frozen=True)
-class UpstreamData:
-    rewrite_to: str | None  # the mailbox to write into From, or None to leave the message as is
-    reset_first: bool = False
-
-
-@dataclass(frozen=True)
-class GraphSend:
-    mailbox: str
-    sender: str
-    rcpts: tuple[str, ...]
-    rewrite_to: str | None
-
-
-@dataclass(frozen=True)
-class SpoolIt:
-    mailbox: str  # the accounts[] mailbox that will send it
-    sender: str
-    rcpts: tuple[str, ...]
-    options: tuple[str, ...]
-    rewrite_to: str | None
-    reason: str | None  # why a direct transaction went to the spool (the 4xx it would have been)
-    reset_first: bool = False  # end the upstream's half-open transaction first
-
-
-Effect = Reply | UpstreamMail | UpstreamRcpt | UpstreamData | GraphSend | SpoolIt
-
-
-# -- outcomes: what the adapter reports ----------------------------------------------------------
-
-@dataclass(frozen=True)
-class Accepted:
-    """The upstream's 2xx (or 3xx) reply to the command."""
-
-    code: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The command failed: `reply` is what the client would hear (`replies.for_exception`);
-    `lost` says the upstream session is gone (no reply at all, or a 421)."""
-
-    reply: str
-    lost: bool = False
-
-
-@dataclass(frozen=True)
-class ViaGraph:
-    """The account sends through Microsoft Graph: no upstream session, all at end of DATA."""
-
-
-@dataclass(frozen=True)
-class Spooled:
-    entry_id: str
-
-
-@dataclass(frozen=True)
-class SpoolFailed:
-    reply: str  # replies.SPOOL_FULL or replies.SPOOL_ERROR
-
-
 class Phase(enum.Enum):
     IDLE = "idle"
     MAIL_SENT = "mail_sent"  # waiting for the upstream's answer to MAIL
@@ -177,6 +121,8 @@ class _Txn:
     accepted: int = 0  # recipients the upstream accepted
     reason: str | None = None  # why a direct transaction fell back to the spool
     upstream_reply: str | None = None  # the upstream's DATA reply, while deferred ones spool
+    held: bool = False  # MAIL is not sent yet: it goes with the first RCPT
+    refused: str | None = None  # the upstream refused the held MAIL: what every RCPT hears
 
 
 class SmtpPolicy:
@@ -202,6 +148,13 @@ class SmtpPolicy:
     def in_transaction(self) -> bool:
         """Between MAIL and the reply to DATA: a shutdown must let this one finish."""
         return self.phase is not Phase.IDLE
+
+    @property
+    def upstream_open(self) -> bool:
+        """A transaction the upstream may have open: RSET must reach it (not for a held MAIL,
+        which never left, nor for one it refused)."""
+        t = self._txn
+        return self.in_transaction and not (t is not None and (t.held or t.refused is not None))
 
     def authenticated(self, user: str, mailbox: str, delivery: str, fallback: str, *,
                       account: str | None = None, send_as: Sequence[str] = (),
@@ -246,11 +199,11 @@ class SmtpPolicy:
                 return Sender(net.mailbox, net.delivery, net.fallback, None, net.account)
         return None
 
-    def mail_done(self, outcome: Accepted | Failed | ViaGraph) -> Reply:
+    def mail_done(self, outcome: Accepted | Failed | ViaGraph | Pipelined) -> Reply:
         txn = self._expect(Phase.MAIL_SENT)
         self.phase = Phase.IN_TRANSACTION
-        if isinstance(outcome, ViaGraph):
-            txn.graph = True
+        if isinstance(outcome, ViaGraph | Pipelined):
+            txn.graph, txn.held = isinstance(outcome, ViaGraph), isinstance(outcome, Pipelined)
             return Reply(replies.SENDER_OK)
         if isinstance(outcome, Accepted):
             return Reply(f"{outcome.code} {outcome.text}")
@@ -266,10 +219,33 @@ class SmtpPolicy:
     def rcpt(self, address: str) -> Reply | UpstreamRcpt:
         if self.phase is not Phase.IN_TRANSACTION or self._txn is None:
             return Reply(replies.NEED_MAIL)
-        if self._txn.spooled or self._txn.graph:
-            self._txn.rcpts.append(address)
+        t = self._txn
+        if t.spooled or t.graph:
+            t.rcpts.append(address)
             return Reply(replies.RECIPIENT_OK)
-        return UpstreamRcpt(address)
+        if t.refused is not None:
+            return Reply(t.refused)
+        return UpstreamRcpt(address, UpstreamMail(t.login, t.sender, t.options) if t.held else None)
+
+    def envelope_done(self, address: str, mail: Accepted | Failed | ViaGraph,
+                      rcpt: Accepted | Failed | None) -> Reply:
+        """The held MAIL went with this RCPT: MAIL's outcome, then the RCPT's (None when MAIL
+        failed: the reply to a RCPT after a refused MAIL says nothing about the recipient)."""
+        txn = self._expect(Phase.IN_TRANSACTION)
+        txn.held = False
+        if isinstance(mail, ViaGraph):  # Office 365 said SMTP AUTH is off: Graph takes it all
+            txn.graph = True
+            txn.rcpts.append(address)
+            return Reply(replies.RECIPIENT_OK)
+        if isinstance(mail, Failed):
+            self._refused(mail.reply)
+            if self._fall_back(mail.reply):  # as for a MAIL 4xx: the whole transaction spools
+                txn.rcpts.append(address)
+                return Reply(replies.RECIPIENT_OK)
+            txn.refused = mail.reply
+            return Reply(mail.reply)
+        assert rcpt is not None, "MAIL accepted: the RCPT has its own reply"
+        return self.rcpt_done(address, rcpt)
 
     def rcpt_done(self, address: str, outcome: Accepted | Failed) -> Reply:
         txn = self._expect(Phase.IN_TRANSACTION)

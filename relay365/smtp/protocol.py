@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope
 
-from .. import replies
+from .. import addrspec, replies
 from ..delivery.message import Body
 from ..states import ConnRefused, SmtpOutcome
 from ..tlsutil import nodelay
@@ -61,6 +61,9 @@ log = structlog.get_logger("relay365.smtp")
 _conn_ids = itertools.count(1)
 READ_SIZE = 64 * 1024  # DATA is read in chunks this size
 _ONE_LINE = re.compile(r"[\r\n]")
+# `<local@domain>`, an everyday address, and the blanks after it (aiosmtpd's parser takes them)
+_PLAIN_PATH = re.compile(
+    rf"<(?P<address>(?P<local>{addrspec.LOCAL})@{addrspec.DOMAIN})>[ \t]*(?![(\s])")
 EOF_LINGER = 30.0  # seconds a half-closed client has to read its last replies
 
 
@@ -184,10 +187,18 @@ class RelaySMTP(SMTP):
         await super().push(status)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's address parser (the stdlib's email header parser) raises on some malformed
+        """The address of MAIL FROM / RCPT TO and what follows it. The everyday `<local@domain>`
+        (dot-atoms, an LDH domain) is read by one regular expression, with the same result as
+        aiosmtpd's parser (a property test compares them): that parser - the stdlib's email
+        header parser, and a Protocol class defined on every call - was ~15% of the relay's CPU
+        per relayed message. Anything else still goes to it. It raises on some malformed
         addresses - IndexError on a lone `<`, AttributeError on an unclosed domain literal
         `<a@[b>` (both found by fuzzing): whatever it raises on a client's text, that is a syntax
         error (501 from aiosmtpd), not an internal error and a logged traceback."""
+        plain = _PLAIN_PATH.match(arg)
+        if plain is not None and not (self.local_part_limit
+                                      and len(plain["local"]) > self.local_part_limit):
+            return plain["address"], arg[plain.end():]
         try:
             return super()._getaddr(arg)
         except Exception:  # the parser's own failure on client input; nothing of ours runs here

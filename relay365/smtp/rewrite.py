@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from email.utils import formataddr, getaddresses
 
+from ..addrspec import is_plain
 from ..delivery.message import Body, BytesMessage, Message, WithHead, read_all
 
 HEADER_END = re.compile(rb"\r?\n\r?\n")  # the blank line after the header block
@@ -52,12 +53,21 @@ def _formataddr(display: str, address: str) -> str:
     return formataddr((display, ""))[:-2] + f"<{address}>" if display else address
 
 
+def from_address(value: str) -> tuple[str, str]:
+    """(display name, address) of a From header's value, as `getaddresses` reads it - for a bare
+    everyday address (`a@b`, `<a@b>`) without running it (`addrspec`)."""
+    bare = value[1:-1] if value.startswith("<") and value.endswith(">") else value
+    if is_plain(bare):
+        return "", bare
+    found = getaddresses([value])
+    return found[0] if found else ("", "")
+
+
 def rewrite_from(message: bytes, mailbox: str) -> bytes:
     fields, rest = split_headers(message)
     eol = b"\n" if fields and not fields[0].endswith(b"\r\n") else b"\r\n"
     froms = [f for f in fields if _name(f) == b"from"]
-    original = getaddresses([_value(froms[0])]) if froms else []
-    display, address = original[0] if original else ("", "")
+    display, address = from_address(_value(froms[0])) if froms else ("", "")
     index = fields.index(froms[0]) if froms else 0  # the new From goes where the first one was
     if index == 0 and fields and fields[0][:1] in (b" ", b"\t"):
         index = 1  # a stray continuation line first: before it, it would fold into our From

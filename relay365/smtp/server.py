@@ -63,6 +63,7 @@ class RelayHandler(AuthHooks, Outbound):
         assert config.smtp is not None
         old = getattr(self, "config", None)
         self.config, self.smtp = config, config.smtp
+        self.body_dir = config.state_dir / "spool" / "tmp"  # where a large DATA goes to disk
         self.limits.max_total = config.limits.max_connections
         self.limits.max_per_ip = config.limits.max_connections_per_ip
         self.upstream_tls = client_context(config.upstream.ca_file)
@@ -139,7 +140,7 @@ class RelayHandler(AuthHooks, Outbound):
         """RSET, EHLO, HELO: the upstream hears RSET only when it has a transaction open (clients
         that RSET before every message would otherwise pay a round trip to Office 365 each)."""
         state = _state(server)
-        open_upstream = state.policy.in_transaction
+        open_upstream = state.policy.upstream_open
         state.policy.reset()
         if open_upstream and state.upstream is not None:
             await state.upstream.rset()
@@ -162,24 +163,34 @@ class RelayHandler(AuthHooks, Outbound):
         state = _state(server)
         effect = state.policy.rcpt(address)
         if isinstance(effect, core.UpstreamRcpt):
-            up = state.upstream
-            outcome: core.Accepted | core.Failed
-            if up is None or not up.connected:
-                outcome = core.Failed(replies.CONNECTION_LOST_RCPT, lost=True)
-            else:
-                try:
-                    outcome = accepted(await up.rcpt(address))
-                except RelayError as exc:
-                    outcome = self._failed(state, exc, "rcpt", recipient=address)
-            effect = state.policy.rcpt_done(address, outcome)
-            if state.policy.fell_back is not None and state.policy.fell_back == outcome_reply(outcome):
-                log.info("smtp_fallback_spool", recipient=address, reason=state.policy.fell_back)
+            effect = await self._upstream_rcpt(state, effect)
         if effect.text.startswith("2"):
             envelope.rcpt_tos.append(address)
         return effect.text
 
+    async def _upstream_rcpt(self, state: Session, it: core.UpstreamRcpt) -> core.Reply:
+        """This RCPT upstream (with the held MAIL, when the policy holds one); the policy's reply."""
+        outcome: core.Accepted | core.Failed | None
+        if it.mail is not None:
+            mail, outcome = await self._upstream_envelope(state, it.rcpt, it.mail)
+            reply = state.policy.envelope_done(it.rcpt, mail, outcome)
+        else:
+            up = state.upstream
+            if up is None or not up.connected:
+                outcome = core.Failed(replies.CONNECTION_LOST_RCPT, lost=True)
+            else:
+                try:
+                    outcome = accepted(await up.rcpt(it.rcpt))
+                except RelayError as exc:
+                    outcome = self._failed(state, exc, "rcpt", recipient=it.rcpt)
+            reply = state.policy.rcpt_done(it.rcpt, outcome)
+        fell_back = state.policy.fell_back
+        if outcome is not None and fell_back is not None and fell_back == outcome_reply(outcome):
+            log.info("smtp_fallback_spool", recipient=it.rcpt, reason=fell_back)
+        return reply
+
     def new_body(self) -> Body:
-        return Body(self.config.state_dir / "spool" / "tmp")
+        return Body(self.body_dir)
 
     async def begin_data(self, server: RelaySMTP, body: Body) -> Transfer:
         """The client's DATA starts: where it goes is decided now (the content does not change

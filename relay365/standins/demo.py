@@ -11,7 +11,6 @@ serving until Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import logging
 import smtplib
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import textwrap
 from email.message import EmailMessage
 from pathlib import Path
 from typing import TextIO
+
+from structlog.typing import EventDict
 
 from ..app import Relay
 from ..config import load_config
@@ -34,17 +35,17 @@ USER, PASSWORD = "scanner", "demo-password"
 ADMIN_TOKEN = "demo-admin-token"  # the status page's actions; a throwaway, like the rest
 
 
-class _Tap(logging.Handler):
-    """Keeps the relay's `message_relayed` log events, to show them next to what arrived."""
+class _Tap:
+    """Keeps the relay's `message_relayed` log events, to show them next to what arrived (a
+    structlog processor: the relay's own events do not pass through `logging`)."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.events: list[dict[str, object]] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        # structlog hands the stdlib its event dict as the record's msg (wrap_for_formatter)
-        if isinstance(record.msg, dict) and record.msg.get("event") == "message_relayed":
-            self.events.append(record.msg)
+    def __call__(self, logger: object, method: str, event: EventDict) -> EventDict:
+        if event.get("event") == "message_relayed":
+            self.events.append(dict(event))
+        return event
 
 
 def _pki(workdir: Path) -> tuple[Path, Path, Path]:
@@ -134,9 +135,8 @@ async def _demo(keep_serving: bool, port: int, out: TextIO) -> int:
             smtp_port = await o365.start()
             config_path = _write_config(workdir, idp, smtp_port, port, ca_file, refresh_token)
             config = load_config(config_path)
-            configure(config.log.level, config.log.format, stream=out)
             tap = _Tap()
-            logging.getLogger().addHandler(tap)
+            configure(config.log.level, config.log.format, stream=out, taps=[tap])
             relay = Relay(config)
             try:
                 await relay.start()

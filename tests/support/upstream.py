@@ -26,6 +26,10 @@ Office 365 behaviour that tests can lean on:
   SMTP AUTH disabled, `535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is
   disabled ...`, at MAIL FROM (Postfix's `check_sasl_access`; its AUTH reply code is fixed at 5.7.8).
 - Message size limit 36700160 (Exchange's 35 MB); AUTH lines up to 32 KiB (real tokens are long).
+- EHLO offers PIPELINING, as Exchange Online does; `pipelining=False` takes it out of EHLO.
+  Postfix 3.7 still accepts a client that pipelines MAIL and RCPT regardless (seen here: with
+  `smtpd_data_restrictions = reject_unauth_pipelining` its DATA got 354 all the same), so a test
+  that must see one command at a time watches the wire (tests/support/recorder.py).
 - Every `<anything>@<domain>` mailbox exists; mail is stored as Maildir with CRLF line ends, i.e. the
   stored bytes are exactly what IMAP FETCH serves.
 
@@ -157,6 +161,7 @@ class MailUpstream:
         debug: bool = False,
         dovecot_extra: str = "",
         send_as: dict[str, Iterable[str]] | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.pki = pki
@@ -169,6 +174,7 @@ class MailUpstream:
         self.dovecot_extra = dovecot_extra  # appended to dovecot.conf (the benchmark raises limits)
         # Exchange's SendAs (Add-RecipientPermission): address -> the other logins that may send as it
         self.send_as = {a.lower(): [x.lower() for x in logins] for a, logins in (send_as or {}).items()}
+        self.pipelining = pipelining  # False: EHLO offers no PIPELINING
         self.name = _instance_name()
         self.host = "127.0.0.1"
         self.imap_port = 0
@@ -678,7 +684,7 @@ virtual_transport = lmtp:unix:private/dovecot-lmtp
 biff = no
 smtpd_banner = $myhostname ESMTP relay365 test upstream
 disable_vrfy_command = yes
-smtpd_discard_ehlo_keywords = etrn
+smtpd_discard_ehlo_keywords = etrn{"" if up.pipelining else ", pipelining"}
 smtpd_error_sleep_time = 0
 smtpd_soft_error_limit = 100
 smtpd_hard_error_limit = 1000

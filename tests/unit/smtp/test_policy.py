@@ -201,23 +201,29 @@ STEPS = st.lists(st.tuples(st.sampled_from(["mail", "rcpt", "data", "reset"]), O
                            st.booleans()), max_size=25)
 
 
-def drive(p: core.SmtpPolicy, steps) -> list[tuple[str, str, bool]]:
+def drive(p: core.SmtpPolicy, steps, pipelined: bool = False) -> list[tuple[str, str, bool]]:
     """Run client commands; every effect is answered with the drawn outcome. Returns
-    (command, reply, held) where held says whether someone now durably has the message."""
+    (command, reply, held) where held says whether someone now durably has the message.
+    `pipelined`: the upstream offers PIPELINING, so MAIL is held for the first RCPT, and a drawn
+    failure there is the MAIL's when the step's flag is set, else the recipient's."""
     said = []
-    for cmd, outcome, spool_ok in steps:
+    for cmd, outcome, flag in steps:
+        failed = outcome if isinstance(outcome, core.Failed) else None
         if cmd == "reset":
             p.reset()
             continue
         if cmd == "mail":
             e = p.mail("a@lan", [])
             if isinstance(e, core.UpstreamMail):
-                e = p.mail_done(outcome if isinstance(outcome, core.Failed) else OK)
+                e = p.mail_done(core.Pipelined() if pipelined else failed or OK)
             said.append((cmd, e.text, False))
         elif cmd == "rcpt":
             e = p.rcpt("b@x")
-            if isinstance(e, core.UpstreamRcpt):
-                e = p.rcpt_done("b@x", outcome if isinstance(outcome, core.Failed) else OK)
+            if isinstance(e, core.UpstreamRcpt) and e.mail is not None:
+                mail = failed if failed and flag else OK
+                e = p.envelope_done("b@x", mail, None if mail is not OK else failed or OK)
+            elif isinstance(e, core.UpstreamRcpt):
+                e = p.rcpt_done("b@x", failed or OK)
             said.append((cmd, e.text, False))
         elif p.in_transaction:
             upstream_has = None  # None: not sent upstream; else whether Office 365 accepted
@@ -228,25 +234,25 @@ def drive(p: core.SmtpPolicy, steps) -> list[tuple[str, str, bool]]:
                     upstream_has = isinstance(outcome, core.Accepted)
                     e = p.data_done(outcome)
                 else:  # the spool takes all of it, or the recipients Office 365 deferred
-                    held = spool_ok  # all of it, or the rest after Office 365 took the others
-                    e = p.spool_done(core.Spooled("1") if spool_ok else core.SpoolFailed("452 x"))
+                    held = flag  # all of it, or the rest after Office 365 took the others
+                    e = p.spool_done(core.Spooled("1") if flag else core.SpoolFailed("452 x"))
             held = held or (upstream_has is True and e.text.startswith("2"))
             said.append((cmd, e.text, held))
     return said
 
 
-@given(STEPS, st.sampled_from(["direct", "spool"]), st.sampled_from(["none", "spool"]))
-def test_no_2xx_for_a_message_nobody_holds(steps, delivery, fallback):
+@given(STEPS, st.sampled_from(["direct", "spool"]), st.sampled_from(["none", "spool"]), st.booleans())
+def test_no_2xx_for_a_message_nobody_holds(steps, delivery, fallback, pipelined):
     p = session(delivery=delivery, fallback=fallback)
-    for cmd, reply, held in drive(p, steps):
+    for cmd, reply, held in drive(p, steps, pipelined):
         if cmd == "data" and reply.startswith("2"):
             assert held, reply
 
 
-@given(STEPS, st.sampled_from(["192.0.2.1", "10.2.0.1", "2001:db8::1", "not-an-ip"]))
-def test_outside_the_networks_without_auth_mail_is_never_accepted(steps, peer):
+@given(STEPS, st.sampled_from(["192.0.2.1", "10.2.0.1", "2001:db8::1", "not-an-ip"]), st.booleans())
+def test_outside_the_networks_without_auth_mail_is_never_accepted(steps, peer, pipelined):
     p = session(user=False, peer=peer)
-    for cmd, reply, _ in drive(p, steps):
+    for cmd, reply, _ in drive(p, steps, pipelined):
         if cmd == "mail":
             assert reply == replies.AUTH_REQUIRED
         assert not reply.startswith("2") or cmd not in ("rcpt", "data")
@@ -272,3 +278,82 @@ def test_a_second_failure_in_a_spooled_transaction_keeps_the_first_reason():
     p.rcpt("b@x")
     it = p.end_of_data(upstream_alive=False)  # spooled already: the loss does not matter
     assert isinstance(it, core.SpoolIt) and it.reason == TEMP.reply
+
+
+# -- an upstream that pipelines: MAIL is held for the first RCPT ---------------------------------
+
+def pipelined(**kw) -> core.SmtpPolicy:
+    p = session(**kw)
+    assert isinstance(p.mail("dev@lan", ["SIZE=10"]), core.UpstreamMail)
+    assert p.mail_done(core.Pipelined()).text == replies.SENDER_OK
+    return p
+
+
+HELD = core.UpstreamMail(MAILBOX, MAILBOX, ("SIZE=10",))
+REFUSED = core.Failed("553 5.7.1 <scanner@contoso.test>: Sender address rejected")
+
+
+def test_held_mail_goes_with_the_first_rcpt_only():
+    p = pipelined()
+    assert not p.upstream_open  # nothing went upstream yet: RSET need not either
+    assert p.rcpt("bob@x.test") == core.UpstreamRcpt("bob@x.test", HELD)
+    assert p.envelope_done("bob@x.test", OK, core.Accepted(250, "2.1.5 Ok")).text == "250 2.1.5 Ok"
+    assert p.upstream_open
+    assert p.rcpt("carol@x.test") == core.UpstreamRcpt("carol@x.test")  # MAIL is gone: RCPT alone
+    assert p.rcpt_done("carol@x.test", PERM).text == PERM.reply  # that recipient's own reply
+    assert p.rcpts == ["bob@x.test"]
+    assert p.end_of_data(upstream_alive=True) == core.UpstreamData(MAILBOX)
+
+
+def test_first_recipient_refused_keeps_the_mail_for_the_next():
+    p = pipelined()
+    p.rcpt("nobody@x.test")
+    assert p.envelope_done("nobody@x.test", OK, PERM).text == PERM.reply
+    assert p.rcpt("bob@x.test") == core.UpstreamRcpt("bob@x.test")  # upstream has MAIL already
+    assert p.upstream_open
+
+
+def test_a_refused_held_mail_is_every_recipients_reply():
+    p = pipelined()
+    p.rcpt("bob@x.test")
+    assert p.envelope_done("bob@x.test", REFUSED, None).text == REFUSED.reply
+    assert p.rcpt("carol@x.test") == core.Reply(REFUSED.reply)  # no second try upstream
+    assert not p.upstream_open and p.rcpts == []
+    assert p.outcome is SmtpOutcome.REJECTED and p.last_reply == REFUSED.reply
+    # the client heard 250 to MAIL, so it is in a transaction until RSET (aiosmtpd says so too)
+    assert p.mail("dev@lan", []).text == replies.NESTED_MAIL
+    p.reset()
+    assert p.mail("dev@lan", []) == core.UpstreamMail(MAILBOX, MAILBOX, ())
+
+
+def test_a_4xx_held_mail_with_fallback_spools_the_whole_transaction():
+    p = pipelined(fallback="spool")
+    p.rcpt("bob@x.test")
+    assert p.envelope_done("bob@x.test", TEMP, None).text == replies.RECIPIENT_OK
+    assert p.rcpt("carol@x.test").text == replies.RECIPIENT_OK  # answered here, spooled
+    it = p.end_of_data(upstream_alive=True)
+    assert isinstance(it, core.SpoolIt) and it.rcpts == ("bob@x.test", "carol@x.test")
+    assert it.reason == TEMP.reply and not it.reset_first  # upstream never opened a transaction
+
+
+def test_a_lost_session_at_the_held_mail_without_fallback_is_its_451():
+    p = pipelined()
+    p.rcpt("bob@x.test")
+    assert p.envelope_done("bob@x.test", LOST, None).text == LOST.reply
+    assert p.outcome is SmtpOutcome.DEFERRED
+
+
+def test_a_held_mail_that_turns_out_to_go_by_graph():
+    p = pipelined()
+    p.rcpt("bob@x.test")
+    assert p.envelope_done("bob@x.test", core.ViaGraph(), None).text == replies.RECIPIENT_OK
+    assert p.rcpt("carol@x.test").text == replies.RECIPIENT_OK
+    it = p.end_of_data(upstream_alive=False)
+    assert isinstance(it, core.GraphSend) and it.rcpts == ("bob@x.test", "carol@x.test")
+
+
+def test_envelope_done_out_of_order_is_a_programming_error():
+    import pytest
+
+    with pytest.raises(RuntimeError):
+        session().envelope_done("b@x", OK, OK)

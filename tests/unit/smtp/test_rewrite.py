@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay365.smtp.rewrite import rewrite_from, split_headers
@@ -107,3 +107,21 @@ def test_any_message_gets_exactly_one_from_and_the_same_body(lines, eol, body):
 def field_name(line: bytes) -> bytes:
     m = re.match(rb"([!-9;-~]+)[ \t]*:", line)
     return m.group(1).lower() if m else b""
+
+
+@settings(max_examples=1500)
+@given(st.text(st.sampled_from("abZ09.@-_+'!~\"<> ()[]\\,;:\t\u00e9"), max_size=28))
+@example("scanner@lan.local")
+@example("<scanner@lan.local>")
+@example("Printer 3 <printer3@lan.local>")
+@example("<a@b")
+@example("a@b>")
+@example("<>")
+@example("")
+def test_the_bare_address_fast_path_reads_what_getaddresses_reads(value):
+    from email.utils import getaddresses
+
+    from relay365.smtp.rewrite import from_address
+
+    found = getaddresses([value])
+    assert from_address(value) == (found[0] if found else ("", ""))
