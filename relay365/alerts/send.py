@@ -24,7 +24,7 @@ from ..delivery.message import BytesMessage
 from ..errors import RelayError
 from ..replies import one_line
 from ..states import AccountState
-from ..tlsutil import client_context
+from ..tlsutil import https_context
 from ..tokens.status import AccountView
 from . import render
 from .core import Notice
@@ -43,7 +43,7 @@ class WebhookSender:
         self.cfg, self.hostname = cfg, hostname
         self.host = urlsplit(cfg.url.reveal()).hostname or "?"  # what logs may say about the URL
         self.dest = hashlib.sha256(cfg.url.reveal().encode()).hexdigest()[:16]
-        self._client = httpx.AsyncClient(verify=client_context(cfg.ca_file), timeout=cfg.timeout,
+        self._client = httpx.AsyncClient(verify=https_context(cfg.ca_file), timeout=cfg.timeout,
                                          follow_redirects=False)
 
     async def send(self, notice: Notice) -> None:

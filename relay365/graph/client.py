@@ -2,7 +2,7 @@
 
 httpx (over aiohttp): one well-kept library with the same model for sync and async, connection
 pooling and HTTP keep-alive by default, an `ssl.SSLContext` taken as is (so Graph gets the same
-trust as the mail servers: `tlsutil.client_context(upstream.ca_file)`), and HTTPS_PROXY/NO_PROXY
+trust as the mail servers: `tlsutil.https_context(upstream.ca_file)`), and HTTPS_PROXY/NO_PROXY
 from the environment like requests (the token client) honours them. Every answer's request-id is
 kept for the log. At most MAILBOX_CONCURRENCY requests per mailbox are in flight (Exchange's
 MailboxConcurrency limit); a 401 gets one new token and one retry; everything else is raised as a
@@ -27,7 +27,7 @@ import httpx
 from .. import metrics
 from ..config import Config
 from ..secret import Secret
-from ..tlsutil import client_context
+from ..tlsutil import https_context
 from ..tokens.manager import GRAPH, TokenManager
 from .errors import from_response, graph_code, nonsense, timeout, unreachable
 
@@ -137,7 +137,7 @@ class _Raw(Answer):
 def _options(config: Config, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
     """httpx's client options: the mail servers' trust, HTTPS_PROXY/NO_PROXY, upstream timeouts."""
     up = config.upstream
-    return {"verify": tls or client_context(up.ca_file), "trust_env": True,
+    return {"verify": tls or https_context(up.ca_file), "trust_env": True,
             "timeout": httpx.Timeout(up.timeout, connect=up.connect_timeout)}
 
 
