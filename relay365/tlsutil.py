@@ -12,8 +12,9 @@ from typing import Protocol
 
 import certifi
 
-# (purpose, ca_file) -> (what the CA file was when it was read, the context made from it)
-_SHARED: dict[tuple[str, Path | None], tuple[tuple[int, int, int] | None, ssl.SSLContext]] = {}
+Seen = tuple[tuple[int, int, int] | None, ...]  # each trust file's (inode, size, mtime), None: absent
+# (purpose, ca_file) -> (the trust files as they were when it was made, the context)
+_SHARED: dict[tuple[str, Path | None], tuple[Seen, ssl.SSLContext]] = {}
 _SHARED_LOCK = threading.Lock()
 
 
@@ -24,8 +25,9 @@ def client_context(ca_file: Path | None = None) -> ssl.SSLContext:
     One context per CA file, shared by every caller: each one holds the ~290 parsed certificates
     of both stores, about 1.2 MiB, and the relay made six of them at start-up. A context is
     immutable once made (nothing here or in aiosmtplib sets options on it later), so sharing it
-    changes nothing for a connection. It is made again when the CA file changes on disk, so a
-    reload after the operator replaced the file trusts the new one, as it did before."""
+    changes nothing for a connection. It is made again when a file it was made from changes on
+    disk (the CA file, the system bundle, certifi's), so a reload after the operator replaced one
+    trusts the new one, as it did when every reload made new contexts."""
     return _shared("mail", ca_file)
 
 
@@ -36,12 +38,18 @@ def https_context(ca_file: Path | None = None) -> ssl.SSLContext:
     return _shared("https", ca_file)
 
 
-def _shared(purpose: str, ca_file: Path | None) -> ssl.SSLContext:
+def _stat(path: str | Path | None) -> tuple[int, int, int] | None:
     try:
-        st = os.stat(ca_file) if ca_file else None
-    except OSError:  # let _new_client_context say what is wrong with it, as before
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns) if st else None
+
+
+def _shared(purpose: str, ca_file: Path | None) -> ssl.SSLContext:
+    if ca_file and _stat(ca_file) is None:  # let _new_client_context say what is wrong, as before
         return _new_client_context(ca_file)
-    seen = (st.st_ino, st.st_size, st.st_mtime_ns) if st else None
+    seen = tuple(map(_stat, (ca_file, certifi.where(), ssl.get_default_verify_paths().cafile)))
     with _SHARED_LOCK:
         held = _SHARED.get((purpose, ca_file))
         if held is None or held[0] != seen:

@@ -45,6 +45,21 @@ def test_a_changed_ca_file_is_read_again(certs, tmp_path):
     assert after is client_context(ca)
 
 
+def test_a_changed_system_bundle_is_read_again(certs, tmp_path, monkeypatch):
+    """The system store is part of every context: a reload after update-ca-certificates (or a
+    new SSL_CERT_FILE) trusts what is there now."""
+    bundle = tmp_path / "system.pem"
+    shutil.copy(certs.ca_file, bundle)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    before = client_context(None)
+    assert before is client_context(None)
+
+    bundle.write_bytes(bundle.read_bytes() + b"\n")
+    os.utime(bundle, ns=(1, 1))
+
+    assert client_context(None) is not before
+
+
 def test_every_context_verifies(certs):
     for ctx in (client_context(certs.ca_file), https_context(certs.ca_file), client_context(None)):
         assert ctx.verify_mode is ssl.CERT_REQUIRED
