@@ -23,11 +23,11 @@ import asyncio
 import contextlib
 import signal
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import logs, metrics, sdnotify
+from . import features, logs, metrics, sdnotify
 from .alerts.service import AlertService
 from .config import Config, ImapConfig, Pop3Config, SmtpConfig, load_config
 from .delivery import SmtpDeliverer
@@ -35,7 +35,6 @@ from .delivery.graph import GraphDeliverer
 from .delivery.route import RoutedDeliverer
 from .errors import ConfigError
 from .graph.client import GraphClient
-from .httpapi import serve_http
 from .imap.server import ImapHandler, bind_imap
 from .localauth import LocalAuth
 from .memory import Trimmer, interval
@@ -49,9 +48,10 @@ from .states import AccountState
 from .tlsutil import server_context
 from .tokens.manager import TokenManager
 from .tokens.store import TokenStore
-from .web.collect import Sources
-from .web.model import ListenerRow
-from .web.routes import StatusApp
+
+if TYPE_CHECKING:  # the status page is loaded only for an http: listener (relay365.features)
+    from .web.model import ListenerRow
+    from .web.routes import StatusApp
 
 log = structlog.get_logger("relay365.app")
 SPOOL_STUCK_AFTER = 3600.0  # /readyz reports degraded while the oldest queued message is older
@@ -76,6 +76,12 @@ def _tls_problems(config: Config) -> list[str]:
             problems.append(f"{proto}.cert_file/key_file: {section.cert_file}, {section.key_file} "
                             f"do not load: {getattr(exc, 'strerror', None) or exc}")
     return problems
+
+
+def _reload_problems(config: Config) -> list[str]:
+    """What stops a new config from being applied: TLS files that do not load, and a part it
+    turns on (the status page, Graph) that does not load here."""
+    return _tls_problems(config) + features.load(features.needed(config))
 
 
 class Relay:
@@ -116,6 +122,8 @@ class Relay:
 
     def listener_rows(self) -> list[ListenerRow]:
         """What is bound, with the connections open now (for the status page)."""
+        from .web.model import ListenerRow
+
         now = {"smtp": self.smtp.active if self.smtp else 0,
                "imap": self.imap.connections if self.imap else 0,
                "pop3": self.pop3.connections if self.pop3 else 0}
@@ -137,6 +145,10 @@ class Relay:
                 self.pop3 = Pop3Handler(self.config, self.tokens, self.auth)
             self._servers["pop3"] = await bind_pop3(self.pop3)
         elif proto == "http" and self.config.http is not None:
+            from .httpapi import serve_http
+            from .web.collect import Sources
+            from .web.routes import StatusApp
+
             addr = self.config.http.listen
             if self.status_page is None:
                 self.status_page = StatusApp(Sources(
@@ -249,7 +261,7 @@ class Relay:
             log.error("reload_rejected", config=exc.source, problems=exc.problems)
             self.notify.ready("reload rejected; old config in force")
             return False
-        problems = await asyncio.to_thread(_tls_problems, new)
+        problems = await asyncio.to_thread(_reload_problems, new)
         if problems:
             log.error("reload_rejected", config=new.source, problems=problems)
             self.notify.ready("reload rejected; old config in force")

@@ -49,11 +49,17 @@ def _raise_fd_limit(want: int = 65536) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import Relay
+    from .features import load, needed
     from .logs import configure
     from .runloop import run
 
     hardened = disable_core_dumps()  # before the config (client secrets, seed tokens) is read
     config = _load(args.config)
+    problems = load(needed(config))  # the parts it uses load now, not at their first use
+    if problems:
+        for problem in problems:
+            print(f"relay365: {problem}", file=sys.stderr)
+        return 1
     configure(args.log_level or config.log.level, config.log.format)
     if not hardened:
         structlog.get_logger("relay365").warning("core_dumps_not_disabled")
@@ -80,9 +86,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .features import PARTS, load
+
     config = _load(args.config)
     print(f"relay365: configuration {args.config} is valid "
           f"({len(config.accounts)} account(s), {len(config.users)} user(s))")
+    problems = load(list(PARTS))  # all of them: a reload may turn on what this config does not use
+    if problems:
+        for problem in problems:
+            print(f"relay365: {problem}", file=sys.stderr)
+        return 1
     from .tokens.store import StoreError, TokenStore
 
     store = TokenStore(config.state_dir)

@@ -3,16 +3,62 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
+import threading
 from pathlib import Path
 from typing import Protocol
 
 import certifi
 
+Seen = tuple[tuple[int, int, int] | None, ...]  # each trust file's (inode, size, mtime), None: absent
+# (purpose, ca_file) -> (the trust files as they were when it was made, the context)
+_SHARED: dict[tuple[str, Path | None], tuple[Seen, ssl.SSLContext]] = {}
+_SHARED_LOCK = threading.Lock()
+
 
 def client_context(ca_file: Path | None = None) -> ssl.SSLContext:
-    """System trust + certifi's bundle (what requests would use) + the operator's extra CA file."""
+    """System trust + certifi's bundle (what requests would use) + the operator's extra CA file,
+    for the mail protocols (IMAP, POP3, SMTP upstream).
+
+    One context per CA file, shared by every caller: each one holds the ~290 parsed certificates
+    of both stores, about 1.2 MiB, and the relay made six of them at start-up. A context is
+    immutable once made (nothing here or in aiosmtplib sets options on it later), so sharing it
+    changes nothing for a connection. It is made again when a file it was made from changes on
+    disk (the CA file, the system bundle, certifi's), so a reload after the operator replaced one
+    trusts the new one, as it did when every reload made new contexts."""
+    return _shared("mail", ca_file)
+
+
+def https_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """The same trust for the HTTPS clients (msal's requests, httpx for Graph and webhooks).
+    Apart from the mail one because httpcore and urllib3 set ALPN `http/1.1` on the context they
+    are given, which an IMAP or SMTP handshake must not offer."""
+    return _shared("https", ca_file)
+
+
+def _stat(path: str | Path | None) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns) if st else None
+
+
+def _shared(purpose: str, ca_file: Path | None) -> ssl.SSLContext:
+    if ca_file and _stat(ca_file) is None:  # let _new_client_context say what is wrong, as before
+        return _new_client_context(ca_file)
+    seen = tuple(map(_stat, (ca_file, certifi.where(), ssl.get_default_verify_paths().cafile)))
+    with _SHARED_LOCK:
+        held = _SHARED.get((purpose, ca_file))
+        if held is None or held[0] != seen:
+            held = (seen, _new_client_context(ca_file))
+            _SHARED[(purpose, ca_file)] = held
+        return held[1]
+
+
+def _new_client_context(ca_file: Path | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ctx.load_verify_locations(certifi.where())
     if ca_file:

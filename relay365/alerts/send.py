@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import httpx
 
 from ..config import AlertsConfig, Config, WebhookConfig
 from ..delivery import Deliverer, Outgoing
@@ -24,10 +23,13 @@ from ..delivery.message import BytesMessage
 from ..errors import RelayError
 from ..replies import one_line
 from ..states import AccountState
-from ..tlsutil import client_context
+from ..tlsutil import https_context
 from ..tokens.status import AccountView
 from . import render
 from .core import Notice
+
+if TYPE_CHECKING:
+    import httpx
 
 USER_AGENT = "relay365-alerts"
 
@@ -43,10 +45,14 @@ class WebhookSender:
         self.cfg, self.hostname = cfg, hostname
         self.host = urlsplit(cfg.url.reveal()).hostname or "?"  # what logs may say about the URL
         self.dest = hashlib.sha256(cfg.url.reveal().encode()).hexdigest()[:16]
-        self._client = httpx.AsyncClient(verify=client_context(cfg.ca_file), timeout=cfg.timeout,
-                                         follow_redirects=False)
+        import httpx  # only for a webhook (relay365.features)
+
+        self._client: httpx.AsyncClient = httpx.AsyncClient(
+            verify=https_context(cfg.ca_file), timeout=cfg.timeout, follow_redirects=False)
 
     async def send(self, notice: Notice) -> None:
+        import httpx
+
         headers = {"User-Agent": USER_AGENT, **{k: v.reveal() for k, v in self.cfg.headers.items()}}
         try:
             reply = await self._client.post(self.cfg.url.reveal(), headers=headers,

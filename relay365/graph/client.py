@@ -2,11 +2,14 @@
 
 httpx (over aiohttp): one well-kept library with the same model for sync and async, connection
 pooling and HTTP keep-alive by default, an `ssl.SSLContext` taken as is (so Graph gets the same
-trust as the mail servers: `tlsutil.client_context(upstream.ca_file)`), and HTTPS_PROXY/NO_PROXY
+trust as the mail servers: `tlsutil.https_context(upstream.ca_file)`), and HTTPS_PROXY/NO_PROXY
 from the environment like requests (the token client) honours them. Every answer's request-id is
 kept for the log. At most MAILBOX_CONCURRENCY requests per mailbox are in flight (Exchange's
 MailboxConcurrency limit); a 401 gets one new token and one retry; everything else is raised as a
 `GraphError` for the caller (the spool waits Retry-After - nothing here loops on a 429).
+
+httpx is imported when a client is first needed (`relay365.features`: a config with Graph accounts
+makes the client at start-up and on reload, so a missing httpx is found then).
 
 `my_addresses` is the one synchronous call, for `relay365 auth`: the signed-in user's addresses
 (`GET /me`), with a token the caller got for User.Read, on the same TLS, proxy and timeouts.
@@ -20,16 +23,18 @@ import json
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..config import Config
+from ..features import uses_graph
 from ..secret import Secret
-from ..tlsutil import client_context
+from ..tlsutil import https_context
 from ..tokens.manager import GRAPH, TokenManager
 from .errors import from_response, graph_code, nonsense, timeout, unreachable
+
+if TYPE_CHECKING:
+    import httpx
 
 MAILBOX_CONCURRENCY = 4
 ME = "/me?$select=userPrincipalName,mail,proxyAddresses"
@@ -47,12 +52,24 @@ class GraphClient:
                  tls: ssl.SSLContext | None = None) -> None:
         self.config = config
         self.tokens = tokens
-        self._http = httpx.AsyncClient(**_options(config, tls))
+        self._tls = tls
+        self._http: httpx.AsyncClient | None = None
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self.configure(config)
 
     def configure(self, config: Config) -> None:
-        """A reloaded config: base_url and accounts are read from it per request."""
+        """A (re)loaded config: base_url and accounts are read from it per request. A config
+        with Graph accounts gets its HTTP client now rather than at the first send."""
         self.config = config
+        if uses_graph(config):
+            self._client()
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(**_options(self.config, self._tls))
+        return self._http
 
     @property
     def base_url(self) -> str:
@@ -110,9 +127,12 @@ class GraphClient:
 
     async def _send(self, method: str, url: str, body: bytes, headers: dict[str, str],
                     what: str) -> _Raw:
+        import httpx
+
+        client = self._client()
         started = time.monotonic()
         try:
-            r = await self._http.request(method, url, content=body, headers=headers)
+            r = await client.request(method, url, content=body, headers=headers)
         except httpx.TimeoutException:
             metrics.GRAPH_ERRORS.labels("0", "timeout").inc()
             raise timeout(what) from None
@@ -126,7 +146,8 @@ class GraphClient:
         return _Raw(r.status_code, lowered.get("request-id", ""), r.content, lowered)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
 
 @dataclass(frozen=True)
@@ -136,13 +157,17 @@ class _Raw(Answer):
 
 def _options(config: Config, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
     """httpx's client options: the mail servers' trust, HTTPS_PROXY/NO_PROXY, upstream timeouts."""
+    import httpx
+
     up = config.upstream
-    return {"verify": tls or client_context(up.ca_file), "trust_env": True,
+    return {"verify": tls or https_context(up.ca_file), "trust_env": True,
             "timeout": httpx.Timeout(up.timeout, connect=up.connect_timeout)}
 
 
 def my_addresses(config: Config, token: Secret) -> frozenset[str]:
     """`GET /me` with a delegated User.Read token: the signed-in user's addresses. Raises GraphError."""
+    import httpx
+
     try:
         with httpx.Client(**_options(config)) as http:
             r = http.get(config.upstream.graph.base_url.rstrip("/") + ME,

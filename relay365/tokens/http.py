@@ -2,7 +2,8 @@
 
 requests lets `REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` replace a session's `verify`, which would make the
 app's `ca_file` silently useless (and those variables are set on many machines). This session keeps
-its own trust (`relay365.tlsutil.client_context`) and still honours proxy variables.
+its own trust (`relay365.tlsutil.https_context`, shared with the relay's other HTTPS clients)
+and still honours proxy variables.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from ..tlsutil import client_context
+from ..tlsutil import https_context
 
 if TYPE_CHECKING:  # a TypedDict that only exists in types-requests
     from requests.sessions import _Settings
@@ -22,8 +23,15 @@ if TYPE_CHECKING:  # a TypedDict that only exists in types-requests
 
 class _TLSAdapter(HTTPAdapter):
     def __init__(self, ca_file: Path | None) -> None:
-        self._ctx = client_context(ca_file)
+        self._ctx = https_context(ca_file)
         super().__init__(max_retries=0)
+
+    def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
+        """requests names certifi's bundle as `ca_certs` for `verify=True`, and urllib3 then
+        loads it into our context again on every new connection (~5 ms, and the shared context
+        grows): the context already holds certifi and the CA file, so trust stays as it is."""
+        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]  # untyped in the stubs
+        conn.ca_certs = conn.ca_cert_dir = None
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
                          **pool_kwargs: Any) -> None:  # Any: urllib3's PoolManager keywords

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import smtplib
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -214,3 +217,41 @@ def test_api_delete_needs_the_bearer_token_and_read_only_refuses_everything(
     assert post(f"{ro_base}/action/retry", {"id": entry["id"]})[0] == 403
     assert post(f"{ro_base}/api/retry", {"id": entry["id"]},
                 {"Authorization": f"Bearer {ADMIN_TOKEN}"})[0] == 403
+
+
+BREAK_TEMPLATES = """\
+# the test's broken install: page.html no longer compiles
+import jinja2
+jinja2.PackageLoader = lambda *args, **kwargs: jinja2.DictLoader({"page.html": "{% if %}"})
+"""
+
+
+def test_a_broken_template_still_stops_start_up_check_and_reload(make_relay, tmp_path):
+    """The status page is loaded only for an http: listener (relay365.features, to keep a relay at
+    rest small), but a broken template is still found where an operator expects it: `relay365
+    check` fails, `serve` with http: does not start, and a reload that adds http: is rejected while
+    the relay goes on serving. A relay without http: never needs the templates."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BREAK_TEMPLATES)
+    env = {"PYTHONPATH": str(site)}
+    relay = make_relay(smtp={}, env=env)  # no http: starts, the templates never load
+    with_http = {**relay.config, "http": {"listen": "127.0.0.1:0"}}
+    relay.write_config(with_http)
+    relay.proc.send_signal(signal.SIGHUP)
+    rejected = relay.wait_log("reload_rejected")
+    assert any("status page does not load" in p and "TemplateSyntaxError" in p
+               for p in rejected["problems"]), rejected
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=10) as s:  # the old config serves
+        assert s.login(USER, PASSWORD)[0] == 235
+
+    check = subprocess.run([sys.executable, "-m", "relay365", "check", "-c", str(relay.config_path)],
+                           capture_output=True, text=True, timeout=60, env={**relay.env, **env})
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "status page does not load" in check.stderr and "TemplateSyntaxError" in check.stderr
+
+    relay.stop()
+    with pytest.raises(AssertionError, match="relay exited with 1"):
+        relay.start()
+    assert "relay365: status page does not load" in relay.log_path.read_text()
+    assert not relay.find("relay_started")
