@@ -20,7 +20,8 @@ PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 PR_GET_DUMPABLE = 3
 
 
-def _libc() -> ctypes.CDLL | None:
+def libc() -> ctypes.CDLL | None:
+    """The C library on Linux (None elsewhere, or where it does not load); shared with `memory`."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -36,13 +37,13 @@ def disable_core_dumps() -> bool:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ValueError, OSError):
         ok = False
-    libc = _libc()
-    if libc is None or libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+    lib = libc()
+    if lib is None or lib.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         ok = False
     return ok
 
 
 def dumpable() -> bool | None:
     """This process's PR_GET_DUMPABLE (None where prctl is not available)."""
-    libc = _libc()
-    return None if libc is None else bool(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+    lib = libc()
+    return None if lib is None else bool(lib.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))

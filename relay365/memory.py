@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import os
-import sys
 import time
 from collections.abc import Callable
 
 import structlog
+
+from .hardening import libc
 
 log = structlog.get_logger("relay365.memory")
 
@@ -43,18 +43,8 @@ class _Mallinfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
 def _malloc_trim() -> Callable[[int], int] | None:
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None)  # not glibc: no such symbol
+    trim = getattr(libc(), "malloc_trim", None)  # not glibc: no such symbol
     if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
@@ -64,8 +54,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 def heap_free() -> int | None:
     """Bytes glibc holds free in its heaps (`mallinfo2().fordblks`); None without mallinfo2."""
-    libc = _libc()
-    info = getattr(libc, "mallinfo2", None)
+    info = getattr(libc(), "mallinfo2", None)
     if info is None:
         return None
     info.restype = _Mallinfo2
