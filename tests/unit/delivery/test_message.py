@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from relay365.delivery.message import CHUNK, Body, BytesMessage, FileMessage, WithHead, read_all
 from relay365.smtp.rewrite import HEAD_MAX, rewrite_from, rewrite_message
+from tests.support.tmpfs import tmpfs
 
 
 def fill(body: Body, data: bytes, step: int) -> Body:
@@ -55,19 +54,10 @@ def test_a_directory_that_refuses_a_temporary_file_falls_back_to_the_system_temp
         tmp_path: Path) -> None:
     """The spool read-only: a large message sent straight on (delivery: direct) needs no spool,
     and was refused with 452 because its temporary file could not be made there."""
-    ro = tmp_path / "spool-tmp"
-    ro.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(ro)], check=True,
-                       capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "spool-tmp", "size=64k,ro") as ro:
         body = fill(Body(ro, spill=10), b"y" * 100_000, 4096)
         assert body.error is None and not body.in_memory and read_all(body) == b"y" * 100_000
         body.close()
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False, capture_output=True, timeout=10)
 
 
 def test_file_message_and_with_head(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from relay365.spool import queue as queue_mod
 from relay365.spool.entry import ENVELOPE, MESSAGE, NotFound, SpoolError, SpoolFullError, valid_id
 from relay365.spool.queue import SpoolQueue
+from tests.support.tmpfs import tmpfs
 
 NOW = 1_700_000_000.0
 MSG = b"From: scanner@example.test\r\nSubject: scan\r\n\r\nbody\r\n"
@@ -135,17 +136,8 @@ def test_min_free_space_refuses_before_writing(q):
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A real 64 KiB file system (tmpfs), when we may mount one."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True,
-                       capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        pytest.skip("cannot mount a tmpfs here (needs root); the injected failures cover this")
-    try:
+    with tmpfs(tmp_path / "tiny", "size=64k", why="the injected failures cover this") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True, timeout=10)
 
 
 def test_a_really_full_disk(tiny_fs):

@@ -23,6 +23,7 @@ from relay365.errors import UpstreamError
 from relay365.spool import outcome
 from relay365.spool.queue import SpoolQueue
 from relay365.spool.worker import SpoolWorker
+from tests.support.tmpfs import tmpfs
 from tests.unit.spool.test_worker import Deliverer, eventually, put, run
 
 FAST = SpoolConfig(retry_base=0.05, retry_cap=0.2, rate_per_minute=60_000, rescan_interval=0.05,
@@ -36,18 +37,9 @@ PERMFAIL = UpstreamError("refused", code=550, text="5.7.1 Not allowed", transien
 @pytest.fixture
 def spool_fs(tmp_path, monkeypatch):
     """A 4 MiB tmpfs as state_dir; `mode("ro")` / `mode("rw")` remounts it."""
-    mnt = tmp_path / "state"
-    mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True,
-                       capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    monkeypatch.setattr(outcome, "WRITE_RETRY", 0.1)
-    try:
+    with tmpfs(tmp_path / "state", "size=4m") as mnt:
+        monkeypatch.setattr(outcome, "WRITE_RETRY", 0.1)
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True, timeout=10)
 
 
 def mode(mnt: Path, how: str) -> None:
