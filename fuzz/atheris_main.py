@@ -13,7 +13,16 @@ with atheris.instrument_imports(include=["relay365", "aiosmtpd", "fuzz"]):
 
 def main() -> None:
     target = TARGETS[sys.argv[1]]
-    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+
+    def one(data: bytes) -> None:
+        # A SystemExit or KeyboardInterrupt out of the target would end the interpreter, and
+        # libFuzzer would only say "fuzz target exited" with no trace: make it a crash with one.
+        try:
+            target(data)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise RuntimeError(f"the target raised {exc!r}") from exc
+
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], one)
     atheris.Fuzz()
 
 

@@ -3,6 +3,7 @@
     fuzz/run --inputs 1000000              # a release run: atheris if installed, all targets
     fuzz/run --inputs 2000 --engine builtin smtp_data sasl
     fuzz/run --target imap_preauth --inputs 100000 --engine atheris
+    fuzz/run --inputs 1000000 --jobs 2 smtp_session   # two libFuzzer processes, 500,000 each
 
 atheris runs each target in a subprocess of its own (libFuzzer exits the process when it is done),
 coverage-guided over relay365 and aiosmtpd, starting from a copy of the seed corpus; a crash is
@@ -41,24 +42,38 @@ def _builtin(name: str, inputs: int, seed: int) -> tuple[int, float, list[str]]:
     return result.inputs, result.seconds, saved
 
 
-def _atheris(name: str, inputs: int, seed: int) -> tuple[int, float, list[str]]:
+def _atheris(name: str, inputs: int, seed: int, jobs: int = 1) -> tuple[int, float, list[str]]:
+    """`jobs` libFuzzer processes side by side, sharing one corpus directory (each adds what it
+    finds and reads the others' finds only at its start, as libFuzzer's own -jobs does), each
+    running its share of `inputs`; the inputs reported are the sum of what each one ran."""
     CRASHES.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"fuzz-{name}-"))
     corpus = work / "corpus"
     shutil.copytree(CORPUS / name, corpus) if (CORPUS / name).is_dir() else corpus.mkdir()
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "fuzz.atheris_main", name, f"-runs={inputs}", f"-seed={seed + 1}",
-         f"-max_len={MAX_LEN}", "-timeout=30", f"-artifact_prefix={CRASHES}/{name}-",
-         "-print_final_stats=1", str(corpus)],
-        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=False)
+    procs = []
+    for job in range(jobs):
+        share = inputs // jobs + (1 if job < inputs % jobs else 0)
+        log = (work / f"job{job}.log").open("w+")
+        procs.append((log, subprocess.Popen(
+            [sys.executable, "-m", "fuzz.atheris_main", name, f"-runs={share}",
+             f"-seed={seed * jobs + job + 1}", f"-max_len={MAX_LEN}", "-timeout=30",
+             f"-artifact_prefix={CRASHES}/{name}-", "-print_final_stats=1", str(corpus)],
+            cwd=Path(__file__).resolve().parent.parent, stdout=log, stderr=subprocess.STDOUT,
+            text=True)))
+    runs, crashes = 0, []
+    for log, proc in procs:
+        proc.wait()
+        log.seek(0)
+        out = log.read()
+        log.close()
+        ran = [int(line.split(":")[-1]) for line in out.splitlines()
+               if line.startswith("stat::number_of_executed_units:")]
+        runs += ran[-1] if ran else 0
+        if proc.returncode != 0:
+            crashes.append(out[-4000:])
     seconds = time.monotonic() - started
     shutil.rmtree(work, ignore_errors=True)
-    runs = inputs
-    for line in proc.stderr.splitlines():
-        if line.startswith("stat::number_of_executed_units:"):
-            runs = int(line.split(":")[-1])
-    crashes = [] if proc.returncode == 0 else [proc.stderr[-4000:]]
     return runs, seconds, crashes
 
 
@@ -70,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inputs", type=int, default=10_000, help="inputs per target (default 10000)")
     ap.add_argument("--engine", choices=("auto", "atheris", "builtin"), default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="atheris: libFuzzer processes per target, sharing the inputs (default 1)")
     args = ap.parse_args(argv)
     names = args.targets + args.target or list(TARGETS)
     unknown = [n for n in names if n not in TARGETS]
@@ -80,12 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         eng = "atheris" if importlib.util.find_spec("atheris") else "builtin"
     if eng == "atheris" and not importlib.util.find_spec("atheris"):
         ap.error("atheris is not installed: pip install -e '.[fuzz]'")
-    run = _atheris if eng == "atheris" else _builtin
-    print(f"engine={eng} inputs={args.inputs} python={sys.version.split()[0]} "
+    print(f"engine={eng} inputs={args.inputs} jobs={args.jobs} python={sys.version.split()[0]} "
           f"commit={_commit()}", flush=True)
     failed = False
     for name in names:
-        runs, seconds, crashes = run(name, args.inputs, args.seed)
+        if eng == "atheris":
+            runs, seconds, crashes = _atheris(name, args.inputs, args.seed, args.jobs)
+        else:
+            runs, seconds, crashes = _builtin(name, args.inputs, args.seed)
         rate = runs / seconds if seconds else 0.0
         print(f"{name:14} inputs={runs:<9} seconds={seconds:8.1f} per_s={rate:8.0f} "
               f"crashes={len(crashes)}", flush=True)
