@@ -15,6 +15,10 @@ refreshes tokens, and the platform rotates refresh tokens, all through the run).
 - SIGHUP every `--hup-every` seconds; Postfix and Dovecot stopped for `--outage` seconds at the
   half-way mark, then started again on the same ports with the same mail.
 
+With `--tracemalloc` the relay traces its Python allocations (bench/heaptrace) and the report
+ends with the lines whose memory grew most between the first snapshot after warm-up and the
+last, beside what RSS gained meanwhile: growth that tracemalloc does not see is outside Python.
+
 Every 30 s it samples the relay's RSS, open fds and CPU. At the end it waits for the spool to
 drain, then counts the messages in the real mailbox by id: sent (a 250 was heard) vs delivered
 must be equal, with no id twice. Printed: the samples, slopes after warm-up, and errors by kind.
@@ -173,7 +177,14 @@ def world(work: Path, args: argparse.Namespace) -> tuple[FakeIdP, MailUpstream, 
         "spool": {"rate_per_minute": 10_000},
         "limits": {"max_connections": 5000, "max_connections_per_ip": 5000},
     }
-    return idp, upstream, RelayProcess(work, config).start()
+    env = {}
+    if args.tracemalloc:
+        (work / "heap").mkdir()
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "bench" / "heaptrace"),
+                                                        os.environ.get("PYTHONPATH")) if p),
+               "RELAY365_HEAP_SNAPSHOTS": str(work / "heap"),
+               "RELAY365_HEAP_EVERY": str(args.tracemalloc)}
+    return idp, upstream, RelayProcess(work, config, env=env).start()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -228,7 +239,9 @@ def run(args: argparse.Namespace) -> int:
         relay.stop()
         upstream.stop()
         idp.stop()
-    report(args, samples, tally, got, relay_errors)
+        report(args, samples, tally, got, relay_errors)
+        if args.tracemalloc:
+            heap_report(Path(tmp) / "heap", args, samples)
     return 0 if set(got) >= tally.sent and max(got.values(), default=1) == 1 else 1
 
 
@@ -253,6 +266,30 @@ def report(args, samples, tally, got, relay_errors) -> None:
     print("relay error events by kind:", dict(relay_errors) or "none")
 
 
+def heap_report(snaps: Path, args: argparse.Namespace, samples: list) -> None:
+    import tracemalloc
+    files = sorted(snaps.glob("*.snap"))
+    warm = min(300, args.minutes * 60 / 4)
+    first = next((f for f in files if int(f.stem) * args.tracemalloc >= warm), None)
+    if first is None or first == files[-1]:
+        print("tracemalloc: fewer than two snapshots after warm-up")
+        return
+    t0, t1 = int(first.stem) * args.tracemalloc, int(files[-1].stem) * args.tracemalloc
+    old, new = tracemalloc.Snapshot.load(str(first)), tracemalloc.Snapshot.load(str(files[-1]))
+    traced = (sum(t.size for t in new.traces) - sum(t.size for t in old.traces)) / 2**20
+    rss = {round(s[0] / args.tracemalloc): s[1] for s in samples}
+    gained = (rss.get(round(t1 / args.tracemalloc), 0) - rss.get(round(t0 / args.tracemalloc), 0)) / 1024
+    print(f"\ntracemalloc {t0 / 60:.0f} -> {t1 / 60:.0f} min: traced Python memory {traced:+.2f} MiB, "
+          f"RSS {gained:+.1f} MiB (with tracing on)")
+    for kind in ("lineno", "traceback"):
+        print(f"grew most, by {kind}:")
+        for stat in new.compare_to(old, kind)[:12 if kind == "lineno" else 4]:
+            if stat.size_diff <= 0:
+                break
+            print(f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7} blocks  "
+                  + "\n      <- ".join(str(f) for f in reversed(list(stat.traceback))))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=60)
@@ -262,6 +299,8 @@ def main() -> int:
     ap.add_argument("--token-lifetime", type=int, default=300)
     ap.add_argument("--hup-every", type=float, default=300)
     ap.add_argument("--outage", type=float, default=30)
+    ap.add_argument("--tracemalloc", type=float, default=0, metavar="SECONDS",
+                    help="trace the relay's Python allocations, a snapshot every SECONDS")
     return run(ap.parse_args())
 
 
