@@ -79,8 +79,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         structlog.get_logger("relay365").error("startup_failed", error=str(exc))
         print(f"relay365: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # a listener could not be bound
-        print(f"relay365: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:  # a listener could not be bound, or a file in the state directory
+        where = f"{exc.filename}: " if exc.filename else "cannot listen: "
+        print(f"relay365: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

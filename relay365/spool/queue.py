@@ -62,7 +62,7 @@ def _write_file(path: Path, data: bytes | Message) -> None:
         os.close(fd)
 
 
-def _storage_error(exc: OSError, what: str, where: Path) -> SpoolError:
+def storage_error(exc: OSError, what: str, where: Path) -> SpoolError:
     """`what` failed in the spool at `where`: the operator's log line names the directory to fix."""
     name = errno.errorcode.get(exc.errno or 0, "EIO")
     cls = SpoolFullError if exc.errno in STORAGE_ERRNOS else SpoolError
@@ -147,7 +147,7 @@ class SpoolQueue:
         try:
             self.ensure_dirs()
         except OSError as exc:
-            raise _storage_error(exc, "cannot create the spool", self.root) from None
+            raise storage_error(exc, "cannot create the spool", self.root) from None
         size = len(data) if isinstance(data, bytes) else data.size
         self._check_free(size)
         entry_id = new_id(now)
@@ -169,7 +169,7 @@ class SpoolQueue:
                 with contextlib.suppress(OSError):
                     os.rename(final, tmp)
             shutil.rmtree(tmp, ignore_errors=True)
-            raise _storage_error(exc, "cannot queue the message", self.root) from None
+            raise storage_error(exc, "cannot queue the message", self.root) from None
         return entry_id
 
     def _check_free(self, size: int) -> None:
@@ -178,7 +178,7 @@ class SpoolQueue:
         try:
             st = os.statvfs(self.root)
         except OSError as exc:
-            raise _storage_error(exc, "cannot check free space", self.root) from None
+            raise storage_error(exc, "cannot check free space", self.root) from None
         if st.f_bavail * st.f_frsize - size < self.min_free_space:
             raise SpoolFullError(f"less than min_free_space ({self.min_free_space} bytes) would be left")
 

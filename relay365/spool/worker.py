@@ -35,11 +35,12 @@ from ..config import SpoolConfig
 from ..delivery import Refusal
 from ..delivery.message import Message
 from ..errors import RelayError
-from .entry import Entry, crash_point
+from . import outcome
+from .entry import Entry, SpoolError, crash_point
 from .handoff import Deliver, describe
 from .notice import read_head, render_notice
 from .outcome import DeadLetter, Defer, Remove, SplitOff, Step
-from .queue import SpoolQueue
+from .queue import SpoolQueue, storage_error
 from .record import Recorder
 from .schedule import (
     HOLD_RECHECK,
@@ -90,6 +91,7 @@ class SpoolWorker:
         self._stopping = False
         self._next_scan = 0.0
         self._recorder = Recorder(queue, self._notice)
+        self._unready: SpoolError | None = None  # the spool could not be prepared yet (read-only)
 
     # -- the interface for the daemon and the SMTP side ------------------------------------------
 
@@ -104,16 +106,42 @@ class SpoolWorker:
         self.rescan()
 
     async def start(self) -> None:
-        """Claim the spool (SpoolError if another process has it), sweep tmp/, scan, run."""
-        swept = await asyncio.to_thread(self._prepare)
-        await self._rescan()
-        self._task = asyncio.create_task(self._run(), name="spool-worker")
-        log.info("spool_worker_started", depth=len(self._entries), swept=swept, spool=str(self.queue.root))
+        """Claim the spool (SpoolError if another process has it), sweep tmp/, scan, run.
 
-    def _prepare(self) -> int:
-        self.queue.ensure_dirs()
-        self.queue.lock_worker()
-        return self.queue.recover()
+        A spool the file system refuses (read-only, no permission, full) does not stop the
+        relay: what needs no spool is served, `submit` refuses with that error (452), and the
+        loop tries again every `outcome.WRITE_RETRY` seconds until the spool can be claimed."""
+        await self._prepare()
+        self._task = asyncio.create_task(self._run(), name="spool-worker")
+
+    async def _prepare(self) -> None:
+        def claim() -> int:
+            self.queue.ensure_dirs()
+            self.queue.lock_worker()
+            return self.queue.recover()
+
+        try:
+            swept = await asyncio.to_thread(claim)
+        except SpoolError as exc:  # another relay365 has it: fatal at start, waited out later
+            if self._unready is None:
+                raise
+            self.queue.unlock_worker()
+            self._unready = exc
+            return
+        except OSError as exc:
+            self.queue.unlock_worker()
+            first = self._unready is None
+            self._unready = storage_error(exc, "cannot queue the message", self.queue.root)
+            if first:
+                log.error("spool_unwritable", spool=str(self.queue.root), error=str(self._unready),
+                          action=f"make {self.queue.root} writable by this user; the relay takes "
+                                 f"it up within {outcome.WRITE_RETRY:g} s, no restart needed")
+            return
+        if self._unready is not None:
+            log.info("spool_writable", spool=str(self.queue.root))
+        self._unready = None
+        await self._rescan()
+        log.info("spool_worker_started", depth=len(self._entries), swept=swept, spool=str(self.queue.root))
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Start nothing new; let deliveries in progress finish for up to `timeout` seconds."""
@@ -142,6 +170,9 @@ class SpoolWorker:
 
         Raises `SpoolFullError` (answer `replies.SPOOL_FULL`) or `SpoolError` (`replies.SPOOL_ERROR`).
         """
+        if self._unready is not None:  # not claimed yet: the sweep of tmp/ is still to come
+            raise self._unready
+
         def store() -> Entry:
             entry_id = self.queue.enqueue(mailbox, mail_from, list(rcpts), data, self._clock(),
                                           mail_options=tuple(mail_options), notice=notice)
@@ -179,6 +210,12 @@ class SpoolWorker:
     async def _run(self) -> None:
         while not self._stopping:
             try:
+                if self._unready is not None:  # start() or the last try failed: wait, try again
+                    await self._sleep(outcome.WRITE_RETRY)
+                    self._wake.clear()
+                    if not self._stopping:
+                        await self._prepare()
+                    continue
                 if self._clock() >= self._next_scan:
                     await self._rescan()
                 unwritten = self._recorder.unwritten
@@ -189,8 +226,12 @@ class SpoolWorker:
             except Exception as exc:  # a broken disk must not end delivery for good
                 log.error("spool_worker_error", error=describe(exc), exc_info=exc)
                 wait = self.config.rescan_interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.001))
+            await self._sleep(wait)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until `seconds` have passed or something wakes the loop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.001))
 
     async def _rescan(self) -> None:
         self._scan = _Scan()

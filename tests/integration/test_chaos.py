@@ -476,3 +476,46 @@ def test_spool_read_only_while_the_worker_runs(make_relay, tmp_path, pki, idp, u
     assert (count(upstream, waiting), count(upstream, refused), count(upstream, after)) == (1, 0, 1)
     assert relay.proc.poll() is None
     no_errors(relay, allowed=("spool_refused", "spool_write_failed"))
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("nsenter") is None,
+                    reason="needs util-linux unshare and nsenter")
+def test_relay_starts_on_a_read_only_spool_and_takes_it_up_when_writable(
+        make_relay, tmp_path, pki, idp, upstream, gate):
+    """The spool is read-only before the relay starts (a disk remounted read-only after an error,
+    a wrong volume mount): the relay still starts and serves what needs no spool, a spool message
+    hears 452 naming the directory, never 250; once the spool is writable, the worker takes it up
+    and spooled mail flows - no restart."""
+    relay = spool_relay(make_relay, tmp_path, pki, idp, upstream, gate, start=False)
+    relay.config["users"].append({**relay.config["users"][0], "username": "direct",
+                                  "delivery": "direct"})
+    spool = Path(relay.config["state_dir"]) / "spool"
+    spool.mkdir(parents=True)
+    relay.prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', str(spool)]
+    relay.start()
+    unwritable = relay.wait_log("spool_unwritable")
+    assert unwritable["error"] == f"cannot queue the message in {spool}: EROFS (Read-only file system)"
+    assert unwritable["action"].startswith(f"make {spool} writable"), unwritable
+    try:
+        refused = f"refused by a spool read-only from the start {uuid.uuid4()}"
+        code, text = data_reply(relay.smtp_port, refused)
+        assert (code, text[:5]) == (452, b"4.3.1"), (code, text)
+        assert relay.wait_log("spool_refused")["error"] == (
+            f"cannot queue the message in {spool}: EROFS (Read-only file system)")
+        direct = f"direct past a spool read-only from the start {uuid.uuid4()}"
+        send(relay.smtp_port, direct, login=("direct", PASSWORD))
+        delivered(upstream, BOB, direct)
+    finally:
+        _remount(relay, spool, "rw")
+    after = f"spooled once the spool is writable {uuid.uuid4()}"
+    deadline = time.monotonic() + 15
+    while (reply := data_reply(relay.smtp_port, after))[0] != 250:  # no restart in between
+        assert reply[0] == 452 and time.monotonic() < deadline, reply
+        time.sleep(0.5)
+    delivered(upstream, BOB, after)
+    assert (count(upstream, refused), count(upstream, after)) == (0, 1)
+    relay.wait_log("spool_writable", spool=str(spool))
+    assert len(relay.find("spool_unwritable")) == 1  # said once, not every 2 s
+    assert relay.proc.poll() is None
+    no_errors(relay, allowed=("spool_refused", "spool_unwritable"))

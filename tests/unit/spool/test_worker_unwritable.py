@@ -21,10 +21,11 @@ from relay365.config import SpoolConfig
 from relay365.delivery import Refusal
 from relay365.errors import UpstreamError
 from relay365.spool import outcome
+from relay365.spool.entry import SpoolError, SpoolFullError
 from relay365.spool.queue import SpoolQueue
 from relay365.spool.worker import SpoolWorker
 from tests.support.tmpfs import tmpfs
-from tests.unit.spool.test_worker import Deliverer, eventually, put, run
+from tests.unit.spool.test_worker import A, Deliverer, eventually, put, run
 
 FAST = SpoolConfig(retry_base=0.05, retry_cap=0.2, rate_per_minute=60_000, rescan_interval=0.05,
                    min_free_space=0)
@@ -208,3 +209,85 @@ def test_what_is_still_unwritten_at_stop_is_said(spool_fs):
     (left,) = events(logs, "spool_unwritten_at_stop")
     assert left["ids"] == [entry_id] and "sent again after the restart" in left["action"]
     assert (q.queue / entry_id).is_dir()  # the next start sends it again: the window, as said
+
+
+def test_a_spool_read_only_at_start_is_refused_then_taken_up_when_writable(spool_fs):
+    """Read-only before the worker starts: it starts anyway, `submit` refuses with the reason
+    (the SMTP side answers 452), one error line says what to do, it tries again every
+    WRITE_RETRY and at each rescan (SIGHUP), never in a spin; writable again, it claims the spool
+    and delivers, no restart."""
+    q = SpoolQueue(spool_fs)
+    mode(spool_fs, "ro")
+    d = Deliverer()
+    tries = 0
+    claim = q.ensure_dirs
+
+    def counted() -> None:
+        nonlocal tries
+        tries += 1
+        claim()
+
+    q.ensure_dirs = counted  # type: ignore[method-assign]
+
+    async def main():
+        w = SpoolWorker(q, d, FAST)
+        with capture_logs() as logs:
+            await w.start()
+            with pytest.raises(SpoolFullError) as refused:
+                await w.submit(A, A, ["bob@example.test"], b"Subject: s\r\n\r\nx\r\n")
+            await asyncio.sleep(0.5)
+            timed = tries
+            for _ in range(20):  # SIGHUPs while it waits: each one tries at once, no more
+                w.rescan()
+                await asyncio.sleep(0.02)
+            tries_read_only = (timed, tries - timed)
+            await asyncio.to_thread(mode, spool_fs, "rw")
+            await eventually(lambda: events(logs, "spool_writable"))
+            entry_id = await w.submit(A, A, ["bob@example.test"], b"Subject: s\r\n\r\nx\r\n")
+            await eventually(lambda: d.ids() == [entry_id])
+            await w.stop()
+        return logs, str(refused.value), tries_read_only
+
+    logs, refused, tries_read_only = run(main())
+    assert refused == f"cannot queue the message in {q.root}: EROFS (Read-only file system)"
+    (unwritable,) = events(logs, "spool_unwritable")
+    assert unwritable["log_level"] == "error" and unwritable["error"] == refused
+    assert unwritable["action"].startswith(f"make {q.root} writable")
+    timed, woken = tries_read_only
+    assert 4 <= timed <= 8, timed  # at start, then every 0.1 s (WRITE_RETRY here) for 0.5 s
+    assert 20 <= woken <= 25, woken
+    assert [e["event"] for e in logs if e["event"].startswith("spool_worker")] == [
+        "spool_worker_started", "spool_worker_stopped"]
+
+
+def test_a_spool_claimed_by_another_relay_later_is_waited_out(spool_fs, monkeypatch):
+    """Read-only at start, and by the time it is writable another worker holds it: this one keeps
+    refusing (it must not deliver beside the other) and keeps running; it claims the spool once
+    the other lets go."""
+    q = SpoolQueue(spool_fs)
+    mode(spool_fs, "ro")
+    monkeypatch.setattr(outcome, "WRITE_RETRY", 30)  # it tries only when woken by a rescan
+
+    async def main():
+        w = SpoolWorker(q, Deliverer(), FAST)
+        await w.start()
+        await asyncio.to_thread(mode, spool_fs, "rw")
+        other = SpoolQueue(spool_fs)
+        other.lock_worker()
+        try:
+            with capture_logs() as logs:
+                w.rescan()
+                await eventually(lambda: isinstance(w._unready, SpoolError)
+                                 and "another relay365" in str(w._unready))
+            with pytest.raises(SpoolError, match="another relay365 is delivering"):
+                await w.submit(A, A, ["bob@example.test"], b"Subject: s\r\n\r\nx\r\n")
+            assert w._task is not None and not w._task.done()
+            assert not events(logs, "spool_worker_started")
+        finally:
+            other.unlock_worker()
+        w.rescan()
+        await eventually(lambda: w._unready is None)
+        await w.submit(A, A, ["bob@example.test"], b"Subject: s\r\n\r\nx\r\n")
+        await w.stop()
+
+    run(main())
