@@ -184,7 +184,8 @@ delete_account_token_on_password_error = False
 
 
 class World:
-    def __init__(self, workdir: Path, emailproxy: bool = True) -> None:
+    def __init__(self, workdir: Path, emailproxy: bool = True, *, dovecot_extra: str = DOVECOT_LIMITS,
+                 max_connections: int = 5000) -> None:
         self.workdir = workdir
         self.pki = make_pki(workdir / "pki")
         self.idp = FakeIdP(self.pki.cert_file, self.pki.key_file).start()
@@ -195,7 +196,7 @@ class World:
         self.issued = count_issued_tokens(self.idp)
         self.upstream = MailUpstream(workdir / "upstream", self.pki, f"{self.idp.url}/introspect",
                                      grant_url=f"{self.idp.url}/grant", domain=DOMAIN,
-                                     dovecot_extra=DOVECOT_LIMITS)
+                                     dovecot_extra=dovecot_extra)
         self.upstream.start()
         self.tls = ssl.create_default_context(cafile=str(self.pki.ca_file))
         self._direct_token: str | None = None
@@ -215,7 +216,7 @@ class World:
                        "mailbox": TOK_MAILBOX}],
             "smtp": {"listen": ["127.0.0.1:0"]},
             "pop3": {"listen": ["127.0.0.1:0"]},
-            "limits": {"max_connections": 5000, "max_connections_per_ip": 5000},
+            "limits": {"max_connections": max_connections, "max_connections_per_ip": max_connections},
         }
         try:
             import relay365.imap.core  # noqa: F401
