@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import resource
 import statistics
 import subprocess
@@ -37,7 +38,7 @@ from bench import run as B  # noqa: E402
 
 DOVECOT_SCALE = """
 default_process_limit = 1500
-default_client_limit = 30000
+default_client_limit = 15000
 protocol imap {
   mail_max_userip_connections = 30000
 }
@@ -47,6 +48,7 @@ service imap-login {
   process_limit = 6
 }
 service imap {
+  service_count = 0
   client_limit = 50
   process_limit = 600
 }
@@ -95,11 +97,14 @@ async def held_curve(world: B.World, levels: list[int]) -> list[tuple]:
         idle = (B.cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100
         n = len(held)
         rows.append((level, n, rss / 1024, (rss - rss_start) / max(1, n),
-                     (rss - prev_rss) / max(1, n - prev_n), idle, login_ms, why[:3]))
+                     (rss - prev_rss) / max(1, n - prev_n), idle, login_ms, len(why),
+                     _relay_reasons(world) if why else ""))
         print(f"  {time.strftime('%H:%M:%S')} held {n}/{level}: RSS {rss / 1024:.1f} MiB, "
               f"idle CPU {idle:.2f}%, login {login_ms:.2f} ms" + (f"; refused: {why[:2]}" if why else ""),
               file=sys.stderr, flush=True)
         prev_rss, prev_n = rss, n
+        if why:
+            print(f"  the reasons so far: {rows[-1][-1]}", file=sys.stderr, flush=True)
         if n < level:
             break
     for writer in held:
@@ -107,6 +112,19 @@ async def held_curve(world: B.World, levels: list[int]) -> list[tuple]:
         writer.close()
     await asyncio.sleep(2)
     return rows
+
+
+def _relay_reasons(world: B.World) -> str:
+    """What the relay logged at warning or worse, by event and error, most frequent first."""
+    seen = collections.Counter(
+        f"{e.get('event')}: {str(e.get('error') or e.get('reason') or '')[:160]}"
+        for e in world.relay.events() if e.get("level", e.get("log_level")) in ("warning", "error"))
+    relay = "; ".join(f"{n} x {what}" for what, n in seen.most_common(4)) or "none logged"
+    dovecot = world.upstream.logdir / "dovecot.log" if world.upstream.logdir else None
+    lines = dovecot.read_text(errors="replace").splitlines() if dovecot and dovecot.exists() else []
+    said = collections.Counter(line.split(": ", 2)[-1][:160] for line in lines
+                               if any(w in line for w in ("Warning", "Error", "Fatal")))
+    return relay + " | Dovecot: " + ("; ".join(f"{n} x {w}" for w, n in said.most_common(3)) or "nothing")
 
 
 def sender_rows(world: B.World, senders: list[int], reps: int) -> list[tuple]:
@@ -157,11 +175,15 @@ def main() -> int:
           f"spliced session)")
     if held:
         print("\n| held IMAP sessions | established | relay RSS MiB | KiB/session (all) | KiB/session "
-              "(this step) | relay CPU idle, % core | relay CPU ms per login |")
-        print("|---|---|---|---|---|---|---|")
-        for level, n, rss, per, step, idle, login, why in held:
-            print(f"| {level:,} | {n:,} | {rss:.1f} | {per:.1f} | {step:.1f} | {idle:.2f} | {login:.2f} |"
-                  + (f" refused: {'; '.join(why)}" if why else ""))
+              "(this step) | relay CPU idle, % core | relay CPU ms per login | logins refused on the way "
+              "(tried again) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for level, n, rss, per, step, idle, login, refused, _ in held:
+            print(f"| {level:,} | {n:,} | {rss:.1f} | {per:.1f} | {step:.1f} | {idle:.2f} | {login:.2f} | "
+                  f"{refused} |")
+        for level, *_, refused, reasons in held:
+            if refused:
+                print(f"\nrefused up to {level:,}: {reasons}")
     if smtp:
         print("\n| SMTP 10 KB messages | senders | direct msg/s | relay msg/s | relay/direct | relay CPU "
               "ms/msg (median, min-max) |")
