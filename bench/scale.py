@@ -11,7 +11,8 @@ Held sessions: the sessions are added in waves of 50 (LOGIN, SELECT INBOX, IDLE,
 parks itself) up to each level, and held; at each level it prints the relay's RSS, the RSS per
 session since the start, the marginal KiB per session since the level before, the relay's CPU
 while all of them idle (10 s), and the relay CPU per login of that level's wave (login, SELECT
-and IDLE, the token from cache). Where a level cannot be reached it says what refused.
+and IDLE, the token from cache). A session counts only while it is still open at the measurement
+(a dropped upstream closes it); where a level cannot be reached it says what refused or closed.
 
 SMTP senders: N threads each send 10 KB messages through relay365 and, interleaved, straight to
 Postfix; twice: one long session per sender, and a session per message (AUTH each time, as a
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import resource
 import statistics
 import subprocess
@@ -46,6 +48,7 @@ service imap-login {
   service_count = 0
   client_limit = 5000
   process_limit = 6
+  vsz_limit = 0
 }
 service imap {
   service_count = 0
@@ -72,7 +75,7 @@ async def _park(port: int, held: list, why: list) -> None:
         await asyncio.wait_for(step(f"a LOGIN {B.USER} {B.PASSWORD}\r\n".encode(), b"a OK"), 30)
         await asyncio.wait_for(step(b"b SELECT INBOX\r\n", b"b OK"), 30)
         await asyncio.wait_for(step(b"c IDLE\r\n", b"+"), 30)
-        held.append(writer)
+        held.append((reader, writer))
     except (TimeoutError, OSError, ConnectionError) as exc:
         why.append(repr(exc)[:160])
         writer.close()
@@ -92,14 +95,19 @@ async def held_curve(world: B.World, levels: list[int]) -> list[tuple]:
         login_ms = (B.cpu_seconds(pid) - cpu0) / max(1, len(held) - logins0) * 1000
         await asyncio.sleep(3)
         rss = B.rss_kb(pid)
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
         c0, t0 = B.cpu_seconds(pid), time.monotonic()
         await asyncio.sleep(10)
         idle = (B.cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100
+        alive = [(r, w) for r, w in held if not r.at_eof() and not w.is_closing()]
+        if len(alive) < len(held):  # the relay closed some: the upstream dropped them
+            why.extend(["closed while held"] * (len(held) - len(alive)))
+            held[:] = alive
         n = len(held)
-        rows.append((level, n, rss / 1024, (rss - rss_start) / max(1, n),
+        rows.append((level, n, fds, rss / 1024, (rss - rss_start) / max(1, n),
                      (rss - prev_rss) / max(1, n - prev_n), idle, login_ms, len(why),
                      _relay_reasons(world) if why else ""))
-        print(f"  {time.strftime('%H:%M:%S')} held {n}/{level}: RSS {rss / 1024:.1f} MiB, "
+        print(f"  {time.strftime('%H:%M:%S')} held {n}/{level}: {fds} fds, RSS {rss / 1024:.1f} MiB, "
               f"idle CPU {idle:.2f}%, login {login_ms:.2f} ms" + (f"; refused: {why[:2]}" if why else ""),
               file=sys.stderr, flush=True)
         prev_rss, prev_n = rss, n
@@ -107,7 +115,7 @@ async def held_curve(world: B.World, levels: list[int]) -> list[tuple]:
             print(f"  the reasons so far: {rows[-1][-1]}", file=sys.stderr, flush=True)
         if n < level:
             break
-    for writer in held:
+    for _, writer in held:
         writer.write(b"DONE\r\nd LOGOUT\r\n")
         writer.close()
     await asyncio.sleep(2)
@@ -174,13 +182,14 @@ def main() -> int:
           f"relay RSS at rest {rest:.1f} MiB, RLIMIT_NOFILE {nofile[0]}/{nofile[1]} (the relay uses 2 per "
           f"spliced session)")
     if held:
-        print("\n| held IMAP sessions | established | relay RSS MiB | KiB/session (all) | KiB/session "
-              "(this step) | relay CPU idle, % core | relay CPU ms per login | logins refused on the way "
+        print("\n| held IMAP sessions | still open | relay fds | relay RSS MiB | KiB/session (all) | "
+              "KiB/session (this step) | relay CPU idle, % core | relay CPU ms per login | "
+              "logins refused on the way "
               "(tried again) |")
-        print("|---|---|---|---|---|---|---|---|")
-        for level, n, rss, per, step, idle, login, refused, _ in held:
-            print(f"| {level:,} | {n:,} | {rss:.1f} | {per:.1f} | {step:.1f} | {idle:.2f} | {login:.2f} | "
-                  f"{refused} |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for level, n, fds, rss, per, step, idle, login, refused, _ in held:
+            print(f"| {level:,} | {n:,} | {fds:,} | {rss:.1f} | {per:.1f} | {step:.1f} | {idle:.2f} | "
+                  f"{login:.2f} | {refused} |")
         for level, *_, refused, reasons in held:
             if refused:
                 print(f"\nrefused up to {level:,}: {reasons}")
