@@ -7,14 +7,23 @@ does not beget another.
 
 from __future__ import annotations
 
+import asyncio
 import email.policy
 import email.utils
+from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from pathlib import Path
+from typing import Any
 
+import structlog
+
+from ..errors import RelayError
 from ..replies import one_line
 from .entry import MESSAGE, Entry
+from .handoff import describe
+
+log = structlog.get_logger("relay365.spool")
 
 NOTICE_HEADER_BYTES = 16384  # how much of a dead letter is read to quote its headers
 
@@ -49,3 +58,17 @@ def render_notice(entry: Entry, reason: str, failed_id: str, admin: str, head: b
         f"  relay365 queue retry {failed_id}    sends it again\n"
         f"  relay365 queue delete {failed_id}   removes it\n")
     return msg.as_bytes()
+
+
+async def notify_admin(entry: Entry, reason: str, failed_id: str, *, admin: str | None, failed: Path,
+                       now: float, submit: Callable[..., Awaitable[Any]]) -> None:
+    """Tell the admin about the dead letter `failed_id` (never the original sender), through the
+    queue like any message; a notice about a notice is not sent."""
+    if not admin or entry.notice:
+        return
+    try:
+        head = await asyncio.to_thread(read_head, failed / failed_id)
+        data = render_notice(entry, reason, failed_id, admin, head, now)
+        await submit(entry.mailbox, entry.mailbox, [admin], data, notice=True)
+    except (RelayError, OSError) as exc:
+        log.error("spool_notice_failed", id=failed_id, error=describe(exc))

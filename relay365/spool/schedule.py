@@ -139,3 +139,14 @@ class TokenBucket:
 
     def with_rate(self, messages_per_minute: float) -> TokenBucket:
         return replace(self, rate=messages_per_minute / 60.0)
+
+
+@dataclass
+class MailboxState:
+    """What the worker knows of one mailbox between attempts."""
+    bucket: TokenBucket
+    inflight: int = 0
+    paused_until: float = 0.0
+    failures: int = 0  # session failures in a row
+    throttles: int = 0  # throttling replies in a row
+    held: bool = False

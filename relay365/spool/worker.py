@@ -13,7 +13,8 @@ woken (a submit, a finished delivery, stop). Per mailbox:
 What each failure means and when to retry is decided in `relay365.spool.schedule`; this module only
 carries it out. The outcome of an attempt is written into the queue by `record.Recorder`; what
 the directory refuses (read-only, full) is held in memory and wins over a rescan until it is
-written (`relay365.spool.outcome`), so a message delivered but not removed is not sent again.
+written (`relay365.spool.outcome`), so a message delivered but not removed is not sent again; a
+spool refused at start is claimed when it can be (`relay365.spool.claim`).
 
 The index is only a cache: a change made while a scan runs is replayed on top of the scan's result,
 so a message finished during a scan is never picked up again from a stale listing.
@@ -36,14 +37,16 @@ from ..delivery import Refusal
 from ..delivery.message import Message
 from ..errors import RelayError
 from . import outcome
-from .entry import Entry, SpoolError, crash_point
+from .claim import Claim
+from .entry import Entry, crash_point
 from .handoff import Deliver, describe
-from .notice import read_head, render_notice
+from .notice import notify_admin
 from .outcome import DeadLetter, Defer, Remove, SplitOff, Step
-from .queue import SpoolQueue, storage_error
+from .queue import SpoolQueue
 from .record import Recorder
 from .schedule import (
     HOLD_RECHECK,
+    MailboxState,
     TokenBucket,
     Verdict,
     age_text,
@@ -56,16 +59,6 @@ from .schedule import (
 )
 
 log = structlog.get_logger("relay365.spool")
-
-
-@dataclass
-class _Mailbox:
-    bucket: TokenBucket
-    inflight: int = 0
-    paused_until: float = 0.0
-    failures: int = 0  # session failures in a row
-    throttles: int = 0  # throttling replies in a row
-    held: bool = False
 
 
 @dataclass
@@ -84,14 +77,14 @@ class SpoolWorker:
         self._held, self._clock, self._rand = held, clock, rand
         self._entries: dict[str, Entry] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._mailboxes: dict[str, _Mailbox] = {}
+        self._mailboxes: dict[str, MailboxState] = {}
         self._scan: _Scan | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._next_scan = 0.0
         self._recorder = Recorder(queue, self._notice)
-        self._unready: SpoolError | None = None  # the spool could not be prepared yet (read-only)
+        self._claim = Claim(queue)  # the spool may be refused at start (read-only): claimed later
 
     # -- the interface for the daemon and the SMTP side ------------------------------------------
 
@@ -106,40 +99,14 @@ class SpoolWorker:
         self.rescan()
 
     async def start(self) -> None:
-        """Claim the spool (SpoolError if another process has it), sweep tmp/, scan, run.
-
-        A spool the file system refuses (read-only, no permission, full) does not stop the
-        relay: what needs no spool is served, `submit` refuses with that error (452), and the
-        loop tries again every `outcome.WRITE_RETRY` seconds until the spool can be claimed."""
-        await self._prepare()
+        """Claim the spool, sweep tmp/, scan, run. SpoolError if another relay365 has the spool; a
+        spool the file system refuses is claimed by the loop later (`relay365.spool.claim`)."""
+        await self._prepare(starting=True)
         self._task = asyncio.create_task(self._run(), name="spool-worker")
 
-    async def _prepare(self) -> None:
-        def claim() -> int:
-            self.queue.ensure_dirs()
-            self.queue.lock_worker()
-            return self.queue.recover()
-
-        try:
-            swept = await asyncio.to_thread(claim)
-        except SpoolError as exc:  # another relay365 has it: fatal at start, waited out later
-            if self._unready is None:
-                raise
-            self.queue.unlock_worker()
-            self._unready = exc
-            return
-        except OSError as exc:
-            self.queue.unlock_worker()
-            first = self._unready is None
-            self._unready = storage_error(exc, "cannot queue the message", self.queue.root)
-            if first:
-                log.error("spool_unwritable", spool=str(self.queue.root), error=str(self._unready),
-                          action=f"make {self.queue.root} writable by this user; the relay takes "
-                                 f"it up within {outcome.WRITE_RETRY:g} s, no restart needed")
-            return
-        if self._unready is not None:
-            log.info("spool_writable", spool=str(self.queue.root))
-        self._unready = None
+    async def _prepare(self, *, starting: bool = False) -> None:
+        if (swept := await self._claim.take(starting=starting)) is None:
+            return  # refused: `submit` answers 452 with the reason, `_run` tries again
         await self._rescan()
         log.info("spool_worker_started", depth=len(self._entries), swept=swept, spool=str(self.queue.root))
 
@@ -170,8 +137,8 @@ class SpoolWorker:
 
         Raises `SpoolFullError` (answer `replies.SPOOL_FULL`) or `SpoolError` (`replies.SPOOL_ERROR`).
         """
-        if self._unready is not None:  # not claimed yet: the sweep of tmp/ is still to come
-            raise self._unready
+        if self._claim.refusal is not None:  # not claimed yet: the sweep of tmp/ is still to come
+            raise self._claim.refusal
 
         def store() -> Entry:
             entry_id = self.queue.enqueue(mailbox, mail_from, list(rcpts), data, self._clock(),
@@ -210,7 +177,7 @@ class SpoolWorker:
     async def _run(self) -> None:
         while not self._stopping:
             try:
-                if self._unready is not None:  # start() or the last try failed: wait, try again
+                if self._claim.refusal is not None:  # start() or the last try failed: wait, try again
                     await self._sleep(outcome.WRITE_RETRY)
                     self._wake.clear()
                     if not self._stopping:
@@ -273,9 +240,9 @@ class SpoolWorker:
             wait = min(wait, self._dispatch_mailbox(key, entries, now))
         return wait
 
-    def _mailbox(self, key: str, now: float) -> _Mailbox:
+    def _mailbox(self, key: str, now: float) -> MailboxState:
         if key not in self._mailboxes:
-            self._mailboxes[key] = _Mailbox(TokenBucket.per_minute(self.config.rate_per_minute, now))
+            self._mailboxes[key] = MailboxState(TokenBucket.per_minute(self.config.rate_per_minute, now))
         return self._mailboxes[key]
 
     def _dispatch_mailbox(self, key: str, entries: list[Entry], now: float) -> float:
@@ -305,7 +272,7 @@ class SpoolWorker:
             self._start(entry, mb)
         return wait
 
-    def _start(self, entry: Entry, mb: _Mailbox) -> None:
+    def _start(self, entry: Entry, mb: MailboxState) -> None:
         task = asyncio.get_running_loop().create_task(self._attempt(entry, mb),
                                                       name=f"spool-deliver:{entry.id}")
         self._inflight[entry.id] = task
@@ -323,7 +290,7 @@ class SpoolWorker:
 
     # -- one attempt ---------------------------------------------------------------------------------
 
-    async def _attempt(self, entry: Entry, mb: _Mailbox) -> None:
+    async def _attempt(self, entry: Entry, mb: MailboxState) -> None:
         started = self._clock()
         try:
             try:
@@ -340,7 +307,7 @@ class SpoolWorker:
             log.error("spool_record_failed", id=entry.id, error=describe(exc))
             self._record(entry.id, _later(entry, self._clock() + self.config.retry_base))
 
-    async def _delivered(self, entry: Entry, mb: _Mailbox, refusals: tuple[Refusal, ...],
+    async def _delivered(self, entry: Entry, mb: MailboxState, refusals: tuple[Refusal, ...],
                          started: float) -> None:
         now = self._clock()
         mb.failures = 0
@@ -367,7 +334,7 @@ class SpoolWorker:
                  recipients=len(entry.rcpts) - len(permanent), attempts=entry.attempts + 1,
                  age=round(now - entry.received_at, 3), seconds=round(now - started, 3))
 
-    async def _failed(self, entry: Entry, mb: _Mailbox, exc: Exception) -> None:
+    async def _failed(self, entry: Entry, mb: MailboxState, exc: Exception) -> None:
         now, what, error = self._clock(), verdict(exc), describe(exc)
         if not isinstance(exc, RelayError):
             log.error("spool_deliver_bug", id=entry.id, error=error, exc_info=exc)
@@ -391,7 +358,7 @@ class SpoolWorker:
                                      self.config.retry_cap, self._rand())
         await self._defer(entry, error, when, what)
 
-    def _throttle(self, mb: _Mailbox, entry: Entry, error: str, now: float,
+    def _throttle(self, mb: MailboxState, entry: Entry, error: str, now: float,
                   retry_after: float | None = None) -> None:
         """Pause the mailbox; never shorter than the upstream's Retry-After (Graph's 429/503)."""
         mb.throttles += 1
@@ -425,16 +392,8 @@ class SpoolWorker:
         self._record(entry.id, await self._recorder.write(entry, steps, self._clock()))
 
     async def _notice(self, entry: Entry, reason: str, failed_id: str) -> None:
-        """Tell the admin (never the original sender), through the queue like any message."""
-        admin = self.config.admin_bounce_to
-        if not admin or entry.notice:
-            return
-        try:
-            head = await asyncio.to_thread(read_head, self.queue.failed / failed_id)
-            data = render_notice(entry, reason, failed_id, admin, head, self._clock())
-            await self.submit(entry.mailbox, entry.mailbox, [admin], data, notice=True)
-        except (RelayError, OSError) as exc:
-            log.error("spool_notice_failed", id=failed_id, error=describe(exc))
+        await notify_admin(entry, reason, failed_id, admin=self.config.admin_bounce_to,
+                           failed=self.queue.failed, now=self._clock(), submit=self.submit)
 
 
 def _later(entry: Entry, when: float) -> Entry:

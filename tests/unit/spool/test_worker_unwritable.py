@@ -277,8 +277,8 @@ def test_a_spool_claimed_by_another_relay_later_is_waited_out(spool_fs, monkeypa
         try:
             with capture_logs() as logs:
                 w.rescan()
-                await eventually(lambda: isinstance(w._unready, SpoolError)
-                                 and "another relay365" in str(w._unready))
+                await eventually(lambda: isinstance(w._claim.refusal, SpoolError)
+                                 and "another relay365" in str(w._claim.refusal))
             with pytest.raises(SpoolError, match="another relay365 is delivering"):
                 await w.submit(A, A, ["bob@example.test"], b"Subject: s\r\n\r\nx\r\n")
             assert w._task is not None and not w._task.done()
@@ -286,7 +286,7 @@ def test_a_spool_claimed_by_another_relay_later_is_waited_out(spool_fs, monkeypa
         finally:
             other.unlock_worker()
         w.rescan()
-        await eventually(lambda: w._unready is None)
+        await eventually(lambda: w._claim.refusal is None)
         await w.submit(A, A, ["bob@example.test"], b"Subject: s\r\n\r\nx\r\n")
         await w.stop()
 
