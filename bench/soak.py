@@ -276,16 +276,16 @@ def heap_report(snaps: Path, args: argparse.Namespace, samples: list) -> None:
         return
     t0, t1 = int(first.stem) * args.tracemalloc, int(files[-1].stem) * args.tracemalloc
     old, new = tracemalloc.Snapshot.load(str(first)), tracemalloc.Snapshot.load(str(files[-1]))
-    traced = (sum(t.size for t in new.traces) - sum(t.size for t in old.traces)) / 2**20
+    before, after = (sum(t.size for t in snap.traces) / 2**20 for snap in (old, new))
+    traced = after - before
     rss = {round(s[0] / args.tracemalloc): s[1] for s in samples}
     gained = (rss.get(round(t1 / args.tracemalloc), 0) - rss.get(round(t0 / args.tracemalloc), 0)) / 1024
     print(f"\ntracemalloc {t0 / 60:.0f} -> {t1 / 60:.0f} min: traced Python memory {traced:+.2f} MiB, "
-          f"RSS {gained:+.1f} MiB (with tracing on)")
+          f"({before:.2f} -> {after:.2f}), RSS {gained:+.1f} MiB (with tracing on)")
     for kind in ("lineno", "traceback"):
         print(f"grew most, by {kind}:")
-        for stat in new.compare_to(old, kind)[:12 if kind == "lineno" else 4]:
-            if stat.size_diff <= 0:
-                break
+        grew = [stat for stat in new.compare_to(old, kind) if stat.size_diff > 0]  # sorted by |diff|
+        for stat in grew[:12 if kind == "lineno" else 4]:
             print(f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7} blocks  "
                   + "\n      <- ".join(str(f) for f in reversed(list(stat.traceback))))
 
