@@ -44,14 +44,16 @@ def test_client_bytes_echoed_in_a_reply_stay_one_clean_reply(line):
     assert lines and all(smtp_session._REPLY.match(r) and b"\r" not in r for r in lines), lines
 
 
-@pytest.mark.parametrize("arg", [b"\x1f\x1f\x1f", b"\x1c", b"\x1d \x1e"])
+@pytest.mark.parametrize("arg", [b" \x1f\x1f\x1f", b" \x1c", b" \x1d \x1e", b"", b" "])
 def test_an_auth_argument_of_only_unicode_space_is_not_enough_value(arg, monkeypatch):
     """Found by the 1,000,000-input smtp_session run (fuzz/findings/smtp_session-auth-unicode-
     space): `AUTH \\x1f...` - str.split() splits on U+001C-U+001F, bytes.strip() does not - made
-    aiosmtpd index an empty list: 451 4.3.0 Internal error and an error logged. Now 501."""
+    aiosmtpd index an empty list: 451 4.3.0 Internal error and an error logged. Now 501. The
+    first fix broke a bare `AUTH` (aiosmtpd passes None: AttributeError, the same 451), found by
+    the next run after 4,470 inputs (fuzz/findings/smtp_session-bare-auth)."""
     monkeypatch.setitem(os.environ, "FUZZ_STRICT", "1")
-    smtp_session.smtp_session(b"\x00EHLO x\r\nAUTH " + arg + b"\r\n")  # the target's oracle
+    smtp_session.smtp_session(b"\x00EHLO x\r\nAUTH" + arg + b"\r\n")  # the target's oracle
     w = smtp_session._world
     assert w is not None
-    out = w.loop.run_until_complete(w.session(w.ports[0], b"EHLO x\r\nAUTH " + arg + b"\r\n"))
+    out = w.loop.run_until_complete(w.session(w.ports[0], b"EHLO x\r\nAUTH" + arg + b"\r\n"))
     assert b"\r\n501 Not enough value\r\n" in out, out

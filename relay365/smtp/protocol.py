@@ -209,8 +209,9 @@ class RelaySMTP(SMTP):
 
         An argument of only characters that `str.split` counts as space and `bytes.strip` does
         not (U+001C-U+001F, say) is no argument: aiosmtpd took the mechanism from the empty list
-        it split into, and the client heard `451 4.3.0 Internal error` (found by fuzzing)."""
-        if not arg.split():
+        it split into, and the client heard `451 4.3.0 Internal error` (found by fuzzing). A bare
+        `AUTH` comes as None, whatever the annotation says, and goes on as it is."""
+        if arg and not arg.split():
             arg = ""  # aiosmtpd answers 501 after its own checks (HELO, TLS, already logged in)
         if self.session is not None and self.session.host_name and not self.session.extended_smtp:
             self.session.extended_smtp = True
