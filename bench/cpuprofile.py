@@ -1,6 +1,7 @@
 """Where relay365's CPU goes per SMTP message: one long session of 10 KB messages, sampled by CPU time.
 
-    .venv/bin/python -m bench.cpuprofile [--messages 2000] [--senders 1] [--out FILE]
+    .venv/bin/python -m bench.cpuprofile [--messages 2000] [--senders 1] [--size 10000] [--out FILE]
+    .venv/bin/python -m bench.cpuprofile --size 5000000 --messages 100 --senders 4   # the 5 MB row
 
 Starts the benchmark's world (real Postfix + Dovecot, the fake identity platform, relay365 under
 uvloop) with bench/cpusampler on the relay's PYTHONPATH: its sitecustomize samples the relay's
@@ -74,6 +75,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--senders", type=int, default=1)
+    ap.add_argument("--size", type=int, default=10_000, help="bytes per message (default 10000)")
     ap.add_argument("--out", type=Path, default=None, help="collapsed stacks (default: a temp file)")
     args = ap.parse_args()
     bench.raise_fd_limit()
@@ -87,18 +89,19 @@ def main() -> int:
         try:
             pid = world.relay.proc.pid
             bench.smtp_session(world, "relay").quit()
-            bench.smtp_rate(world, "relay", concurrency=args.senders, per_worker=50, size=10_000,
+            bench.smtp_rate(world, "relay", concurrency=args.senders,
+                            per_worker=max(2, 500_000 // args.size), size=args.size,
                             long=True)  # warm: token, pooled session, code paths
             os.kill(pid, signal.SIGUSR2)
             time.sleep(0.5)
             cpu0, t0 = bench.cpu_seconds(pid), time.monotonic()
             per = max(1, args.messages // args.senders)
             rate = bench.smtp_rate(world, "relay", concurrency=args.senders, per_worker=per,
-                                   size=10_000, long=True)
+                                   size=args.size, long=True)
             cpu, wall = bench.cpu_seconds(pid) - cpu0, time.monotonic() - t0
         finally:
             world.close()  # the relay writes its samples as it exits
-        print(f"\n== {args.senders} sender(s), one long session, {per * args.senders} x 10 KB: "
+        print(f"\n== {args.senders} sender(s), one long session, {per * args.senders} x {args.size:,} bytes: "
               f"{rate:.0f} msg/s; relay CPU {cpu:.2f} s in {wall:.1f} s; load average "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         summarize(out, per * args.senders, cpu)
