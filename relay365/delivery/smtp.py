@@ -46,6 +46,15 @@ def _reply_error(exc: aiosmtplib.SMTPResponseException, what: str) -> UpstreamEr
     return refused(Reply(exc.code, exc.message), what)
 
 
+def _extension(option: str) -> str:
+    """The EHLO keyword (lower case) a MAIL parameter needs the server to have announced."""
+    key, _, value = option.partition("=")
+    key = key.lower()
+    if key == "body":
+        return "binarymime" if value.lower() == "binarymime" else "8bitmime"
+    return key
+
+
 class DataStream:
     """One DATA in progress upstream: `write` content as it arrives, then `finish` for the reply.
 
@@ -155,8 +164,10 @@ class UpstreamSMTP:
         self.opened_at = time.monotonic()
 
     def _options(self, options: Sequence[str]) -> list[str]:
-        """The client's MAIL parameters this server announced (SIZE=, BODY=, SMTPUTF8)."""
-        return [o for o in options if o.split("=")[0].lower() in self.esmtp]
+        """The client's MAIL parameters whose extension this server announced (SIZE=, BODY=,
+        SMTPUTF8). A parameter is not always named as its extension: BODY= is 8BITMIME's
+        (RFC 6152), or BINARYMIME's for BODY=BINARYMIME (RFC 3030)."""
+        return [o for o in options if _extension(o) in self.esmtp]
 
     async def mail(self, sender: str, options: list[str]) -> str:
         opts = self._options(options)

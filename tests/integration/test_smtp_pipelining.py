@@ -266,3 +266,23 @@ def test_one_postfix_offers_pipelining_the_other_does_not(upstream, plain_upstre
         assert s.has_extn("pipelining")
     with direct(plain_upstream, idp, pki) as s:
         assert not s.has_extn("pipelining")
+
+
+# -- MAIL parameters ----------------------------------------------------------------------------
+
+def test_a_devices_body_8bitmime_goes_upstream_with_its_size(make_relay, tmp_path, pki, idp,
+                                                              upstream, wire):
+    """BODY= is a parameter of the 8BITMIME extension, not an extension called BODY: it was
+    dropped on the way to Office 365 for every client that declared it."""
+    relay = make_relay(through(wire, tmp_path, pki, idp, upstream))
+    subject = f"8bit {uuid.uuid4()}"
+    body = message(subject).replace(b"scan\r\n", "Größe: 3 Seiten\r\n".encode())
+    with smtplib.SMTP("127.0.0.1", relay.smtp_port, timeout=30) as s:
+        s.login(USER, PASSWORD)
+        s.sendmail("a@lan.local", [BOB], body, mail_options=["BODY=8BITMIME"])
+    assert landed(upstream, BOB, subject) == 1
+    mail = transaction(wire)[0][1][0]
+    assert mail.split(b" ", 2)[:2] == [b"MAIL", f"FROM:<{MAILBOX}>".encode()], mail
+    assert sorted(p.upper() for p in mail.split()[2:]) == [b"BODY=8BITMIME", b"SIZE=%d" % len(body)], mail
+    raw = next(r for r in upstream.messages(BOB) if email.message_from_bytes(r)["Subject"] == subject)
+    assert "Größe: 3 Seiten".encode() in raw

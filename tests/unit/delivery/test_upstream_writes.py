@@ -90,3 +90,17 @@ def test_the_envelope_is_one_write_when_the_server_pipelines(certs, loop_factory
     assert writes == [b"MAIL FROM:<a@contoso.test> SIZE=99\r\n"  # SMTPUTF8: not offered
                       b"RCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\n"]
     assert env.accepted == (0,) and env.rcpts[1].code == 550
+
+
+def test_mail_parameters_go_on_by_the_extension_they_belong_to():
+    """BODY= belongs to 8BITMIME (BODY=BINARYMIME to BINARYMIME): it used to be kept only for
+    a server announcing an extension called BODY, which none does."""
+    up = UpstreamSMTP(Endpoint("127.0.0.1", 0, "implicit"), ssl.create_default_context(),
+                      local_hostname="test", connect_timeout=2, timeout=2)
+    given = ["SIZE=10", "BODY=8BITMIME", "body=7bit", "BODY=BINARYMIME", "SMTPUTF8"]
+    up.esmtp = {"size", "8bitmime", "smtputf8", "pipelining"}
+    assert up._options(given) == ["SIZE=10", "BODY=8BITMIME", "body=7bit", "SMTPUTF8"]
+    up.esmtp = {"pipelining"}
+    assert up._options(given) == []
+    up.esmtp = {"8bitmime", "binarymime"}
+    assert up._options(given) == ["BODY=8BITMIME", "body=7bit", "BODY=BINARYMIME"]
