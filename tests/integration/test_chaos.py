@@ -428,6 +428,23 @@ def test_postfix_gone_while_the_spool_worker_is_mid_data_delivers_once(
 
 # -- the spool read-only while the worker runs ------------------------------------------------
 
+def relay_on_its_own_spool_mount(make_relay, tmp_path, pki, idp, upstream, gate, *,
+                                 read_only: bool):
+    """A spool relay, with a `direct` user beside, started in a mount namespace of its own where
+    its spool is bind-mounted onto itself (read-only from the start when `read_only`), so that
+    `_remount` can turn it read-only or back without touching any mount outside."""
+    relay = spool_relay(make_relay, tmp_path, pki, idp, upstream, gate, start=False)
+    relay.config["users"].append({**relay.config["users"][0], "username": "direct",
+                                  "delivery": "direct"})
+    spool = Path(relay.config["state_dir"]) / "spool"
+    spool.mkdir(parents=True)
+    mount = 'mount --bind "$0" "$0" && ' + ('mount -o remount,bind,ro "$0" && ' if read_only else "")
+    relay.prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    mount + 'exec "$@"', str(spool)]
+    relay.start()
+    return relay, spool
+
+
 @pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("nsenter") is None,
                     reason="needs util-linux unshare and nsenter")
 def test_spool_read_only_while_the_worker_runs(make_relay, tmp_path, pki, idp, upstream, gate):
@@ -436,14 +453,8 @@ def test_spool_read_only_while_the_worker_runs(make_relay, tmp_path, pki, idp, u
     entry, which cannot be removed, is not sent again; writable again, the removal goes through
     and new messages are taken - no restart."""
     gate.shut()
-    relay = spool_relay(make_relay, tmp_path, pki, idp, upstream, gate, start=False)
-    relay.config["users"].append({**relay.config["users"][0], "username": "direct",
-                                  "delivery": "direct"})
-    spool = Path(relay.config["state_dir"]) / "spool"
-    spool.mkdir(parents=True)
-    relay.prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                    'mount --bind "$0" "$0" && exec "$@"', str(spool)]
-    relay.start()
+    relay, spool = relay_on_its_own_spool_mount(make_relay, tmp_path, pki, idp, upstream, gate,
+                                                read_only=False)
     waiting = f"waiting in a read-only spool {uuid.uuid4()}"
     waiting_id = queued(relay.smtp_port, waiting)
     relay.wait_log("spool_deferred", id=waiting_id, timeout=15)
@@ -486,14 +497,8 @@ def test_relay_starts_on_a_read_only_spool_and_takes_it_up_when_writable(
     a wrong volume mount): the relay still starts and serves what needs no spool, a spool message
     hears 452 naming the directory, never 250; once the spool is writable, the worker takes it up
     and spooled mail flows - no restart."""
-    relay = spool_relay(make_relay, tmp_path, pki, idp, upstream, gate, start=False)
-    relay.config["users"].append({**relay.config["users"][0], "username": "direct",
-                                  "delivery": "direct"})
-    spool = Path(relay.config["state_dir"]) / "spool"
-    spool.mkdir(parents=True)
-    relay.prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                    'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"', str(spool)]
-    relay.start()
+    relay, spool = relay_on_its_own_spool_mount(make_relay, tmp_path, pki, idp, upstream, gate,
+                                                read_only=True)
     unwritable = relay.wait_log("spool_unwritable")
     assert unwritable["error"] == f"cannot queue the message in {spool}: EROFS (Read-only file system)"
     assert unwritable["action"].startswith(f"make {spool} writable"), unwritable
