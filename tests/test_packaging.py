@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.support.relayproc import RelayProcess
+from tests.support.upstream import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "relay365.service"
@@ -461,9 +462,7 @@ def test_image_builds_and_runs(tmp_path):
                                                 timeout=60).stdout))
     assert '"relay365"' in meta and "/var/lib/relay365" in meta and "--allow-degraded" in meta
 
-    with socket.socket() as s:  # a free port for the HTTP listener (health reads it from the config)
-        s.bind(("127.0.0.1", 0))
-        http_port = s.getsockname()[1]
+    http_port = free_port()  # for the HTTP listener (health reads it from the config)
     config = _minimal_config(tmp_path, http_port)
     config["state_dir"] = "/var/lib/relay365"
     cfg = tmp_path / "config.yaml"

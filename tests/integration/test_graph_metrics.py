@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from tests.integration import test_graph_relay as base
-from tests.integration.test_operations import free_port, get, samples
+from tests.integration.test_operations import get, samples
+from tests.support.upstream import free_port
 
 pytestmark = pytest.mark.integration
 graph, _graph_clean = base.graph, base._graph_clean

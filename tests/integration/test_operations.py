@@ -18,14 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import DOMAIN, MAILBOX, PASSWORD, USER
 from tests.integration.test_smtp_relay import delivered, message, send
+from tests.support.upstream import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, bytes]:

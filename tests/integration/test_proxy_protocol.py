@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from tests.integration.conftest import DOMAIN, MAILBOX
-from tests.integration.test_operations import free_port
 from tests.integration.test_smtp_relay import delivered, message
+from tests.support.upstream import free_port
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")]

@@ -32,9 +32,8 @@ import pytest
 import trustme
 
 from tests.integration.conftest import CLIENT_SECRET, DOMAIN, MAILBOX, PASSWORD, USER, relay_config
-from tests.integration.test_operations import free_port
 from tests.support.relayproc import RelayProcess
-from tests.support.upstream import MailUpstream, missing_binaries, xoauth2_string
+from tests.support.upstream import MailUpstream, free_port, missing_binaries, xoauth2_string
 
 pytestmark = pytest.mark.integration
 

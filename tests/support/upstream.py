@@ -74,6 +74,7 @@ import atexit
 import itertools
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -124,15 +125,32 @@ def missing_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b, path=SBIN_PATH) is None]
 
 
+def _below_ephemeral() -> range:
+    """Ports under the kernel's ephemeral range: it never gives one of them to an outgoing
+    connection, so no client - ours, or any other program's on this machine - can take a port
+    between the moment it is chosen here and the moment a server binds it. (A port from
+    `bind(0)` is an ephemeral one: with many connections open, one of them got it first.)"""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - 16384), max(1025, low))
+
+
 def free_port() -> int:
     """A currently free 127.0.0.1 TCP port, never the same one twice in this process."""
+    ports = _below_ephemeral()
     while True:
+        port = random.choice(ports)
+        if port in _ports_handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _ports_handed_out:
-            _ports_handed_out.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # a server of some other program has it
+                continue
+        _ports_handed_out.add(port)
+        return port
 
 
 def xoauth2_string(user: str, token: str) -> str:

@@ -24,6 +24,7 @@ from relay365.config import load_config
 from relay365.onboard import run_auth
 from relay365.standins.fakeidp import FakeIdP
 from relay365.tokens.store import TokenStore
+from tests.support.upstream import free_port
 
 MAILBOX = "scanner@example.test"
 AUTHORIZE = r"(https://127\.0\.0\.1:\d+/\S+/oauth2/v2\.0/authorize\?\S+)"
@@ -339,12 +340,6 @@ def test_device_code_declined_and_expired_are_explained(tmp_path, idp, certs, cl
     err = refused(capsys, config, auth(config, device=True))
     assert "expired" in err and "--device" in err and "check the app registration" not in err
     assert idp.grants["urn:ietf:params:oauth:grant-type:device_code"] >= 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("cloud, login", [("usgov", "https://login.microsoftonline.us"),
