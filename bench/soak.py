@@ -257,6 +257,15 @@ def report(args, samples, tally, got, relay_errors) -> None:
     print(f"after warm-up: RSS slope {slope([(s[0], s[1] / 1024) for s in warm]):+.1f} MiB/h, "
           f"fd slope {slope([(s[0], s[2]) for s in warm]):+.1f}/h, CPU "
           f"{(samples[-1][3] / samples[-1][0] * 100) if samples else 0:.1f}% of a core")
+    # The line above runs through the outage's step (1,000 sessions replaced); each half apart:
+    outage_at = args.minutes * 30
+    halves = (("before the outage", [s for s in warm if s[0] < outage_at]),
+              ("after the re-login", [s for s in samples if s[0] >= outage_at + args.outage + 60]))
+    print("RSS by half: " + "; ".join(
+        f"{name} {slope([(s[0], s[1] / 1024) for s in part]):+.1f} MiB/h "
+        f"({part[0][1] / 1024:.1f} -> {part[-1][1] / 1024:.1f} MiB, {part[0][0] / 60:.0f}-"
+        f"{part[-1][0] / 60:.0f} min), fds {min(s[2] for s in part)}-{max(s[2] for s in part)}"
+        for name, part in halves if len(part) >= 2))
     lost = tally.sent - set(got)
     twice = [i for i, n in got.items() if n > 1]
     print(f"messages: sent (250 heard) {len(tally.sent)}, delivered {len(got)}, lost {len(lost)}, "
