@@ -195,6 +195,11 @@ class FakeIdP(SignInFlows):
             self._access = {t: AccessToken(a.mailbox, a.client_id, a.scopes, past)
                             for t, a in self._access.items()}
 
+    def clear_faults(self) -> None:
+        """Forget the `fail_next` answers not given yet."""
+        with self._lock:
+            self._faults.clear()
+
     def reset_counters(self) -> None:
         with self._lock:
             self.token_requests = 0  # every POST to the token endpoint, failed ones included

@@ -39,6 +39,7 @@ def _idp_clean(request):
         server.sign_in_as, server.authorize_error = None, None
         server.device_code_lifetime = 900
         server.reset_counters()
+        server.clear_faults()  # a fault one test armed and never drew must not hit the next
     yield
 
 
