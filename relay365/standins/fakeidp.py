@@ -195,10 +195,8 @@ class FakeIdP(SignInFlows):
             self._access = {t: AccessToken(a.mailbox, a.client_id, a.scopes, past)
                             for t, a in self._access.items()}
 
-    def clear_faults(self) -> None:
-        """Forget the `fail_next` answers not given yet."""
-        with self._lock:
-            self._faults.clear()
+    def clear_faults(self) -> None:  # forget the fail_next answers not given yet
+        self._faults.clear()  # one deque call: atomic, as the lock would make it
 
     def reset_counters(self) -> None:
         with self._lock:
